@@ -1,0 +1,133 @@
+"""Content identifiers: CIDv1 with a sha2-256 multihash, base32 strings.
+
+Only what the node produces is accepted: version 1, sha2-256 (32-byte
+digests), and the codecs raw (0x55), dag-pb (0x70) and dag-cbor (0x71).
+Anything else (CIDv0 ``Qm…`` strings, other hashes, other bases) is rejected
+with a message that names the problem, so a caller never stores or serves
+bytes under an identifier it cannot verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+from . import varint
+from .errors import CodecError
+
+RAW = 0x55
+DAG_PB = 0x70
+DAG_CBOR = 0x71
+CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor"}
+
+SHA2_256 = 0x12
+DIGEST_SIZE = 32
+_MULTIHASH_PREFIX = bytes([SHA2_256, DIGEST_SIZE])
+
+
+@dataclass(frozen=True, slots=True)
+class CID:
+    """A CIDv1: a codec and the sha2-256 digest of the block's bytes."""
+
+    codec: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODEC_NAMES:
+            raise CodecError(f"unsupported CID codec 0x{self.codec:x}")
+        if len(self.digest) != DIGEST_SIZE:
+            raise CodecError(f"sha2-256 digest must be 32 bytes, not {len(self.digest)}")
+
+    # -- constructors -------------------------------------------------------
+    @classmethod
+    def of(cls, codec: int, data: bytes | bytearray | memoryview) -> CID:
+        """The CID of ``data`` under ``codec``."""
+        return cls(codec, hashlib.sha256(data).digest())
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> CID:
+        """Parse a binary CID; the whole input must be consumed."""
+        cid, end = cls.read(data, 0)
+        if end != len(data):
+            raise CodecError("trailing bytes after CID")
+        return cid
+
+    @classmethod
+    def read(cls, data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[CID, int]:
+        """Parse a binary CID at ``offset``; return it and the offset after it."""
+        if len(data) - offset >= 2 and data[offset] == SHA2_256 and data[offset + 1] == DIGEST_SIZE:
+            raise CodecError("CIDv0 is not supported; use CIDv1")
+        version, pos = varint.decode(data, offset)
+        if version != 1:
+            raise CodecError(f"unsupported CID version {version}")
+        codec, pos = varint.decode(data, pos)
+        if codec not in CODEC_NAMES:
+            raise CodecError(f"unsupported CID codec 0x{codec:x}")
+        hash_code, pos = varint.decode(data, pos)
+        if hash_code != SHA2_256:
+            raise CodecError(f"unsupported multihash 0x{hash_code:x}; only sha2-256")
+        size, pos = varint.decode(data, pos)
+        if size != DIGEST_SIZE:
+            raise CodecError(f"sha2-256 digest length must be 32, not {size}")
+        digest = bytes(data[pos : pos + DIGEST_SIZE])
+        if len(digest) != DIGEST_SIZE:
+            raise CodecError("truncated CID digest")
+        return cls(codec, digest), pos + DIGEST_SIZE
+
+    @classmethod
+    def decode(cls, text: str) -> CID:
+        """Parse a multibase base32 (``b…``) CID string."""
+        if not isinstance(text, str) or not text:
+            raise CodecError("empty CID string")
+        text = text.strip()
+        if text.startswith("Qm"):
+            raise CodecError("CIDv0 (Qm…) is not supported; use CIDv1 base32 (b…)")
+        if text[0] != "b":
+            raise CodecError(f"unsupported multibase prefix {text[0]!r}; expected base32 'b'")
+        body = text[1:]
+        if body != body.lower() or not body or any(c not in _B32_ALPHABET for c in body):
+            raise CodecError("CID is not valid lowercase base32")
+        padded = body.upper() + "=" * (-len(body) % 8)
+        try:
+            raw = base64.b32decode(padded)
+        except (ValueError, base64.binascii.Error) as exc:
+            raise CodecError(f"CID is not valid base32: {exc}") from None
+        return cls.from_bytes(raw)
+
+    @classmethod
+    def parse(cls, value: str | bytes | CID) -> CID:
+        """Accept a CID, its string or its binary form."""
+        if isinstance(value, CID):
+            return value
+        if isinstance(value, str):
+            return cls.decode(value)
+        return cls.from_bytes(value)
+
+    # -- encodings ----------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return _HEADERS[self.codec] + self.digest
+
+    def encode(self) -> str:
+        """The multibase base32 string, e.g. ``bafkrei…``."""
+        return "b" + base64.b32encode(self.to_bytes()).decode("ascii").lower().rstrip("=")
+
+    @property
+    def codec_name(self) -> str:
+        return CODEC_NAMES[self.codec]
+
+    def verify(self, data: bytes | bytearray | memoryview) -> bool:
+        """True when ``data`` hashes to this CID's digest."""
+        return hashlib.sha256(data).digest() == self.digest
+
+    def __str__(self) -> str:
+        return self.encode()
+
+    def __repr__(self) -> str:
+        return f"CID({self.encode()})"
+
+
+_B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_HEADERS = {
+    codec: varint.encode(1) + varint.encode(codec) + _MULTIHASH_PREFIX for codec in CODEC_NAMES
+}
