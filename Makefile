@@ -1,0 +1,43 @@
+# Yilian (医链). `make run` serves a whole node; `make test` runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export PORT
+
+.PHONY: install run dev test test-fast lint bench migrate seed messages clean
+
+install:
+	@scripts/install
+
+migrate: install
+	$(PY) manage.py migrate --no-input -v 0
+
+seed: migrate
+	$(PY) manage.py seed_demo --quiet-logins
+
+run: seed
+	$(PY) manage.py runnode --port $(PORT)
+
+dev: seed
+	EMR_DEBUG=1 $(PY) manage.py runserver $(PORT)
+
+test:
+	@scripts/install --test
+	EMR_DATA_DIR=$${EMR_DATA_DIR:-$(CURDIR)/var/test} $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	EMR_DATA_DIR=$${EMR_DATA_DIR:-$(CURDIR)/var/test} $(PY) -m pytest -m "not browser and not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: install
+	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+messages: install
+	$(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=var --no-obsolete
+	$(PY) manage.py compilemessages -v 0 --ignore=.venv
+
+clean:
+	rm -rf var/test staticfiles

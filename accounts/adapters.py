@@ -1,0 +1,26 @@
+"""allauth adapter: new accounts get their keys and their role on sign-up."""
+
+from __future__ import annotations
+
+from allauth.account.adapter import DefaultAccountAdapter
+from django.urls import reverse
+
+from accounts.keys import issue_keys
+
+
+class AccountAdapter(DefaultAccountAdapter):
+    def save_user(self, request, user, form, commit=True):
+        user = super().save_user(request, user, form, commit=False)
+        data = form.cleaned_data
+        user.email = user.email.lower()
+        user.name = data.get("name", "")
+        user.role = data.get("role") or "patient"
+        user.institution = data.get("institution") if user.role != "patient" else None
+        user.staff_title = data.get("staff_title", "") if user.role != "patient" else ""
+        issue_keys(user)
+        if commit:
+            user.save()
+        return user
+
+    def get_login_redirect_url(self, request):
+        return reverse("home")

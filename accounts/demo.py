@@ -1,0 +1,67 @@
+"""The fictional demo consortium that ``seed_demo`` creates and ``make run`` prints.
+
+Every person and institution here is invented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEMO_PASSWORD = "yilian-demo-2026"  # noqa: S105 - a published demo password, demo data only
+
+
+@dataclass(frozen=True)
+class DemoInstitution:
+    code: str
+    kind: str
+    name: str
+    name_en: str
+    city: str
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    email: str
+    role: str
+    name: str
+    name_en: str
+    institution: str | None = None
+    title: str = ""
+    verified: bool = True
+
+
+INSTITUTIONS = [
+    DemoInstitution("huakang", "hospital", "华康第一人民医院", "Huakang First People's Hospital", "杭州 Hangzhou"),
+    DemoInstitution("mingde", "hospital", "明德大学附属医院", "Mingde University Hospital", "成都 Chengdu"),
+    DemoInstitution("qinghe", "clinic", "青禾社区诊所", "Qinghe Community Clinic", "杭州 Hangzhou"),
+    DemoInstitution("dongyue", "research", "东岳医学研究院", "Dongyue Institute of Medical Research", "济南 Jinan"),
+]
+
+USERS = [
+    DemoUser("patient@demo.yilian", "patient", "张晓梅", "Zhang Xiaomei"),
+    DemoUser("patient2@demo.yilian", "patient", "李建国", "Li Jianguo"),
+    DemoUser("patient3@demo.yilian", "patient", "王雨桐", "Wang Yutong"),
+    DemoUser("patient4@demo.yilian", "patient", "陈思远", "Chen Siyuan"),
+    DemoUser("doctor@demo.yilian", "clinician", "刘志明", "Dr. Liu Zhiming", "huakang", "主治医师 Attending physician"),
+    DemoUser("doctor2@demo.yilian", "clinician", "赵婧", "Dr. Zhao Jing", "mingde", "放射科医师 Radiologist"),
+    DemoUser("doctor3@demo.yilian", "clinician", "孙浩", "Dr. Sun Hao", "qinghe", "全科医师 General practitioner"),
+    DemoUser("nurse@demo.yilian", "clinician", "周敏", "Zhou Min", "huakang", "护士 Nurse"),
+    DemoUser(
+        "newdoctor@demo.yilian", "clinician", "吴磊", "Dr. Wu Lei", "huakang", "住院医师 Resident", verified=False
+    ),
+    DemoUser("researcher@demo.yilian", "researcher", "郑怡", "Zheng Yi", "dongyue", "研究员 Research fellow"),
+    DemoUser("admin@demo.yilian", "institution_admin", "黄立", "Huang Li", "huakang", "信息科 IT office"),
+    DemoUser("admin.mingde@demo.yilian", "institution_admin", "何静", "He Jing", "mingde"),
+    DemoUser("admin.qinghe@demo.yilian", "institution_admin", "马超", "Ma Chao", "qinghe"),
+    DemoUser("admin.dongyue@demo.yilian", "institution_admin", "高岩", "Gao Yan", "dongyue"),
+    DemoUser("operator@demo.yilian", "operator", "节点运维", "Node operator"),
+]
+
+# What ``make run`` prints: one login per portal.
+HEADLINE_LOGINS = [
+    ("patient@demo.yilian", "Patient portal / 患者门户"),
+    ("doctor@demo.yilian", "Clinic dashboard / 医生工作台"),
+    ("researcher@demo.yilian", "Research portal / 科研门户"),
+    ("admin@demo.yilian", "Institution admin / 机构管理"),
+    ("operator@demo.yilian", "Node operator / 节点运维"),
+]

@@ -1,0 +1,64 @@
+"""Create the fictional demo consortium. Safe to run any number of times."""
+
+from __future__ import annotations
+
+from allauth.account.models import EmailAddress
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from accounts import demo
+from accounts.models import Institution, User
+from accounts.services import institution_create, user_create
+
+
+class Command(BaseCommand):
+    help = "Create demo institutions and users (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--quiet-logins", action="store_true", help="Do not print the demo logins.")
+
+    @transaction.atomic
+    def handle(self, *args, quiet_logins=False, **options):
+        institutions = {}
+        created = 0
+        for item in demo.INSTITUTIONS:
+            institution = Institution.objects.filter(code=item.code).first()
+            if institution is None:
+                institution = institution_create(
+                    code=item.code, kind=item.kind, name=item.name, name_en=item.name_en, city=item.city
+                )
+                created += 1
+            institutions[item.code] = institution
+        admins = {}
+        # Admins first, so the staff they vouch for can name them as verifier.
+        for item in sorted(demo.USERS, key=lambda u: u.role != "institution_admin"):
+            user = User.objects.filter(email=item.email).first()
+            if user is None:
+                user = user_create(
+                    email=item.email,
+                    password=demo.DEMO_PASSWORD,
+                    role=item.role,
+                    name=item.name,
+                    name_en=item.name_en,
+                    institution=institutions.get(item.institution) if item.institution else None,
+                    staff_title=item.title,
+                )
+                if item.role == "operator":
+                    user.is_superuser = True
+                    user.save(update_fields=["is_superuser"])
+                created += 1
+            EmailAddress.objects.update_or_create(
+                user=user, email=user.email, defaults={"verified": True, "primary": True}
+            )
+            if item.role == "institution_admin":
+                admins[item.institution] = user
+            if item.verified and item.institution and user.verified_at is None:
+                user.verified_at = timezone.now()
+                user.verified_by = admins.get(item.institution) if item.role != "institution_admin" else None
+                user.save(update_fields=["verified_at", "verified_by"])
+        self.stdout.write(f"Demo data ready ({created} new objects).")
+        if not quiet_logins:
+            self.stdout.write(f"Demo logins (password for all: {demo.DEMO_PASSWORD}):")
+            for email, label in demo.HEADLINE_LOGINS:
+                self.stdout.write(f"  {label:<34} {email}")

@@ -1,0 +1,180 @@
+"""People and institutions: users with roles, institutions, staff verification, keys."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import get_language
+from django.utils.translation import gettext_lazy as _
+
+
+class Role(models.TextChoices):
+    PATIENT = "patient", _("Patient")
+    CLINICIAN = "clinician", _("Clinician")
+    RESEARCHER = "researcher", _("Researcher")
+    INSTITUTION_ADMIN = "institution_admin", _("Institution administrator")
+    OPERATOR = "operator", _("Node operator")
+
+
+STAFF_ROLES = frozenset({Role.CLINICIAN, Role.RESEARCHER, Role.INSTITUTION_ADMIN})
+
+
+class KeyHolder(models.Model):
+    """An X25519 key pair (encryption) and an Ed25519 key pair (signing).
+
+    Private keys are stored only wrapped by the node KEK, with the owner's
+    label bound in as associated data (see ``accounts.keys``), so a database
+    dump reveals no private key and a wrapped key copied to another row fails.
+    """
+
+    enc_public = models.BinaryField(max_length=32, editable=False, default=b"")
+    enc_private_wrapped = models.BinaryField(editable=False, default=b"")
+    sign_public = models.BinaryField(max_length=32, editable=False, default=b"")
+    sign_private_wrapped = models.BinaryField(editable=False, default=b"")
+
+    class Meta:
+        abstract = True
+
+    def key_owner(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.enc_public) and bool(self.sign_public)
+
+
+class Institution(KeyHolder):
+    class Kind(models.TextChoices):
+        HOSPITAL = "hospital", _("Hospital")
+        CLINIC = "clinic", _("Clinic")
+        RESEARCH = "research", _("Research institute")
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    code = models.SlugField(_("code"), max_length=40, unique=True)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    name = models.CharField(_("name (Chinese)"), max_length=200)
+    name_en = models.CharField(_("name (English)"), max_length=200, blank=True)
+    city = models.CharField(_("city"), max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name = _("institution")
+        verbose_name_plural = _("institutions")
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        language = get_language() or ""
+        if language.startswith("en") and self.name_en:
+            return self.name_en
+        return self.name
+
+    def key_owner(self) -> str:
+        return f"institution:{self.public_id}"
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **fields) -> User:
+        from accounts.keys import issue_keys
+
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **fields)
+        user.set_password(password)
+        issue_keys(user)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **fields) -> User:
+        fields.setdefault("role", Role.OPERATOR)
+        fields.setdefault("is_staff", True)
+        fields.setdefault("is_superuser", True)
+        return self.create_user(email, password, **fields)
+
+
+class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    email = models.EmailField(_("email address"), unique=True)
+    name = models.CharField(_("full name"), max_length=150, blank=True)
+    name_en = models.CharField(_("name in English"), max_length=150, blank=True)
+    role = models.CharField(_("role"), max_length=20, choices=Role.choices, default=Role.PATIENT)
+    institution = models.ForeignKey(
+        Institution,
+        verbose_name=_("institution"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="staff",
+    )
+    staff_title = models.CharField(_("title"), max_length=100, blank=True)
+    verified_at = models.DateTimeField(_("verified at"), null=True, blank=True)
+    verified_by = models.ForeignKey(
+        "self",
+        verbose_name=_("verified by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    is_staff = models.BooleanField(
+        _("admin site access"),
+        default=False,
+        help_text=_("Whether the user can sign in to the administration site."),
+    )
+    date_joined = models.DateTimeField(_("date joined"), default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        ordering = ["email"]
+        verbose_name = _("user")
+        verbose_name_plural = _("users")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(role="patient") | models.Q(role="operator") | models.Q(institution__isnull=False),
+                name="staff_belongs_to_institution",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} <{self.email}>"
+
+    @property
+    def display_name(self) -> str:
+        language = get_language() or ""
+        if language.startswith("en") and self.name_en:
+            return self.name_en
+        return self.name or self.email
+
+    def key_owner(self) -> str:
+        return f"user:{self.public_id}"
+
+    @property
+    def is_institution_staff(self) -> bool:
+        return self.role in STAFF_ROLES
+
+    @property
+    def is_verified_staff(self) -> bool:
+        """Staff whose institution admin has vouched for them.
+
+        Until verified, a staff account reaches no patient data at all.
+        """
+        return (
+            self.is_active
+            and self.is_institution_staff
+            and self.institution_id is not None
+            and self.verified_at is not None
+        )

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from accounts.access import role_required
+from accounts.models import Role, User
+from accounts.services import staff_unverify, staff_verify
+
+HOME_BY_ROLE = {
+    Role.PATIENT: "patient_home",
+    Role.CLINICIAN: "clinic_home",
+    Role.RESEARCHER: "research_home",
+    Role.INSTITUTION_ADMIN: "institution_home",
+    Role.OPERATOR: "ops_home",
+}
+
+
+def home(request):
+    if not request.user.is_authenticated:
+        return redirect("account_login")
+    return redirect(HOME_BY_ROLE.get(request.user.role, "account_login"))
+
+
+@login_required
+def profile(request):
+    return render(request, "accounts/profile.html", {"account": request.user})
+
+
+def _staff_of(user: User):
+    return User.objects.filter(institution_id=user.institution_id).exclude(role=Role.PATIENT).exclude(pk=user.pk)
+
+
+@role_required(Role.INSTITUTION_ADMIN)
+def institution_home(request):
+    staff = _staff_of(request.user)
+    context = {
+        "institution": request.user.institution,
+        "pending_count": staff.filter(verified_at__isnull=True).count(),
+        "verified_count": staff.filter(verified_at__isnull=False).count(),
+    }
+    return render(request, "accounts/institution_home.html", context)
+
+
+@role_required(Role.INSTITUTION_ADMIN)
+def institution_staff(request):
+    staff = _staff_of(request.user).select_related("verified_by").order_by("verified_at", "email")
+    return render(request, "accounts/institution_staff.html", {"staff": staff, "institution": request.user.institution})
+
+
+def _staff_member_for_admin(request, public_id) -> User:
+    # Access helper: only staff of the admin's own institution are found at all.
+    return get_object_or_404(_staff_of(request.user), public_id=public_id)
+
+
+@require_POST
+@role_required(Role.INSTITUTION_ADMIN)
+def institution_staff_verify(request, public_id):
+    member = _staff_member_for_admin(request, public_id)
+    try:
+        staff_verify(verifier=request.user, member=member)
+    except PermissionDenied:
+        messages.error(request, _("You cannot verify this account."))
+    else:
+        messages.success(request, _("%(name)s is now verified.") % {"name": member.display_name})
+    return redirect("institution_staff")
+
+
+@require_POST
+@role_required(Role.INSTITUTION_ADMIN)
+def institution_staff_unverify(request, public_id):
+    member = _staff_member_for_admin(request, public_id)
+    try:
+        staff_unverify(verifier=request.user, member=member)
+    except PermissionDenied:
+        messages.error(request, _("You cannot change this account."))
+    else:
+        messages.success(request, _("Verification of %(name)s was withdrawn.") % {"name": member.display_name})
+    return redirect("institution_staff")

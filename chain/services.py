@@ -1,0 +1,101 @@
+"""Node services: identity, heartbeats, health."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from chain.core import crypto
+from chain.models import NodeIdentity, WorkerHeartbeat
+
+
+@transaction.atomic
+def node_identity() -> NodeIdentity:
+    """This node's identity, made with a fresh wrapped Ed25519 key at first start."""
+    from accounts.keys import node_kek
+
+    existing = NodeIdentity.objects.filter(node_id=settings.NODE_ID).first()
+    if existing is not None:
+        return existing
+    pair = crypto.new_ed25519()
+    identity = NodeIdentity(node_id=settings.NODE_ID, sign_public=pair.public)
+    identity.sign_private_wrapped = crypto.wrap_private_key(node_kek(), pair.private, owner=identity.key_owner())
+    identity.save()
+    return identity
+
+
+def node_signing_key(identity: NodeIdentity) -> bytes:
+    from accounts.keys import node_kek
+
+    return crypto.unwrap_private_key(node_kek(), bytes(identity.sign_private_wrapped), owner=identity.key_owner())
+
+
+def heartbeat_record(*, queue: str, hostname: str) -> None:
+    WorkerHeartbeat.objects.update_or_create(queue=queue, defaults={"hostname": hostname, "beat_at": timezone.now()})
+
+
+def _check_database() -> dict:
+    started = time.perf_counter()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except DatabaseError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "vendor": connection.vendor, "ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _check_broker() -> dict:
+    from emr_site.celery import app
+
+    url = settings.CELERY_BROKER_URL
+    transport = url.split("://", 1)[0]
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # kombu raises transport-specific errors
+        return {"ok": False, "transport": transport, "error": str(exc)}
+    return {"ok": True, "transport": transport}
+
+
+def _check_workers() -> dict:
+    stale_after = timedelta(seconds=settings.HEARTBEAT_INTERVAL * 3)
+    now = timezone.now()
+    rows = {hb.queue: hb for hb in WorkerHeartbeat.objects.all()}
+    result = {}
+    for queue in ("store", "default"):
+        hb = rows.get(queue)
+        if hb is None:
+            result[queue] = {"ok": False, "last_heartbeat": None}
+        else:
+            result[queue] = {
+                "ok": now - hb.beat_at <= stale_after,
+                "last_heartbeat": hb.beat_at.isoformat(),
+                "age_seconds": round((now - hb.beat_at).total_seconds(), 1),
+                "hostname": hb.hostname,
+            }
+    return result
+
+
+def _check_store() -> dict:
+    paths = {"dag": settings.DAG_DIR, "chain": settings.CHAIN_DIR, "spool": settings.SPOOL_DIR}
+    detail = {name: {"path": str(path), "exists": path.exists()} for name, path in paths.items()}
+    return {"ok": True, "paths": detail}
+
+
+def health_report() -> dict:
+    """What /healthz and the operator page show. ``ok`` needs database and broker."""
+    report = {
+        "database": _check_database(),
+        "broker": _check_broker(),
+        "workers": _check_workers(),
+        "store": _check_store(),
+        "node_id": settings.NODE_ID,
+        "time": timezone.now().isoformat(),
+    }
+    report["ok"] = report["database"]["ok"] and report["broker"]["ok"]
+    return report

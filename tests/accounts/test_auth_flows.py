@@ -1,0 +1,163 @@
+"""Sign-up, email verification, sign-in, MFA enrolment, lockout, idle timeout."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from allauth.mfa.utils import is_mfa_enabled
+from django.core import mail
+from django.core.cache import cache
+from django.urls import reverse
+
+from accounts.middleware import SESSION_KEY
+from accounts.models import User
+from tests.factories import PASSWORD, totp_code
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _clear_rate_limits():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def signup(client, **overrides):
+    data = {
+        "email": "newpatient@example.org",
+        "password1": "a-Strong-passphrase-42",
+        "password2": "a-Strong-passphrase-42",
+        "name": "林小雨",
+        "role": "patient",
+    }
+    data.update(overrides)
+    return client.post(reverse("account_signup"), data)
+
+
+def test_patient_signs_up_verifies_email_signs_in_and_out(client):
+    response = signup(client)
+    assert response.status_code == 302
+    user = User.objects.get(email="newpatient@example.org")
+    assert user.role == "patient" and user.has_keys
+    # Unverified: sign-in is held at the verification page.
+    client.logout()
+    response = client.post(reverse("account_login"), {"login": user.email, "password": "a-Strong-passphrase-42"})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("account_email_verification_sent")
+    # The verification email carries a confirmation link.
+    assert mail.outbox, "no verification email sent"
+    link = re.search(r"http://testserver(/accounts/confirm-email/\S+/)", mail.outbox[-1].body).group(1)
+    response = client.post(link)
+    assert response.status_code == 302
+    client.logout()
+    response = client.post(reverse("account_login"), {"login": user.email, "password": "a-Strong-passphrase-42"})
+    assert response.status_code == 302
+    response = client.get(reverse("home"), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("patient_home")
+    client.post(reverse("account_logout"))
+    assert client.get(reverse("patient_home")).status_code == 302
+
+
+def test_signup_errors_are_shown_in_the_users_language(client):
+    response = signup(client, password2="different", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    response = client.post(
+        reverse("account_signup"),
+        {
+            "email": "x@example.org",
+            "password1": "a-Strong-passphrase-42",
+            "password2": "nope",
+            "name": "x",
+            "role": "patient",
+        },
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+    )
+    assert response.status_code == 200
+    assert "两次输入的密码必须一致" in response.content.decode() or "密码" in response.content.decode()
+    assert not User.objects.filter(email="x@example.org").exists()
+
+
+def test_doctor_signup_requires_an_institution(client, hospital):
+    response = signup(client, email="doc@example.org", role="clinician")
+    assert response.status_code == 200
+    assert not User.objects.filter(email="doc@example.org").exists()
+    response = signup(client, email="doc@example.org", role="clinician", institution=hospital.pk)
+    assert response.status_code == 302
+    doctor = User.objects.get(email="doc@example.org")
+    assert doctor.institution == hospital and not doctor.is_verified_staff
+
+
+def test_researcher_must_choose_a_research_institute(client, hospital):
+    response = signup(client, email="r@example.org", role="researcher", institution=hospital.pk)
+    assert response.status_code == 200
+    assert not User.objects.filter(email="r@example.org").exists()
+
+
+def password_login(client, user):
+    response = client.post(reverse("account_login"), {"login": user.email, "password": PASSWORD})
+    assert response.status_code == 302, response.content
+
+
+def test_patient_turns_on_totp_and_gets_recovery_codes(client, alice):
+    password_login(client, alice)
+    # Turning on 2FA is a sensitive action: allauth asks for the password again.
+    page = client.get(reverse("mfa_activate_totp"))
+    assert page["Location"].startswith(reverse("account_reauthenticate"))
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+    page = client.get(reverse("mfa_activate_totp"))
+    assert page.status_code == 200
+    secret = page.context["form"].secret
+    response = client.post(reverse("mfa_activate_totp"), {"code": totp_code(secret)})
+    assert response.status_code == 302
+    assert is_mfa_enabled(alice)
+    codes = client.get(reverse("mfa_view_recovery_codes"))
+    assert codes.status_code == 200
+    assert len(codes.context["unused_codes"]) == 10
+    # Next sign-in asks for the second factor.
+    client.logout()
+    response = client.post(reverse("account_login"), {"login": alice.email, "password": PASSWORD})
+    assert response["Location"] == reverse("mfa_authenticate")
+
+
+def test_wrong_totp_code_is_rejected_with_a_message(client, alice):
+    password_login(client, alice)
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+    client.get(reverse("mfa_activate_totp"))
+    response = client.post(reverse("mfa_activate_totp"), {"code": "000000"})
+    assert response.status_code == 200
+    assert response.context["form"].errors
+    assert not is_mfa_enabled(alice)
+
+
+def test_lockout_after_repeated_failed_sign_ins(client, alice, settings):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        response = client.post(reverse("account_login"), {"login": alice.email, "password": "wrong-password"})
+        assert response.status_code == 200
+    # Even the right password is refused while locked out.
+    response = client.post(reverse("account_login"), {"login": alice.email, "password": PASSWORD})
+    assert response.status_code in (200, 429)
+    assert "_auth_user_id" not in client.session
+    body = response.content.decode()
+    assert "Too many failed login attempts" in body or "登录失败次数过多" in body or response.status_code == 429
+
+
+def test_idle_staff_session_times_out(client, carol, settings):
+    client.force_login(carol)
+    assert client.get(reverse("clinic_home")).status_code == 200
+    session = client.session
+    session[SESSION_KEY] = session[SESSION_KEY] - settings.SESSION_IDLE_TIMEOUT_STAFF - 5
+    session.save()
+    response = client.get(reverse("clinic_home"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("account_login"))
+    assert "_auth_user_id" not in client.session
+
+
+def test_patient_idle_limit_is_longer_than_staff(client, alice, settings):
+    client.force_login(alice)
+    client.get(reverse("patient_home"))
+    session = client.session
+    session[SESSION_KEY] = session[SESSION_KEY] - settings.SESSION_IDLE_TIMEOUT_STAFF - 5
+    session.save()
+    assert client.get(reverse("patient_home")).status_code == 200

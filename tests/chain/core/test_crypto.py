@@ -1,0 +1,221 @@
+"""Tests for chain.core.crypto: every way to open or verify wrongly must fail."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chain.core import crypto
+from chain.core.errors import CryptoError
+
+SIGNER = crypto.new_ed25519()
+OTHER_SIGNER = crypto.new_ed25519()
+
+
+def flip_bit(data: bytes, bit: int) -> bytes:
+    index = bit // 8
+    out = bytearray(data)
+    out[index] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+# -- key pairs ----------------------------------------------------------------
+
+
+def test_key_pairs_are_raw_32_bytes_and_fresh() -> None:
+    for make in (crypto.new_x25519, crypto.new_ed25519):
+        a, b = make(), make()
+        assert len(a.private) == len(a.public) == 32
+        assert a != b
+
+
+def test_public_keys_derive_from_private() -> None:
+    ed, x = crypto.new_ed25519(), crypto.new_x25519()
+    assert crypto.ed25519_public(ed.private) == ed.public
+    assert crypto.x25519_public(x.private) == x.public
+
+
+def test_key_pair_repr_hides_the_private_key() -> None:
+    pair = crypto.new_ed25519()
+    assert pair.private.hex() not in repr(pair)
+    assert pair.public.hex() in repr(pair)
+
+
+def test_fingerprint_is_short_stable_hex() -> None:
+    pair = crypto.new_ed25519()
+    fp = crypto.key_fingerprint(pair.public)
+    assert fp == crypto.key_fingerprint(pair.public)
+    assert len(fp) == 16
+    int(fp, 16)
+    assert fp != crypto.key_fingerprint(crypto.new_ed25519().public)
+
+
+# -- signatures ----------------------------------------------------------------
+
+
+def test_sign_and_verify() -> None:
+    signature = crypto.sign(SIGNER.private, b"message")
+    assert len(signature) == 64
+    crypto.verify(SIGNER.public, signature, b"message")
+
+
+def test_wrong_public_key_fails() -> None:
+    signature = crypto.sign(SIGNER.private, b"message")
+    with pytest.raises(CryptoError, match="invalid signature"):
+        crypto.verify(OTHER_SIGNER.public, signature, b"message")
+
+
+@pytest.mark.parametrize("public", [b"", b"\x01" * 31, b"\x01" * 33])
+def test_malformed_public_key_fails(public: bytes) -> None:
+    signature = crypto.sign(SIGNER.private, b"m")
+    with pytest.raises(CryptoError):
+        crypto.verify(public, signature, b"m")
+
+
+def test_truncated_signature_fails() -> None:
+    signature = crypto.sign(SIGNER.private, b"m")
+    with pytest.raises(CryptoError):
+        crypto.verify(SIGNER.public, signature[:-1], b"m")
+
+
+@settings(max_examples=60, deadline=None)
+@given(message=st.binary(min_size=1, max_size=64), data=st.data())
+def test_any_bit_flip_in_message_fails(message: bytes, data: st.DataObject) -> None:
+    signature = crypto.sign(SIGNER.private, message)
+    bit = data.draw(st.integers(0, len(message) * 8 - 1))
+    assert not crypto.is_valid_signature(SIGNER.public, signature, flip_bit(message, bit))
+
+
+@settings(max_examples=60, deadline=None)
+@given(message=st.binary(max_size=64), bit=st.integers(0, 64 * 8 - 1))
+def test_any_bit_flip_in_signature_fails(message: bytes, bit: int) -> None:
+    signature = crypto.sign(SIGNER.private, message)
+    with pytest.raises(CryptoError):
+        crypto.verify(SIGNER.public, flip_bit(signature, bit), message)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_verify_many_reports_each_item(threads: int) -> None:
+    items = []
+    for i in range(100):
+        message = f"m{i}".encode()
+        items.append((SIGNER.public, crypto.sign(SIGNER.private, message), message))
+    items[7] = (SIGNER.public, items[7][1], b"tampered")
+    items[93] = (OTHER_SIGNER.public, items[93][1], items[93][2])
+    result = crypto.verify_many(items, threads=threads)
+    assert [i for i, ok in enumerate(result) if not ok] == [7, 93]
+
+
+# -- private-key wrapping ------------------------------------------------------
+
+
+def test_wrap_round_trip() -> None:
+    kek, pair = crypto.new_kek(), crypto.new_x25519()
+    blob = crypto.wrap_private_key(kek, pair.private, owner="user:42")
+    assert blob[0] == 1
+    assert len(blob) == 1 + 12 + 32 + 16
+    assert pair.private not in blob
+    assert crypto.unwrap_private_key(kek, blob, owner="user:42") == pair.private
+
+
+def test_wrap_uses_a_fresh_nonce() -> None:
+    kek, pair = crypto.new_kek(), crypto.new_x25519()
+    one = crypto.wrap_private_key(kek, pair.private, owner="u")
+    two = crypto.wrap_private_key(kek, pair.private, owner="u")
+    assert one[1:13] != two[1:13]
+
+
+def test_unwrap_with_wrong_kek_fails() -> None:
+    blob = crypto.wrap_private_key(crypto.new_kek(), b"k" * 32, owner="u")
+    with pytest.raises(CryptoError, match="wrong key-encryption key"):
+        crypto.unwrap_private_key(crypto.new_kek(), blob, owner="u")
+
+
+def test_unwrap_for_another_owner_fails() -> None:
+    kek = crypto.new_kek()
+    blob = crypto.wrap_private_key(kek, b"k" * 32, owner="user:1")
+    with pytest.raises(CryptoError, match="wrong owner"):
+        crypto.unwrap_private_key(kek, blob, owner="user:2")
+
+
+def test_unwrap_rejects_other_versions_and_truncation() -> None:
+    kek = crypto.new_kek()
+    blob = crypto.wrap_private_key(kek, b"k" * 32, owner="u")
+    with pytest.raises(CryptoError, match="version"):
+        crypto.unwrap_private_key(kek, b"\x02" + blob[1:], owner="u")
+    with pytest.raises(CryptoError, match="truncated"):
+        crypto.unwrap_private_key(kek, blob[:20], owner="u")
+
+
+def test_wrap_rejects_a_short_kek() -> None:
+    with pytest.raises(CryptoError, match="32 bytes"):
+        crypto.wrap_private_key(b"short", b"k" * 32, owner="u")
+
+
+KEK = crypto.new_kek()
+WRAPPED = crypto.wrap_private_key(KEK, b"p" * 32, owner="owner")
+
+
+@settings(max_examples=80, deadline=None)
+@given(bit=st.integers(0, len(WRAPPED) * 8 - 1))
+def test_any_bit_flip_in_wrapped_key_fails(bit: int) -> None:
+    with pytest.raises(CryptoError):
+        crypto.unwrap_private_key(KEK, flip_bit(WRAPPED, bit), owner="owner")
+
+
+# -- key envelopes --------------------------------------------------------------
+
+RECIPIENT = crypto.new_x25519()
+DEK = bytes(range(32))
+
+
+def test_envelope_round_trip() -> None:
+    envelope = crypto.seal_key(RECIPIENT.public, DEK, context=b"record:1/v1")
+    assert envelope[0] == 1
+    assert len(envelope) == 1 + 32 + 12 + 32 + 16
+    assert crypto.open_key(RECIPIENT.private, envelope, context=b"record:1/v1") == DEK
+
+
+def test_envelopes_are_randomised() -> None:
+    one = crypto.seal_key(RECIPIENT.public, DEK, context=b"c")
+    two = crypto.seal_key(RECIPIENT.public, DEK, context=b"c")
+    assert one != two
+    assert one[1:33] != two[1:33]
+
+
+def test_envelope_for_another_recipient_fails() -> None:
+    envelope = crypto.seal_key(RECIPIENT.public, DEK, context=b"c")
+    with pytest.raises(CryptoError, match="not addressed to this key"):
+        crypto.open_key(crypto.new_x25519().private, envelope, context=b"c")
+
+
+def test_envelope_with_wrong_context_fails() -> None:
+    envelope = crypto.seal_key(RECIPIENT.public, DEK, context=b"record:A")
+    with pytest.raises(CryptoError, match="wrong context"):
+        crypto.open_key(RECIPIENT.private, envelope, context=b"record:B")
+
+
+def test_envelope_rejects_other_versions_and_truncation() -> None:
+    envelope = crypto.seal_key(RECIPIENT.public, DEK, context=b"c")
+    with pytest.raises(CryptoError, match="version"):
+        crypto.open_key(RECIPIENT.private, b"\x09" + envelope[1:], context=b"c")
+    with pytest.raises(CryptoError, match="truncated"):
+        crypto.open_key(RECIPIENT.private, envelope[:40], context=b"c")
+
+
+def test_envelope_rejects_a_low_order_ephemeral_key() -> None:
+    envelope = crypto.seal_key(RECIPIENT.public, DEK, context=b"c")
+    forged = envelope[:1] + bytes(32) + envelope[33:]
+    with pytest.raises(CryptoError):
+        crypto.open_key(RECIPIENT.private, forged, context=b"c")
+
+
+ENVELOPE = crypto.seal_key(RECIPIENT.public, DEK, context=b"ctx")
+
+
+@settings(max_examples=80, deadline=None)
+@given(bit=st.integers(0, len(ENVELOPE) * 8 - 1))
+def test_any_bit_flip_in_envelope_fails(bit: int) -> None:
+    with pytest.raises(CryptoError):
+        crypto.open_key(RECIPIENT.private, flip_bit(ENVELOPE, bit), context=b"ctx")

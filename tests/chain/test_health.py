@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from chain.services import heartbeat_record
+from chain.tasks import default_heartbeat, store_heartbeat
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz_reports_database_broker_workers_and_store(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    report = response.json()
+    assert report["ok"] is True
+    assert report["database"]["ok"] is True
+    assert report["broker"]["ok"] is True
+    assert set(report["workers"]) == {"store", "default"}
+    assert report["workers"]["store"]["ok"] is False  # no worker has reported yet
+    assert "dag" in report["store"]["paths"]
+
+
+def test_heartbeat_tasks_mark_workers_alive(client):
+    store_heartbeat.apply()
+    default_heartbeat.apply()
+    report = client.get("/healthz").json()
+    assert report["workers"]["store"]["ok"] and report["workers"]["default"]["ok"]
+
+
+def test_heartbeat_is_one_row_per_queue(db):
+    from chain.models import WorkerHeartbeat
+
+    heartbeat_record(queue="store", hostname="a")
+    heartbeat_record(queue="store", hostname="b")
+    assert WorkerHeartbeat.objects.get(queue="store").hostname == "b"
+
+
+def test_operator_page_shows_the_same_report(client, operator):
+    client.force_login(operator)
+    response = client.get(reverse("ops_home"))
+    assert response.status_code == 200
+    assert "filesystem" in response.content.decode() or "redis" in response.content.decode()
