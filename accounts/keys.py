@@ -83,14 +83,16 @@ def issue_keys(holder) -> None:
     enc = crypto.new_x25519()
     sig = crypto.new_ed25519()
     holder.enc_public = enc.public
-    holder.enc_private_wrapped = crypto.wrap_private_key(kek, enc.private, owner=owner)
+    # Each key is bound to its owner *and* its purpose, so swapping the two
+    # wrapped blobs of one row fails to unwrap as well.
+    holder.enc_private_wrapped = crypto.wrap_private_key(kek, enc.private, owner=f"{owner}/enc")
     holder.sign_public = sig.public
-    holder.sign_private_wrapped = crypto.wrap_private_key(kek, sig.private, owner=owner)
+    holder.sign_private_wrapped = crypto.wrap_private_key(kek, sig.private, owner=f"{owner}/sign")
 
 
-def _unwrap(holder, blob) -> bytes:
+def _unwrap(holder, blob, purpose: str) -> bytes:
     try:
-        return crypto.unwrap_private_key(node_kek(), bytes(blob), owner=holder.key_owner())
+        return crypto.unwrap_private_key(node_kek(), bytes(blob), owner=f"{holder.key_owner()}/{purpose}")
     except CryptoError as exc:
         raise CryptoError(
             f"cannot unwrap the private key of {holder.key_owner()}: {exc} "
@@ -99,8 +101,8 @@ def _unwrap(holder, blob) -> bytes:
 
 
 def encryption_private_key(holder) -> bytes:
-    return _unwrap(holder, holder.enc_private_wrapped)
+    return _unwrap(holder, holder.enc_private_wrapped, "enc")
 
 
 def signing_private_key(holder) -> bytes:
-    return _unwrap(holder, holder.sign_private_wrapped)
+    return _unwrap(holder, holder.sign_private_wrapped, "sign")

@@ -62,6 +62,14 @@ def test_a_wrapped_key_moved_to_another_owner_fails(alice, bob):
         encryption_private_key(bob)
 
 
+def test_swapping_the_two_wrapped_keys_of_a_row_fails(alice):
+    alice.enc_private_wrapped, alice.sign_private_wrapped = alice.sign_private_wrapped, alice.enc_private_wrapped
+    with pytest.raises(CryptoError):
+        encryption_private_key(alice)
+    with pytest.raises(CryptoError):
+        signing_private_key(alice)
+
+
 def test_wrong_kek_fails_loudly(alice, tmp_path, settings):
     other = tmp_path / "other.kek"
     other.write_bytes(base64.b64encode(os.urandom(32)))
