@@ -1,4 +1,4 @@
-"""The node's own tables: identity, worker heartbeats (ledger tables follow)."""
+"""The node itself: its identity and its workers' heartbeats."""
 
 from __future__ import annotations
 
