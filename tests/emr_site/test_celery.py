@@ -77,7 +77,9 @@ def round_trip(app: Celery, env: dict, task: str, queue: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("task", "queue"), [("default.ping", "default"), ("store.ping", "store")])
-def test_round_trip_through_the_filesystem_broker(tmp_path, task, queue):
+def test_round_trip_through_the_filesystem_broker(tmp_path, monkeypatch, task, queue):
+    # Celery lets CELERY_BROKER_URL in the environment override the app's broker.
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     results = tmp_path / "results"
     results.mkdir()
     env = worker_env(tmp_path, CELERY_BROKER_URL="filesystem://", CELERY_RESULT_BACKEND=f"file://{results}")
@@ -97,7 +99,8 @@ def test_round_trip_through_the_filesystem_broker(tmp_path, task, queue):
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_round_trip_through_redis(tmp_path, redis_url):
+def test_round_trip_through_redis(tmp_path, monkeypatch, redis_url):
+    monkeypatch.setenv("CELERY_BROKER_URL", redis_url)
     env = worker_env(tmp_path, CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url)
     app = Celery("probe", broker=redis_url, backend=redis_url)
     round_trip(app, env, "default.ping", "default")
