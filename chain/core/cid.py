@@ -91,7 +91,7 @@ class CID:
         padded = body.upper() + "=" * (-len(body) % 8)
         try:
             raw = base64.b32decode(padded)
-        except (ValueError, base64.binascii.Error) as exc:
+        except ValueError as exc:  # binascii.Error is a ValueError
             raise CodecError(f"CID is not valid base32: {exc}") from None
         return cls.from_bytes(raw)
 

@@ -5,6 +5,8 @@ encoding; a non-minimal encoding would give one value two byte strings and so
 two identifiers, which is exactly what content addressing must rule out.
 """
 
+from typing import IO
+
 from .errors import CodecError
 
 MAX_VARINT_BYTES = 9
@@ -51,7 +53,7 @@ def decode(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, 
     raise CodecError("varint longer than 9 bytes")
 
 
-def read_stream(stream) -> int | None:
+def read_stream(stream: IO[bytes]) -> int | None:
     """Read one varint from a binary stream; ``None`` at a clean end of stream."""
     value = 0
     shift = 0

@@ -1,0 +1,741 @@
+"""The content-addressed block store, on RocksDB through rocksdict.
+
+Layout. One RocksDB database with two column families:
+
+* ``blocks``: key = binary CID, value = block bytes. Compression is off
+  (blocks are ciphertext, incompressible) and values of 4 KiB and more live in
+  blob files, so compaction moves only keys, never the megabyte values.
+* ``default``: metadata. ``b"p" + cid`` → pin count (ASCII decimal);
+  ``b"m" + cid`` → JSON import parameters of an object added by
+  :func:`add_file`.
+
+Every open passes ``options=Options(raw_mode=False)`` and an explicit
+``Options(raw_mode=False)`` for every column family, ``default`` included:
+rocksdict ≤ 0.3.29 rewrites its own config file on each open without
+truncating it, and only identical options make concurrent opens harmless.
+In this mode rocksdict tags each key and value with a type byte; keys and
+values here are always ``bytes`` (type 1), so what is stored is
+``0x01 || CID`` → ``0x01 || block``.
+
+Correctness argument.
+
+* Nothing enters ``blocks`` unverified: :meth:`BlockStore.put` and
+  :meth:`BlockStore.put_many` hash the bytes against the CID first;
+  :func:`import_car` hashes every block before storing any; the one path that
+  skips the re-hash (:func:`add_file`) stores only immutable ``bytes`` whose
+  CID the builder computed from those very objects.
+* Bulk imports skip the write-ahead log (half the bytes written) and flush the
+  blocks family before they return and before any pin is written, so no pin
+  or caller can outlive, through a crash, a block it relies on. Single puts
+  use the WAL and are durable on return.
+* Nothing leaves unverified: :meth:`BlockStore.get` re-hashes every block and
+  raises :class:`IntegrityError` on a mismatch or an undecodable value, and
+  :class:`NotFoundError` on a miss. It never returns wrong bytes.
+* Garbage collection never deletes a block reachable from a pin: it marks by
+  walking every pinned DAG and refuses to sweep if any pinned DAG cannot be
+  walked (a missing or corrupt interior node hides what lies below it). Writers
+  that put blocks and then pin them (:func:`add_file`, :func:`import_car`) hold
+  a shared guard that :meth:`BlockStore.gc` takes exclusively, so a sweep can
+  never fall between a block's write and its pin.
+* Only one process may open a database read-write (RocksDB's lock enforces it);
+  readers in other processes open it as a *secondary* instance, which sees the
+  primary's writes after :meth:`BlockStore.catch_up`. A secondary ``get`` or
+  ``has`` that misses catches up once and retries before reporting a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from os import PathLike
+from typing import IO, Any, BinaryIO
+
+from rocksdict import (
+    AccessType,
+    DBCompressionType,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
+
+from . import varint
+from .car import CarReader, CarStats, block_links, write_car
+from .cid import CID, RAW
+from .errors import CodecError, CoreError, IntegrityError, NotFoundError
+from .unixfs import PROFILE_2025, BuildResult, ChunkParams, FileReader, FileStat, build_file
+
+BLOCKS_CF = "blocks"
+_PIN = b"p"
+_META = b"m"
+BATCH_BYTES = 2 * 1024 * 1024
+"""Blocks are written in WriteBatches of about this many bytes."""
+_MIN_BLOB_SIZE = 4096
+_WRITE_BUFFER = 12 * 1024 * 1024
+"""Per-memtable budget for the blocks family; keeps an import's RSS bounded."""
+
+
+def _no_wal() -> WriteOptions:
+    opts = WriteOptions()
+    # The stub declares a method; rocksdict 0.3.29 exposes a property.
+    opts.disable_wal = True  # type: ignore[method-assign,assignment]
+    return opts
+
+
+_NO_WAL = _no_wal()
+
+
+def _block_read_options() -> ReadOptions:
+    """RocksDB's CRCs are skipped on block reads: every block is re-hashed with
+    SHA-256 by :meth:`BlockStore.get`, which catches strictly more."""
+    opts = ReadOptions()
+    opts.set_verify_checksums(False)
+    return opts
+
+
+class StoreError(CoreError):
+    """RocksDB refused an operation (open, write) for a reason other than the data."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """A write was attempted through a secondary (read-only) instance."""
+
+
+# -- opening --------------------------------------------------------------------------
+def _db_options() -> Options:
+    opts = Options(raw_mode=False)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+def _blocks_options() -> Options:
+    opts = Options(raw_mode=False)
+    opts.set_compression_type(DBCompressionType.none())
+    opts.set_enable_blob_files(True)
+    opts.set_min_blob_size(_MIN_BLOB_SIZE)
+    opts.set_blob_compression_type(DBCompressionType.none())
+    opts.set_enable_blob_gc(True)
+    opts.set_write_buffer_size(_WRITE_BUFFER)
+    opts.set_max_write_buffer_number(2)
+    return opts
+
+
+def open_rdict(path: str, *, secondary_path: str | None = None) -> Rdict:
+    """Open the database with the project's explicit options (see module docstring)."""
+    access = AccessType.secondary(secondary_path) if secondary_path else AccessType.read_write()
+    try:
+        return Rdict(
+            path,
+            options=_db_options(),
+            column_families={"default": Options(raw_mode=False), BLOCKS_CF: _blocks_options()},
+            access_type=access,
+        )
+    except Exception as exc:  # rocksdict raises bare Exception
+        raise StoreError(f"cannot open block store at {path}: {exc}") from None
+
+
+# -- results ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """Import parameters recorded with an object added by :func:`add_file`."""
+
+    chunk_size: int
+    max_links: int
+    size: int
+    blocks: int
+    depth: int
+    layout: str = "balanced"
+    raw_leaves: bool = True
+    cid_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    marked: int  # blocks reachable from pins
+    removed: int  # blocks deleted
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    root: CID
+    size: int
+    blocks: int
+    depth: int
+    chunk_size: int
+    max_links: int
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    roots: tuple[CID, ...]
+    blocks: int
+    bytes: int
+    pinned: bool
+
+
+class _GcGuard:
+    """Many writers share it; gc holds it alone (a readers-writer lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._writers = 0
+        self._collecting = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._collecting)
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._collecting)
+            self._collecting = True
+            self._cond.wait_for(lambda: self._writers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._collecting = False
+                self._cond.notify_all()
+
+
+# -- the store ---------------------------------------------------------------------------------
+class BlockStore:
+    """Blocks by CID, pins with reference counts, gc, verification.
+
+    ``BlockStore(path)`` opens (creating if needed) the primary, read-write
+    instance: one process only. ``BlockStore(path, readonly_secondary=True)``
+    opens a secondary, read-only instance that any number of other processes
+    may hold; ``secondary_path`` is its private directory (a temporary one,
+    removed on close, when omitted).
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        readonly_secondary: bool = False,
+        secondary_path: str | PathLike[str] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.readonly = readonly_secondary
+        self._owned_secondary: str | None = None
+        if readonly_secondary:
+            if secondary_path is None:
+                secondary_path = self._owned_secondary = tempfile.mkdtemp(prefix="blocks-2nd-")
+            self._db = open_rdict(self.path, secondary_path=str(secondary_path))
+        else:
+            self._db = open_rdict(self.path)
+        self._blocks = self._db.get_column_family(BLOCKS_CF)
+        self._blocks.set_read_options(_block_read_options())
+        self._blocks_cf = self._db.get_column_family_handle(BLOCKS_CF)
+        self._unflushed = False  # blocks written without the WAL since the last flush
+        self._flush_lock = threading.Lock()
+        self._meta_lock = threading.Lock()  # pin counts are read-modify-write
+        self._guard = _GcGuard()
+        self._open_iterators: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
+        self._reader = FileReader(self.get)
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Close live iterators, then the column family handles, then the database."""
+        if self._closed:
+            return
+        self._closed = True
+        for gen in list(self._open_iterators):
+            gen.close()
+        del self._blocks, self._blocks_cf
+        db = self._db
+        del self._db
+        if self.readonly:
+            del db  # a secondary cannot flush; dropping the last reference closes it
+        else:
+            db.close()
+        if self._owned_secondary:
+            shutil.rmtree(self._owned_secondary, ignore_errors=True)
+
+    def __enter__(self) -> BlockStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def catch_up(self) -> None:
+        """Secondary only: replay what the primary has written since the last catch-up."""
+        if not self.readonly:
+            return
+        try:
+            self._db.try_catch_up_with_primary()
+        except Exception as exc:  # rocksdict raises bare Exception
+            raise StoreError(f"secondary could not catch up with {self.path}: {exc}") from None
+
+    # -- blocks --------------------------------------------------------------------------
+    def put(self, cid: CID, data: bytes | bytearray | memoryview) -> None:
+        """Store one block after checking that it hashes to ``cid``."""
+        self.put_many([(cid, data)])
+
+    def put_many(self, blocks: Iterable[tuple[CID, bytes | bytearray | memoryview]]) -> int:
+        """Verify every block, then store them all in one WriteBatch; return the count.
+
+        If any block fails verification nothing is written.
+        """
+        checked = []
+        for cid, data in blocks:
+            data = bytes(data)
+            if not cid.verify(data):
+                actual = CID.of(cid.codec, data)
+                raise IntegrityError(f"refusing to store {cid}: the data hashes to {actual}")
+            checked.append((cid, data))
+        self._write_verified(checked)
+        return len(checked)
+
+    def _write_verified(self, blocks: list[tuple[CID, bytes]], *, bulk: bool = False) -> None:
+        """Write blocks already known to match their CIDs (immutable bytes only).
+
+        ``bulk`` skips the write-ahead log, halving the bytes written. Such
+        blocks can be lost in a crash until the blocks family is flushed, so
+        :meth:`_add_pin` flushes before it writes any pin: no pin can survive a
+        crash that its blocks did not.
+        """
+        self._check_writable()
+        if not blocks:
+            return
+        batch = WriteBatch(raw_mode=False)
+        batch.set_default_column_family(self._blocks_cf)
+        for cid, data in blocks:
+            if type(data) is not bytes:  # rocksdict would pickle anything else
+                raise TypeError("blocks must be bytes")
+            batch.put(cid.to_bytes(), data)
+        if bulk:
+            with self._flush_lock:  # write and flag together, or a flush could miss it
+                self._write(batch, _NO_WAL)
+                self._unflushed = True
+        else:
+            self._write(batch)
+
+    def _flush_blocks(self) -> None:
+        """Persist blocks written without the WAL (see :meth:`_write_verified`)."""
+        with self._flush_lock:
+            if not self._unflushed:
+                return
+            try:
+                self._blocks.flush(True)
+            except Exception as exc:  # rocksdict raises bare Exception
+                raise StoreError(f"flush of {self.path} failed: {exc}") from None
+            self._unflushed = False
+
+    def get(self, cid: CID) -> bytes:
+        """The block's bytes, re-hashed: :class:`IntegrityError` if they do not match."""
+        value = self._lookup(cid)
+        if value is None:
+            raise NotFoundError(f"block {cid} is not in the store at {self.path}")
+        if type(value) is not bytes or not cid.verify(value):
+            raise IntegrityError(f"block {cid} is corrupt: stored bytes do not hash to its CID")
+        return value
+
+    def has(self, cid: CID) -> bool:
+        """Whether the block is stored (not re-hashed; use :meth:`get` to verify)."""
+        key = cid.to_bytes()
+        if self._contains(key):
+            return True
+        if self.readonly:
+            self.catch_up()
+            return self._contains(key)
+        return False
+
+    def _contains(self, key: bytes) -> bool:
+        try:
+            return key in self._blocks
+        except Exception as exc:  # rocksdict raises bare Exception
+            raise StoreError(f"cannot read {self.path}: {exc}") from None
+
+    def _lookup(self, cid: CID) -> object:
+        key = cid.to_bytes()
+        value = self._raw_get(cid, key)
+        if value is None and self.readonly:
+            self.catch_up()
+            value = self._raw_get(cid, key)
+        return value
+
+    def _raw_get(self, cid: CID, key: bytes) -> object:
+        try:
+            return self._blocks.get(key)
+        except Exception as exc:  # rocksdict raises bare Exception
+            text = str(exc)
+            if "Corruption" in text or "value type" in text or "utf-8" in text:
+                raise IntegrityError(f"block {cid} is corrupt: {text}") from None
+            raise StoreError(f"cannot read {cid} from {self.path}: {text}") from None
+
+    def iter_cids(self) -> Iterator[CID]:
+        """Every stored CID, in key order. Closed by :meth:`close` if still open."""
+        gen = self._iter_cids()
+        self._open_iterators.add(gen)
+        return gen
+
+    def _iter_cids(self) -> Generator[CID, None, None]:
+        it = self._blocks.iter()
+        try:
+            it.seek_to_first()
+            while it.valid():
+                yield CID.from_bytes(it.key())
+                it.next()
+        finally:
+            del it
+
+    # -- files ---------------------------------------------------------------------------
+    def cat(self, root: CID, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Stream bytes of the UnixFS file ``root`` (every block verified)."""
+        return self._reader.read(root, offset, length)
+
+    def stat(self, root: CID) -> FileStat:
+        """Size, blocks, depth and inferred chunk parameters of a UnixFS file."""
+        return self._reader.stat(root)
+
+    def object_meta(self, root: CID) -> ObjectMeta | None:
+        """Import parameters recorded by :func:`add_file`, or None."""
+        raw = self._db.get(_META + root.to_bytes())
+        if raw is None:
+            return None
+        return ObjectMeta(**json.loads(raw))
+
+    # -- pins ----------------------------------------------------------------------------
+    def pin_count(self, cid: CID) -> int:
+        raw = self._db.get(_PIN + cid.to_bytes())
+        return 0 if raw is None else int(raw)
+
+    def pins(self) -> dict[CID, int]:
+        """Pinned roots and their counts."""
+        out: dict[CID, int] = {}
+        for key, value in self._prefix_items(_PIN):
+            out[CID.from_bytes(key[len(_PIN) :])] = int(value)
+        return out
+
+    def pin(self, cid: CID) -> int:
+        """Add one reference to ``cid``; the whole DAG under it must be stored.
+
+        Raises :class:`NotFoundError` naming the missing blocks otherwise, so a
+        pin always means "this DAG is complete here". Returns the new count.
+        """
+        self._check_writable()
+        with self._guard.shared():
+            missing = self.missing(cid)
+            if missing:
+                shown = ", ".join(str(c) for c in missing[:3])
+                raise NotFoundError(f"cannot pin {cid}: {len(missing)} block(s) missing, e.g. {shown}")
+            return self._add_pin(cid, None)
+
+    def _add_pin(self, cid: CID, meta: ObjectMeta | None) -> int:
+        with self._meta_lock:
+            self._flush_blocks()
+            count = self.pin_count(cid) + 1
+            batch = WriteBatch(raw_mode=False)
+            batch.put(_PIN + cid.to_bytes(), str(count).encode())
+            if meta is not None:
+                batch.put(_META + cid.to_bytes(), json.dumps(asdict(meta)).encode())
+            self._write(batch)
+            return count
+
+    def unpin(self, cid: CID) -> int:
+        """Drop one reference; return the remaining count. :class:`NotFoundError` if unpinned."""
+        self._check_writable()
+        with self._meta_lock:
+            count = self.pin_count(cid)
+            if count == 0:
+                raise NotFoundError(f"{cid} is not pinned")
+            batch = WriteBatch(raw_mode=False)
+            key = _PIN + cid.to_bytes()
+            if count == 1:
+                batch.delete(key)
+            else:
+                batch.put(key, str(count - 1).encode())
+            self._write(batch)
+            return count - 1
+
+    # -- walking, verification, gc ----------------------------------------------------------
+    def missing(self, root: CID) -> list[CID]:
+        """Blocks under ``root`` that are absent. Interior blocks are fetched and
+        verified (a corrupt one raises); raw leaves are only looked up."""
+        missing: list[CID] = []
+        seen: set[CID] = set()
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            if cid.codec == RAW:
+                if not self.has(cid):
+                    missing.append(cid)
+                continue
+            try:
+                data = self.get(cid)
+            except NotFoundError:
+                missing.append(cid)
+                continue
+            stack.extend(reversed(block_links(cid, data)))
+        return missing
+
+    def verify(self, roots: Iterable[CID] | None = None) -> list[CID]:
+        """CIDs that are corrupt or missing.
+
+        With ``roots``: every block of those DAGs is fetched and re-hashed;
+        missing and corrupt blocks are reported (nothing below them is
+        reachable). Without: every stored block is re-hashed; corrupt ones are
+        reported.
+        """
+        if roots is None:
+            bad = []
+            for cid in self.iter_cids():
+                try:
+                    self.get(cid)
+                except (IntegrityError, NotFoundError):
+                    bad.append(cid)
+            return bad
+        bad, seen = [], set()
+        stack = list(reversed(list(roots)))
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                data = self.get(cid)
+                links = block_links(cid, data)
+            except (IntegrityError, NotFoundError, CodecError):
+                bad.append(cid)
+                continue
+            stack.extend(reversed(links))
+        return bad
+
+    def gc(self) -> GcResult:
+        """Delete every block not reachable from a pin; drop metadata of unpinned roots.
+
+        Raises (and deletes nothing) if a pinned DAG cannot be walked.
+        """
+        self._check_writable()
+        with self._guard.exclusive():
+            marked: set[CID] = set()
+            for root in self.pins():
+                self._mark(root, marked)
+            removed = self._sweep(marked)
+            self._drop_stale_meta()
+            return GcResult(len(marked), removed)
+
+    def _mark(self, root: CID, marked: set[CID]) -> None:
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            if cid in marked:
+                continue
+            marked.add(cid)
+            if cid.codec != RAW:
+                stack.extend(block_links(cid, self.get(cid)))
+
+    def _sweep(self, marked: set[CID]) -> int:
+        removed = 0
+        batch = WriteBatch(raw_mode=False)
+        batch.set_default_column_family(self._blocks_cf)
+        for cid in self.iter_cids():
+            if cid not in marked:
+                batch.delete(cid.to_bytes())
+                removed += 1
+                if len(batch) >= 10_000:
+                    self._write(batch)
+                    batch = WriteBatch(raw_mode=False)
+                    batch.set_default_column_family(self._blocks_cf)
+        if len(batch):
+            self._write(batch)
+        return removed
+
+    def _drop_stale_meta(self) -> None:
+        pinned = {cid.to_bytes() for cid in self.pins()}
+        batch = WriteBatch(raw_mode=False)
+        for key, _value in self._prefix_items(_META):
+            if key[len(_META) :] not in pinned:
+                batch.delete(key)
+        if len(batch):
+            self._write(batch)
+
+    # -- internals ------------------------------------------------------------------------
+    def _prefix_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Metadata entries under ``prefix`` (few: one per pinned object)."""
+        out = []
+        it = self._db.iter()
+        try:
+            it.seek(prefix)
+            while it.valid():
+                key = it.key()
+                if not isinstance(key, bytes) or not key.startswith(prefix):
+                    break
+                out.append((key, it.value()))
+                it.next()
+        finally:
+            del it
+        return out
+
+    def _write(self, batch: WriteBatch, options: WriteOptions | None = None) -> None:
+        try:
+            self._db.write(batch, options or WriteOptions())
+        except Exception as exc:  # rocksdict raises bare Exception
+            raise StoreError(f"write to {self.path} failed: {exc}") from None
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyStoreError(f"{self.path} is open as a read-only secondary")
+
+
+# -- imports and exports -----------------------------------------------------------------------
+class _BatchSink:
+    """Collects builder output and writes it in batches of about ``limit`` bytes."""
+
+    def __init__(self, store: BlockStore, limit: int) -> None:
+        self._store = store
+        self._limit = limit
+        self._blocks: list[tuple[CID, bytes]] = []
+        self._bytes = 0
+
+    def __call__(self, cid: CID, data: bytes) -> None:
+        self._blocks.append((cid, data))
+        self._bytes += len(data)
+        if self._bytes >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        # The builder computed each CID from this exact immutable bytes object.
+        self._store._write_verified(self._blocks, bulk=True)
+        self._blocks = []
+        self._bytes = 0
+
+
+def add_file(
+    store: BlockStore,
+    stream: BinaryIO,
+    *,
+    chunk_size: int = PROFILE_2025.chunk_size,
+    max_links: int = PROFILE_2025.max_links,
+    pin: bool = True,
+    batch_bytes: int = BATCH_BYTES,
+) -> AddResult:
+    """Stream a file into the store as a UnixFS DAG; pin it and record its parameters.
+
+    Memory is one chunk, the pending batch and the builder's per-level runs.
+    The pin and the metadata are written in one batch after every block.
+    """
+    params = ChunkParams(chunk_size, max_links)
+    store._check_writable()
+    with store._guard.shared():
+        sink = _BatchSink(store, batch_bytes)
+        built: BuildResult = build_file(stream, sink, params)
+        sink.flush()
+        store._flush_blocks()  # durable on return, pinned or not
+        meta = ObjectMeta(chunk_size, max_links, built.size, built.blocks, built.depth)
+        if pin:
+            store._add_pin(built.root, meta)
+        else:
+            with store._meta_lock:
+                batch = WriteBatch(raw_mode=False)
+                batch.put(_META + built.root.to_bytes(), json.dumps(asdict(meta)).encode())
+                store._write(batch)
+    return AddResult(built.root, built.size, built.blocks, built.depth, chunk_size, max_links, pin)
+
+
+def import_car(
+    store: BlockStore,
+    stream: BinaryIO,
+    *,
+    pin: bool = True,
+    spool_dir: str | None = None,
+    batch_bytes: int = BATCH_BYTES,
+) -> ImportResult:
+    """Import a CARv1 stream: all or nothing for malformed input.
+
+    Pass 1 reads the whole stream, verifying every block and decoding the links
+    of every non-raw block, into a spool file; any :class:`CodecError` or
+    :class:`IntegrityError` surfaces here, before the store is touched. With
+    ``pin``, every root's DAG must then be complete (in the CAR or already in
+    the store), else :class:`NotFoundError`, still before any write. Pass 2
+    hashes the spooled blocks again (the spool is a file another process could
+    touch), stores them in bulk, flushes, and pins the roots.
+    """
+    store._check_writable()
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+        reader = CarReader(stream)
+        links: dict[CID, list[CID]] = {}
+        count = total = 0
+        for cid, data in reader:
+            links[cid] = block_links(cid, data)  # also rejects malformed dag-pb/cbor now
+            cid_bytes = cid.to_bytes()
+            spool.write(varint.encode(len(cid_bytes) + len(data)) + cid_bytes)
+            spool.write(data)
+            count += 1
+            total += len(data)
+        with store._guard.shared():
+            if pin:
+                _check_complete(store, reader.roots, links)
+            spool.seek(0)
+            _store_spool(store, spool, batch_bytes)
+            store._flush_blocks()  # durable on return, pinned or not
+            if pin:
+                for root in reader.roots:
+                    store._add_pin(root, None)
+    return ImportResult(reader.roots, count, total, pin)
+
+
+def _check_complete(store: BlockStore, roots: Iterable[CID], links: dict[CID, list[CID]]) -> None:
+    seen: set[CID] = set()
+    stack = list(roots)
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if cid in links:
+            stack.extend(links[cid])
+        elif cid.codec == RAW:
+            if not store.has(cid):
+                raise NotFoundError(f"CAR is incomplete: {cid} is neither in it nor in the store")
+        else:
+            try:
+                stack.extend(block_links(cid, store.get(cid)))
+            except NotFoundError:
+                raise NotFoundError(f"CAR is incomplete: {cid} is neither in it nor in the store") from None
+
+
+def _store_spool(store: BlockStore, spool: IO[bytes], batch_bytes: int) -> None:
+    batch: list[tuple[CID, bytes]] = []
+    size = 0
+    while (length := varint.read_stream(spool)) is not None:
+        section = spool.read(length)
+        cid, pos = CID.read(section, 0)
+        data = section[pos:]
+        if not cid.verify(data):
+            raise IntegrityError(f"spooled block {cid} changed on disk during import")
+        batch.append((cid, data))
+        size += length
+        if size >= batch_bytes:
+            store._write_verified(batch, bulk=True)
+            batch, size = [], 0
+    store._write_verified(batch, bulk=True)
+
+
+def export_car(store: BlockStore, out: BinaryIO, roots: Iterable[CID]) -> CarStats:
+    """Write the DAGs under ``roots`` as CARv1 (each block verified as it is read)."""
+    return write_car(out, list(roots), store.get)

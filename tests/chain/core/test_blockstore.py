@@ -1,0 +1,398 @@
+"""The RocksDB block store: verification both ways, pins and gc, CAR import, secondaries."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from chain.core.blockstore import (
+    BLOCKS_CF,
+    BlockStore,
+    ObjectMeta,
+    ReadOnlyStoreError,
+    add_file,
+    export_car,
+    import_car,
+    open_rdict,
+)
+from chain.core.car import CarWriter, block_links, write_car
+from chain.core.cid import CID, DAG_PB, RAW
+from chain.core.errors import CodecError, IntegrityError, NotFoundError
+from chain.core.unixfs import ChunkParams, build_bytes
+
+REPO = Path(__file__).resolve().parents[3]
+TINY = {"chunk_size": 64, "max_links": 3}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with BlockStore(tmp_path / "db") as s:
+        yield s
+
+
+def _add(store, data, **params):
+    return add_file(store, io.BytesIO(data), **(params or TINY))
+
+
+def _rewrite_block(path, cid, value):
+    """Write a stored value behind the store's back, through a second handle."""
+    db = open_rdict(str(path))
+    blocks = db.get_column_family(BLOCKS_CF)
+    blocks[cid.to_bytes()] = value
+    del blocks
+    db.close()
+
+
+def _run(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- blocks ---------------------------------------------------------------------------
+def test_put_get_has(store):
+    cid = CID.of(RAW, b"hello")
+    assert not store.has(cid)
+    store.put(cid, bytearray(b"hello"))
+    assert store.has(cid)
+    assert store.get(cid) == b"hello"
+    assert list(store.iter_cids()) == [cid]
+
+
+def test_put_refuses_bytes_that_do_not_match(store):
+    cid = CID.of(RAW, b"hello")
+    with pytest.raises(IntegrityError, match="refusing to store"):
+        store.put(cid, b"hellO")
+    assert not store.has(cid)
+
+
+def test_put_many_is_all_or_nothing(store):
+    good = (CID.of(RAW, b"a"), b"a")
+    bad = (CID.of(RAW, b"b"), b"not b")
+    with pytest.raises(IntegrityError):
+        store.put_many([good, bad])
+    assert list(store.iter_cids()) == []
+    assert store.put_many([good]) == 1
+
+
+def test_unknown_cid_is_a_clear_not_found(store):
+    cid = CID.of(RAW, b"nowhere")
+    with pytest.raises(NotFoundError) as err:
+        store.get(cid)
+    assert str(cid) in str(err.value)
+    assert "not in the store" in str(err.value)
+    assert isinstance(err.value, KeyError)
+
+
+def test_close_closes_live_iterators(tmp_path):
+    s = BlockStore(tmp_path / "db")
+    for i in range(3):
+        s.put(CID.of(RAW, bytes([i])), bytes([i]))
+    gen = s.iter_cids()
+    next(gen)
+    s.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+    s.close()  # idempotent
+
+
+def test_contents_survive_reopen(tmp_path):
+    data = os.urandom(1000)
+    with BlockStore(tmp_path / "db") as s:
+        root = _add(s, data).root
+    with BlockStore(tmp_path / "db") as s:
+        assert b"".join(s.cat(root)) == data
+        assert s.pins() == {root: 1}
+
+
+# -- files, pins, gc -----------------------------------------------------------------------
+def test_add_file_records_parameters_and_pins(store):
+    data = bytes(range(256)) * 8
+    result = _add(store, data)
+    expected, _ = build_bytes(data, ChunkParams(**TINY))
+    assert result.root == expected.root
+    assert (result.size, result.blocks, result.depth) == (2048, expected.blocks, expected.depth)
+    assert store.object_meta(result.root) == ObjectMeta(64, 3, 2048, expected.blocks, expected.depth)
+    assert store.pins() == {result.root: 1}
+    assert b"".join(store.cat(result.root, 100, 1000)) == data[100:1100]
+    assert store.verify([result.root]) == []
+
+
+def test_add_file_without_pin_is_collected(store):
+    result = add_file(store, io.BytesIO(b"x" * 500), pin=False, **TINY)
+    assert store.pins() == {}
+    stored = len(list(store.iter_cids()))
+    assert store.gc().removed == stored > 0
+    assert list(store.iter_cids()) == []
+    assert store.object_meta(result.root) is None
+
+
+def test_pins_are_reference_counted_and_gc_keeps_shared_blocks(store):
+    shared = bytes(64) * 4
+    a = _add(store, shared + b"A" * 10).root
+    b = _add(store, shared + b"B" * 10).root
+    assert store.pin(a) == 2
+    assert store.unpin(a) == 1
+    assert store.unpin(a) == 0
+    with pytest.raises(NotFoundError, match="not pinned"):
+        store.unpin(a)
+    result = store.gc()
+    assert result.removed > 0
+    assert store.verify([b]) == []
+    assert b"".join(store.cat(b)) == shared + b"B" * 10
+    assert not store.has(a)
+    assert store.object_meta(a) is None
+    assert store.object_meta(b) is not None
+    assert set(store.iter_cids()) == _reachable(store, b)
+
+
+def _reachable(store, root):
+    seen, stack = set(), [root]
+    while stack:
+        cid = stack.pop()
+        if cid not in seen:
+            seen.add(cid)
+            stack.extend(block_links(cid, store.get(cid)))
+    return seen
+
+
+def test_pin_requires_a_complete_dag(store):
+    result, blocks = build_bytes(os.urandom(512), ChunkParams(**TINY))
+    store.put_many(blocks[1:])  # the first leaf is missing
+    with pytest.raises(NotFoundError, match="missing"):
+        store.pin(result.root)
+    store.put(*blocks[0])
+    assert store.pin(result.root) == 1
+
+
+def test_gc_refuses_to_sweep_when_a_pinned_dag_is_broken(tmp_path):
+    path = tmp_path / "db"
+    with BlockStore(path) as s:
+        root = _add(s, bytes(range(200)) * 3).root
+        s.put(CID.of(RAW, b"loose"), b"loose")
+        before = set(s.iter_cids())
+    _rewrite_block(path, root, b"garbage")
+    with BlockStore(path) as s:
+        with pytest.raises(IntegrityError):
+            s.gc()
+        assert set(s.iter_cids()) == before
+
+
+def test_gc_never_runs_between_an_import_and_its_pin(store):
+    errors = []
+
+    def importer():
+        try:
+            for i in range(15):
+                _add(store, os.urandom(700) + bytes([i]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=importer)
+    thread.start()
+    while thread.is_alive():
+        store.gc()
+        threading.Event().wait(0.002)
+    thread.join()
+    assert not errors
+    assert len(store.pins()) == 15
+    assert store.verify(list(store.pins())) == []
+
+
+# -- corruption -----------------------------------------------------------------------------
+def test_flipped_byte_is_detected_and_restoring_cleans(tmp_path):
+    path = tmp_path / "db"
+    data = bytes(range(256)) * 2
+    with BlockStore(path) as s:
+        root = _add(s, data).root
+        leaf = next(c for c in s.iter_cids() if c.codec == RAW)
+        good = s.get(leaf)
+    _rewrite_block(path, leaf, bytes([good[0] ^ 0x40]) + good[1:])
+    with BlockStore(path) as s:
+        with pytest.raises(IntegrityError, match="corrupt"):
+            s.get(leaf)
+        with pytest.raises(IntegrityError):
+            b"".join(s.cat(root))
+        assert s.verify() == [leaf]
+        assert s.verify([root]) == [leaf]
+        s.put(leaf, good)  # restore from a good copy
+        assert s.verify() == []
+        assert s.verify([root]) == []
+        assert b"".join(s.cat(root)) == data
+
+
+def test_a_value_of_the_wrong_type_is_an_integrity_error(tmp_path):
+    path = tmp_path / "db"
+    cid = CID.of(RAW, b"v")
+    with BlockStore(path) as s:
+        s.put(cid, b"v")
+    _rewrite_block(path, cid, "v")  # stored as a str, not bytes
+    with BlockStore(path) as s:
+        with pytest.raises(IntegrityError):
+            s.get(cid)
+        assert s.verify() == [cid]
+
+
+def test_verify_reports_missing_blocks_under_roots(store):
+    result, blocks = build_bytes(os.urandom(512), ChunkParams(**TINY))
+    store.put_many(blocks[1:])
+    assert store.verify([result.root]) == [blocks[0][0]]
+    ghost = CID.of(DAG_PB, b"ghost")
+    assert store.verify([ghost]) == [ghost]
+
+
+# -- CAR import and export ----------------------------------------------------------------------
+def _car_of(data: bytes) -> tuple[CID, bytes]:
+    result, blocks = build_bytes(data, ChunkParams(**TINY))
+    store = dict(blocks)
+    out = io.BytesIO()
+    write_car(out, [result.root], store.__getitem__)
+    return result.root, out.getvalue()
+
+
+def test_export_then_import_into_another_store(tmp_path):
+    data = os.urandom(3000)
+    with BlockStore(tmp_path / "a") as a:
+        root = _add(a, data).root
+        out = io.BytesIO()
+        stats = export_car(a, out, [root])
+    with BlockStore(tmp_path / "b") as b:
+        result = import_car(b, io.BytesIO(out.getvalue()), spool_dir=str(tmp_path))
+        assert result.roots == (root,)
+        assert result.blocks == stats.blocks
+        assert b.pins() == {root: 1}
+        assert b"".join(b.cat(root)) == data
+
+
+@pytest.mark.parametrize("cut", [5, 100, -1])
+def test_truncated_car_changes_nothing(store, cut):
+    _, raw = _car_of(os.urandom(2000))
+    with pytest.raises(CodecError):
+        import_car(store, io.BytesIO(raw[:cut]))
+    assert list(store.iter_cids()) == []
+    assert store.pins() == {}
+
+
+def test_corrupt_car_block_changes_nothing(store):
+    _, raw = _car_of(os.urandom(2000))
+    bad = bytearray(raw)
+    bad[-1] ^= 1  # the last block is a leaf; everything before it is valid
+    with pytest.raises(IntegrityError):
+        import_car(store, io.BytesIO(bytes(bad)))
+    assert list(store.iter_cids()) == []
+
+
+def test_incomplete_car_is_refused_before_any_write_when_pinning(store):
+    result, blocks = build_bytes(os.urandom(2000), ChunkParams(**TINY))
+    out = io.BytesIO()
+    writer = CarWriter(out, [result.root])
+    for cid, data in blocks[1:]:  # without the first leaf
+        writer.write_block(cid, data)
+    raw, root = out.getvalue(), result.root
+    with pytest.raises(NotFoundError, match="incomplete"):
+        import_car(store, io.BytesIO(raw))
+    assert list(store.iter_cids()) == []
+    unpinned = import_car(store, io.BytesIO(raw), pin=False)
+    assert not unpinned.pinned
+    assert store.pins() == {}
+    assert len(store.verify([root])) == 1
+
+
+# -- secondaries ----------------------------------------------------------------------------------
+def test_secondary_reads_catch_up_and_refuse_writes(tmp_path):
+    path = tmp_path / "db"
+    with BlockStore(path) as primary:
+        first = _add(primary, b"first" * 50).root
+        reader = BlockStore(path, readonly_secondary=True, secondary_path=tmp_path / "2nd")
+        try:
+            assert b"".join(reader.cat(first)) == b"first" * 50
+            later = _add(primary, b"later" * 50).root
+            assert b"".join(reader.cat(later)) == b"later" * 50  # a miss catches up once
+            loose = CID.of(RAW, b"loose")
+            primary.put(loose, b"loose")
+            assert reader.has(loose)
+            with pytest.raises(ReadOnlyStoreError):
+                reader.put(loose, b"loose")
+            with pytest.raises(ReadOnlyStoreError):
+                reader.gc()
+            with pytest.raises(NotFoundError):
+                reader.get(CID.of(RAW, b"never"))
+        finally:
+            reader.close()
+
+
+def test_secondary_in_another_process_reads_while_the_primary_writes(tmp_path):
+    path = tmp_path / "db"
+    count = 40
+    reader_code = f"""
+        import io, sys, time
+        from chain.core.blockstore import BlockStore
+        from chain.core.cid import CID, RAW
+        from chain.core.unixfs import ChunkParams, build_bytes
+        deadline = time.monotonic() + 20
+        with BlockStore({str(path)!r}, readonly_secondary=True) as store:
+            for i in range({count}):
+                data = b"block %d " % i * 100
+                cid = CID.of(RAW, data)
+                while not store.has(cid):
+                    assert time.monotonic() < deadline, f"block {{i}} never appeared"
+                    time.sleep(0.005)
+                assert store.get(cid) == data
+            data = bytes(range(256)) * 40
+            root = build_bytes(data, ChunkParams(64, 3))[0].root
+            while not store.has(root):
+                assert time.monotonic() < deadline, "file never appeared"
+                time.sleep(0.005)
+            assert b"".join(store.cat(root)) == data
+        print("read", {count})
+    """
+    with BlockStore(path) as primary:
+        primary.put(CID.of(RAW, b"seed"), b"seed")  # the database exists before the reader opens
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(reader_code)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count):
+            data = b"block %d " % i * 100
+            primary.put(CID.of(RAW, data), data)
+            threading.Event().wait(0.01)
+        _add(primary, bytes(range(256)) * 40)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.strip() == f"read {count}"
+
+
+def test_a_pinned_import_survives_the_process_dying(tmp_path):
+    """Bulk imports skip the WAL; the pin is written only after a flush, so a
+    process killed right after add_file leaves a complete, pinned object."""
+    path = tmp_path / "db"
+    code = f"""
+        import io, os
+        from chain.core.blockstore import BlockStore, add_file
+        store = BlockStore({str(path)!r})
+        result = add_file(store, io.BytesIO(bytes(range(256)) * 400), chunk_size=1024, max_links=4)
+        print(result.root, flush=True)
+        os._exit(0)  # no close, no flush
+    """
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    root = CID.decode(proc.stdout.strip())
+    with BlockStore(path) as s:
+        assert s.pins() == {root: 1}
+        assert s.verify([root]) == []
+        assert b"".join(s.cat(root)) == bytes(range(256)) * 400
