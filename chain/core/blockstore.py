@@ -3,8 +3,9 @@
 Layout. One RocksDB database with two column families:
 
 * ``blocks``: key = binary CID, value = block bytes. Compression is off
-  (blocks are ciphertext, incompressible) and values of 4 KiB and more live in
-  blob files, so compaction moves only keys, never the megabyte values.
+  (blocks are ciphertext, incompressible). Values stay inline rather than in
+  blob files: secondary instances, which web processes read through, crash on
+  blob values in the RocksDB that rocksdict 0.3.29 bundles.
 * ``default``: metadata. ``b"p" + cid`` → pin count (ASCII decimal);
   ``b"m" + cid`` → JSON import parameters of an object added by
   :func:`add_file`.
@@ -77,8 +78,7 @@ _PIN = b"p"
 _META = b"m"
 BATCH_BYTES = 2 * 1024 * 1024
 """Blocks are written in WriteBatches of about this many bytes."""
-_MIN_BLOB_SIZE = 4096
-_WRITE_BUFFER = 12 * 1024 * 1024
+_WRITE_BUFFER = 8 * 1024 * 1024
 """Per-memtable budget for the blocks family; keeps an import's RSS bounded."""
 
 
@@ -119,10 +119,8 @@ def _db_options() -> Options:
 def _blocks_options() -> Options:
     opts = Options(raw_mode=False)
     opts.set_compression_type(DBCompressionType.none())
-    opts.set_enable_blob_files(True)
-    opts.set_min_blob_size(_MIN_BLOB_SIZE)
-    opts.set_blob_compression_type(DBCompressionType.none())
-    opts.set_enable_blob_gc(True)
+    # No blob files: RocksDB secondary instances (how web processes read) crash
+    # reading blob values (facebook/rocksdb#13296, #13248), so blocks stay inline.
     opts.set_write_buffer_size(_WRITE_BUFFER)
     opts.set_max_write_buffer_number(2)
     return opts
