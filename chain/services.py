@@ -82,9 +82,12 @@ def _check_workers() -> dict:
 
 
 def _check_store() -> dict:
+    from chain.stores import dag_health  # opens only a secondary instance, never the primary
+
     paths = {"dag": settings.DAG_DIR, "chain": settings.CHAIN_DIR, "spool": settings.SPOOL_DIR}
     detail = {name: {"path": str(path), "exists": path.exists()} for name, path in paths.items()}
-    return {"ok": True, "paths": detail}
+    dag = dag_health()
+    return {"ok": dag["ok"], "paths": detail, "dag": dag}
 
 
 def health_report() -> dict:
