@@ -1,11 +1,13 @@
-"""allauth adapter: new accounts get their keys and their role on sign-up."""
+"""allauth adapter: new accounts get their keys, their role and their key registration on sign-up."""
 
 from __future__ import annotations
 
 from allauth.account.adapter import DefaultAccountAdapter
+from django.db import transaction
 from django.urls import reverse
 
 from accounts.keys import issue_keys
+from accounts.ledger import key_registration_submit
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -19,7 +21,9 @@ class AccountAdapter(DefaultAccountAdapter):
         user.staff_title = data.get("staff_title", "") if user.role != "patient" else ""
         issue_keys(user)
         if commit:
-            user.save()
+            with transaction.atomic():  # the account and its key registration together
+                user.save()
+                key_registration_submit(user, kind="user")
         return user
 
     def get_login_redirect_url(self, request):

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.keys import issue_keys
+from accounts.ledger import key_registration_submit
 from accounts.models import STAFF_ROLES, Institution, Role, User
 
 
@@ -21,6 +22,7 @@ def institution_create(*, code: str, kind: str, name: str, name_en: str = "", ci
     issue_keys(institution)
     institution.full_clean()
     institution.save()
+    key_registration_submit(institution, kind="institution")
     return institution
 
 
@@ -37,7 +39,7 @@ def user_create(
 ) -> User:
     if role in STAFF_ROLES and institution is None:
         raise ValueError("Staff accounts belong to an institution.")
-    return User.objects.create_user(
+    user = User.objects.create_user(
         email=email,
         password=password,
         role=role,
@@ -48,6 +50,8 @@ def user_create(
         # Institution admins use Django admin for their institution's records.
         is_staff=role in {Role.INSTITUTION_ADMIN, Role.OPERATOR},
     )
+    key_registration_submit(user, kind="user")
+    return user
 
 
 def can_verify(verifier: User, member: User) -> bool:

@@ -10,6 +10,7 @@ from celery.signals import worker_ready
 from django.db import DatabaseError
 
 from chain import dag_tasks  # noqa: F401 - the store worker's content-store tasks
+from chain.ledger_tasks import chain_seal_task, chain_validate_recent_task  # noqa: F401 - the worker finds them here
 from chain.services import heartbeat_record
 
 logger = logging.getLogger(__name__)

@@ -295,6 +295,7 @@ DAG_MAX_LINKS = env_int("DAG_MAX_LINKS", 1024, minimum=2)
 CHAIN_BLOCK_INTERVAL = env_float("CHAIN_BLOCK_INTERVAL", 1.0, minimum=0.05)
 CHAIN_MAX_BLOCK_TXS = env_int("CHAIN_MAX_BLOCK_TXS", 5000, minimum=1)
 CHAIN_MAX_TX_BYTES = env_int("CHAIN_MAX_TX_BYTES", 64 * 1024, minimum=256)
+CHAIN_VALIDATE_INTERVAL = env_float("CHAIN_VALIDATE_INTERVAL", 300.0, minimum=10.0)
 UPLOAD_MAX_BYTES = env_size("UPLOAD_MAX_BYTES", 2 << 30)
 
 # -- REST API -------------------------------------------------------------------------------
@@ -353,5 +354,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "default.heartbeat",
         "schedule": HEARTBEAT_INTERVAL,
         "options": {"queue": "default", "expires": HEARTBEAT_INTERVAL},
+    },
+    # Seal what is pending every interval. A message older than two intervals
+    # is dropped: the next beat seals the same mempool rows anyway.
+    "chain-seal": {
+        "task": "store.chain_seal",
+        "schedule": CHAIN_BLOCK_INTERVAL,
+        "options": {"queue": "store", "expires": max(CHAIN_BLOCK_INTERVAL * 2, 1.0)},
+    },
+    "chain-validate-recent": {
+        "task": "store.chain_validate_recent",
+        "schedule": CHAIN_VALIDATE_INTERVAL,
+        "options": {"queue": "store", "expires": CHAIN_VALIDATE_INTERVAL},
     },
 }

@@ -1,0 +1,649 @@
+"""The ledger's write paths: submit, genesis, seal, recover; and its read helpers.
+
+Who calls what (DESIGN section 3):
+
+* :func:`tx_submit` runs anywhere (web, workers, commands), inside the
+  caller's ``transaction.atomic`` so a business change and its transaction
+  commit together. It validates the transaction as a block would, against the
+  projected state plus the signer's pending transactions, and inserts it into
+  the mempool (the outbox); a refusal raises :class:`TxRejected` with the
+  core's reason code. It never touches RocksDB.
+* :func:`chain_seal`, :func:`chain_ensure_genesis` and :func:`chain_recover`
+  write the chain store, so only the process holding its primary instance
+  runs them: the store worker (or a command when no worker holds it).
+
+Sealing is all-or-nothing. The steps are: read pending; seal and validate the
+block in memory; write block + transactions + head to RocksDB in one synced
+batch; then, in one database transaction, project the block (``Block``,
+``Transaction``, ``LedgerState`` and typed projections) and delete its
+transactions and the rejected ones from the mempool. A crash before the
+RocksDB write leaves everything pending; a crash after it leaves a block in
+RocksDB that the database does not show yet, and :func:`chain_recover`,
+which runs at the start of every seal, re-validates and projects exactly
+those blocks (deleting their mempool rows) before anything new is sealed. A
+transaction is therefore sealed exactly once or still pending, whatever step
+fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from django.conf import settings
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Max
+
+from chain import chainstore
+from chain.core import crypto, dagcbor, ledger
+from chain.core.block import Block as CoreBlock
+from chain.core.car import CarWriter
+from chain.core.cid import CID, DAG_CBOR
+from chain.core.consortium import Authority, ChainParams, params_of
+from chain.core.reasons import Reason, ValidationError
+from chain.core.state import StateChange, last_seq, seq_key
+from chain.core.transaction import Transaction as CoreTx
+from chain.core.transaction import now_ms as clock_ms
+from chain.ledger_registry import projections, registry
+from chain.models import Block, LedgerState, MempoolEntry, Transaction, VerificationRun
+from chain.models.ledger import state_key_digest
+
+if TYPE_CHECKING:
+    from chain.ledger_verify import VerifyResult
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CHUNK = 500
+# Sealing and recovery of this process's primary store run one at a time
+# (the store worker runs tasks in several threads).
+_seal_lock = threading.RLock()
+# cryptography releases the GIL while OpenSSL verifies: spread a block's signatures over the cores.
+SIGNATURE_THREADS = min(4, os.cpu_count() or 1)
+
+
+class TxRejected(Exception):
+    """A transaction the ledger refuses; ``reason`` is a :class:`Reason` code."""
+
+    def __init__(self, reason: Reason | str, message: str) -> None:
+        self.reason = str(reason)
+        self.message = message
+        super().__init__(f"{self.reason}: {message}")
+
+
+class ChainError(Exception):
+    """The chain store and its database projection cannot be reconciled automatically."""
+
+
+# -- small conversions ------------------------------------------------------------------
+def ms_to_datetime(ms: int) -> datetime:
+    """Exact (no float) conversion of a chain timestamp."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def datetime_to_ms(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
+def to_dag_json(value: Any) -> Any:
+    """The DAG-JSON form of a chain value: bytes as ``{"/": {"bytes": b64}}``, CIDs as ``{"/": cid}``."""
+    if isinstance(value, bytes):
+        return {"/": {"bytes": base64.b64encode(value).decode().rstrip("=")}}
+    if isinstance(value, CID):
+        return {"/": str(value)}
+    if isinstance(value, dict):
+        return {key: to_dag_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_dag_json(item) for item in value]
+    return value
+
+
+def configured_params() -> ChainParams:
+    """The parameters a new genesis records, from the settings."""
+    return ChainParams(
+        block_interval_ms=round(settings.CHAIN_BLOCK_INTERVAL * 1000),
+        max_block_txs=settings.CHAIN_MAX_BLOCK_TXS,
+        max_tx_size=settings.CHAIN_MAX_TX_BYTES,
+    )
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- the projected state as the core's State --------------------------------------------------
+class DbState:
+    """The ``LedgerState`` table seen through the core's ``StateView`` protocol.
+
+    Reads are cached for the life of the object (one submission or one seal),
+    and :meth:`prefetch` loads many keys in one query, so sealing a block reads
+    the state of all its signers at once instead of one query per transaction.
+    Writes never go through here: a validated block's changes are projected by
+    :func:`_project_state` inside the seal's database transaction.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        todo = [key for key in set(keys) if key not in self._cache]
+        for chunk in _chunks(todo):
+            digests = {state_key_digest(key): key for key in chunk}
+            found = dict(LedgerState.objects.filter(key_digest__in=list(digests)).values_list("key_digest", "value"))
+            for digest, key in digests.items():
+                raw = found.get(digest)
+                self._cache[key] = None if raw is None else dagcbor.decode(bytes(raw))
+
+    def get(self, key: str) -> Any:
+        if key not in self._cache:
+            self.prefetch([key])
+        return self._cache[key]
+
+    def params(self) -> ChainParams:
+        """The chain's parameters (the configured ones before genesis)."""
+        return params_of(self) if self.get("chain/params") is not None else configured_params()
+
+
+# -- projection ---------------------------------------------------------------------------------
+def block_row_fields(block: CoreBlock, size: int) -> dict[str, Any]:
+    return {
+        "height": block.height,
+        "cid": str(block.cid),
+        "parent_cid": str(block.parent) if block.parent else "",
+        "timestamp": ms_to_datetime(block.timestamp),
+        "proposer": block.proposer,
+        "tx_count": len(block.txs),
+        "tx_root": block.tx_root.hex(),
+        "state_hash": block.state_hash.hex(),
+        "size": size,
+        "votes": len(block.certificate),
+    }
+
+
+def tx_row_fields(tx: CoreTx, index: int) -> dict[str, Any]:
+    return {
+        "cid": str(tx.cid),
+        "index": index,
+        "type": tx.type,
+        "signer": tx.signer.hex(),
+        "seq": tx.seq,
+        "timestamp": ms_to_datetime(tx.timestamp),
+        "payload": to_dag_json(tx.payload),
+        "size": tx.size,
+    }
+
+
+def _upsert(model: Any, rows: list[Any], unique: str, update: list[str]) -> None:
+    if not rows:
+        return
+    # MySQL's ON DUPLICATE KEY UPDATE takes no conflict target.
+    target = [unique] if connection.features.supports_update_conflicts_with_target else None
+    model.objects.bulk_create(
+        rows, batch_size=_CHUNK, update_conflicts=True, unique_fields=target, update_fields=update
+    )
+
+
+def _project_state(changes: Sequence[StateChange], height: int) -> None:
+    """Write the net effect of ``changes`` into ``LedgerState`` and the typed projections."""
+    final: dict[str, Any] = {}
+    for change in changes:
+        final[change.key] = change.value
+    rows = [
+        LedgerState(key_digest=state_key_digest(key), key=key, value=dagcbor.encode(value), height=height)
+        for key, value in final.items()
+        if value is not None
+    ]
+    _upsert(LedgerState, rows, "key_digest", ["key", "value", "height"])
+    gone = [state_key_digest(key) for key, value in final.items() if value is None]
+    for chunk in _chunks(gone):
+        LedgerState.objects.filter(key_digest__in=chunk).delete()
+    for projection in projections():
+        keys = [key for key in final if key.startswith(projection.prefix)]
+        if not keys:
+            continue
+        typed, update = [], []
+        for key in keys:
+            if final[key] is not None:
+                fields = projection.fields(key, final[key])
+                update = list(fields)
+                typed.append(projection.model(state_key=key, **fields))
+        _upsert(projection.model, typed, "state_key", update)
+        removed = [key for key in keys if final[key] is None]
+        for chunk in _chunks(removed):
+            projection.model.objects.filter(state_key__in=chunk).delete()
+
+
+def _delete_mempool(*, ids: Sequence[int] = (), cids: Sequence[str] = ()) -> None:
+    for chunk in _chunks(list(ids), 2000):
+        MempoolEntry.objects.filter(pk__in=chunk).delete()
+    for chunk in _chunks(list(cids), 2000):
+        MempoolEntry.objects.filter(cid__in=chunk).delete()
+
+
+@transaction.atomic
+def _commit_block(result: ledger.BlockResult, size: int, *, mempool_ids: Sequence[int] | None = None) -> Block:
+    """Project one validated, stored block and clear its mempool rows, in one transaction.
+
+    ``mempool_ids`` are the rows the seal read (its transactions and those it
+    dropped); without them (recovery) the block's transactions are found by CID.
+    """
+    block = result.block
+    row = Block.objects.create(**block_row_fields(block, size))
+    tx_rows = [{"block": row.pk, **tx_row_fields(tx, index)} for index, tx in enumerate(result.txs)]
+    _insert_rows(Transaction, tx_rows)
+    _project_state(result.changes, block.height)
+    if mempool_ids is None:
+        _delete_mempool(cids=[tx_row["cid"] for tx_row in tx_rows])
+    else:
+        _delete_mempool(ids=mempool_ids)
+    return row
+
+
+_PLAIN_FIELDS = (models.CharField, models.IntegerField, models.ForeignKey)
+
+
+def _insert_rows(model: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT ``rows`` with one ``executemany`` and no model instances.
+
+    The seal's hot path: for a 5,000-transaction block ``bulk_create`` spends
+    more time building instances and SQL than the database spends inserting.
+    Values still go through each field's ``get_db_prep_save``, so they are
+    adapted exactly as the ORM would adapt them on every backend.
+    """
+    if not rows:
+        return
+    fields = [model._meta.get_field(name) for name in rows[0]]
+    quote = connection.ops.quote_name
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 - identifiers come from the model
+        quote(model._meta.db_table),
+        ", ".join(quote(field.column) for field in fields),
+        ", ".join(["%s"] * len(fields)),
+    )
+    # Text and integer columns take the Python value as it is; the rest (dates, JSON) are adapted.
+    adapt = [None if isinstance(field, _PLAIN_FIELDS) else field.get_db_prep_save for field in fields]
+    pairs = list(zip(fields, adapt, strict=True))
+    params = [[row[f.name] if prep is None else prep(row[f.name], connection) for f, prep in pairs] for row in rows]
+    with connection.cursor() as cursor:
+        for chunk in _chunks(params, 1000):
+            cursor.executemany(sql, chunk)
+
+
+# -- submission ----------------------------------------------------------------------------------
+def next_seq(signer: bytes, *, state: DbState | None = None) -> int:
+    """The sequence number ``signer``'s next transaction must carry.
+
+    One past the highest of the committed number and the signer's pending
+    transactions. The pending number is read first: a seal that commits
+    between the two reads has then already moved it into the state (one
+    database transaction), so no number is handed out twice.
+    """
+    pending = MempoolEntry.objects.filter(signer=signer.hex()).aggregate(top=Max("seq"))["top"] or 0
+    committed = last_seq(state or DbState(), signer)
+    return max(pending, committed) + 1
+
+
+def tx_submit(tx: CoreTx | bytes, *, now_ms: int | None = None) -> MempoolEntry:
+    """Validate ``tx`` as a block would and queue it in the mempool.
+
+    Call it inside the transaction that makes the change it records. Raises
+    :class:`TxRejected` (reason ``oversize``, ``bad-encoding``,
+    ``wrong-chain``, ``bad-signature``, ``replay``, ``bad-seq``,
+    ``unknown-type``, ``invalid-payload``, ``rejected``, ``bad-timestamp``).
+    The type's validator sees the committed state; a transaction that a
+    pending one makes invalid is refused when the block is sealed, and
+    dropped with a logged reason.
+    """
+    state = DbState()
+    params = state.params()
+    try:
+        if not isinstance(tx, CoreTx):
+            tx = CoreTx.decode(bytes(tx), max_size=params.max_tx_size)
+        ledger.check_transaction(
+            tx,
+            state=state,
+            registry=registry(),
+            params=params,
+            chain_id=settings.CHAIN_ID,
+            now_ms=clock_ms() if now_ms is None else now_ms,
+            next_seq=next_seq(tx.signer, state=state),
+        )
+    except ValidationError as exc:
+        raise TxRejected(exc.reason, exc.message) from None
+    entry = MempoolEntry(
+        cid=str(tx.cid), raw=tx.encoded, type=tx.type, signer=tx.signer.hex(), seq=tx.seq, size=tx.size
+    )
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction survives a refusal
+            entry.save(force_insert=True)
+    except IntegrityError:
+        raise TxRejected(
+            Reason.REPLAY, f"another transaction of this signer with sequence number {tx.seq} is pending"
+        ) from None
+    return entry
+
+
+def tx_sign_and_submit(
+    *, private_key: bytes, type: str, payload: dict[str, Any], now_ms: int | None = None
+) -> MempoolEntry:
+    """Sign a transaction with the next sequence number of ``private_key`` and submit it.
+
+    Two processes signing for the same key at once may pick the same number;
+    the loser gets a fresh number and tries again.
+    """
+    signer = crypto.ed25519_public(private_key)
+    for attempt in range(3):
+        tx = CoreTx.create(
+            chain_id=settings.CHAIN_ID,
+            type=type,
+            payload=payload,
+            seq=next_seq(signer),
+            private_key=private_key,
+            timestamp=now_ms,
+        )
+        try:
+            return tx_submit(tx, now_ms=now_ms)
+        except TxRejected as exc:
+            if exc.reason != Reason.REPLAY or attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- genesis, recovery, sealing (primary store only) ----------------------------------------------
+@dataclass(frozen=True)
+class SealOutcome:
+    height: int | None  # the new block's height; None when nothing was sealed
+    cid: str | None
+    included: int
+    rejected: int
+    deferred: int
+    recovered: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "height": self.height,
+            "cid": self.cid,
+            "included": self.included,
+            "rejected": self.rejected,
+            "deferred": self.deferred,
+            "recovered": self.recovered,
+        }
+
+
+def _node_key() -> bytes:
+    from chain.services import node_identity, node_signing_key
+
+    return node_signing_key(node_identity())
+
+
+def chain_recover(*, store: chainstore.ChainStore | None = None) -> int:
+    """Project the blocks the chain store holds and the database does not; return how many.
+
+    They are the blocks of seals that stopped between the RocksDB write and
+    the database commit. Each is re-validated against the projected state
+    before it is projected, exactly as a block from a peer would be.
+    """
+    store = store or chainstore.primary()
+    with _seal_lock:
+        top = store.head()
+        db_top = Block.objects.order_by("-height").values_list("height", "cid").first()
+        if top is None:
+            if db_top is not None:
+                raise ChainError(
+                    f"the database shows blocks up to height {db_top[0]} but the chain store at "
+                    f"{store.path} is empty; restore the chain store, or rebuild the node"
+                )
+            return 0
+        height = top[0]
+        start = 0
+        if db_top is not None:
+            db_height, db_cid = db_top
+            if db_height > height:
+                raise ChainError(
+                    f"the database projection (height {db_height}) is ahead of the chain store (height {height})"
+                )
+            stored = store.cid_at(db_height)
+            if stored is None or str(stored) != db_cid:
+                raise ChainError(f"the database projection and the chain store disagree at height {db_height}")
+            start = db_height + 1
+        parent = store.block_at(start - 1) if start else None
+        for h in range(start, height + 1):
+            block = store.block_at(h)
+            if parent is None:
+                result = ledger.validate_genesis(block)
+            else:
+                result = ledger.validate_block(
+                    block,
+                    parent=parent,
+                    txs=store.get_txs(block.txs),
+                    state=DbState(),
+                    registry=registry(),
+                    now_ms=max(clock_ms(), block.timestamp),  # our own block; a clock set back must not block it
+                )
+            _commit_block(result, len(block.encode()))
+            logger.warning("recovered block %s (%s) into the database projection", h, block.cid)
+            parent = block
+        return height - start + 1
+
+
+_head_cache: dict[str, CoreBlock] = {}
+
+
+def _head_block(store: chainstore.ChainStore) -> CoreBlock | None:
+    top = store.head()
+    if top is None:
+        return None
+    cached = _head_cache.get(store.path)
+    if cached is not None and cached.cid == top[1]:
+        return cached
+    block = store.get_block(top[1])
+    _head_cache[store.path] = block
+    return block
+
+
+def chain_ensure_genesis(*, store: chainstore.ChainStore | None = None) -> CoreBlock:
+    """The head block, making block 0 first if the chain is new.
+
+    Genesis records the chain id, this node as the only authority and the
+    configured parameters, signed by the node key.
+    """
+    return _ensure_genesis(store or chainstore.primary())[0]
+
+
+def _ensure_genesis(store: chainstore.ChainStore) -> tuple[CoreBlock, int]:
+    """The head block (made if the chain is new) and how many blocks recovery projected."""
+    with _seal_lock:
+        recovered = chain_recover(store=store)
+        head = _head_block(store)
+        if head is not None:
+            return head, recovered
+        node_key = _node_key()
+        genesis = ledger.make_genesis(
+            chain_id=settings.CHAIN_ID,
+            authorities=[Authority(settings.NODE_ID, crypto.ed25519_public(node_key))],
+            timestamp=clock_ms(),
+            params=configured_params(),
+        )
+        genesis = genesis.with_votes([genesis.vote(settings.NODE_ID, node_key)])
+        result = ledger.validate_genesis(genesis)
+        size = store.write_block(genesis, [])
+        _commit_block(result, size)
+        logger.info("made genesis block %s for chain %s", genesis.cid, settings.CHAIN_ID)
+        return genesis, recovered
+
+
+@dataclass(frozen=True)
+class _Pending:
+    txs: list[CoreTx]
+    ids: dict[CoreTx, int]  # the mempool row of each transaction
+    undecodable: list[tuple[int, str, str]]  # (row id, cid, reason)
+
+
+def _load_pending(limit: int, max_size: int) -> _Pending:
+    rows = MempoolEntry.objects.order_by("id").values_list("id", "cid", "raw")[:limit]
+    txs, ids, bad = [], {}, []
+    for pk, cid, raw in rows:
+        try:
+            tx = CoreTx.decode(bytes(raw), max_size=max_size)
+        except ValidationError as exc:
+            bad.append((pk, cid, f"{exc.reason}: {exc.message}"))
+            continue
+        if tx in ids:
+            bad.append((pk, cid, "the same transaction is queued twice"))
+            continue
+        txs.append(tx)
+        ids[tx] = pk
+    return _Pending(txs, ids, bad)
+
+
+def _orphans(deferred: Sequence[CoreTx], committed: dict[bytes, int], dropping: set[int]) -> list[CoreTx]:
+    """Deferred transactions whose missing predecessor can never arrive.
+
+    A transaction waits when an earlier number of its signer is not sealed
+    yet. If that earlier one was refused, the later ones can never be valid:
+    submission hands out numbers after the highest pending one, so the gap is
+    never refilled. They are dropped rather than left to clog the mempool.
+    """
+    waiting = [tx for tx in deferred if tx.seq > committed[tx.signer] + 1]
+    if not waiting:
+        return []
+    signers = sorted({tx.signer.hex() for tx in waiting})
+    pending = {
+        (signer, seq)
+        for pk, signer, seq in MempoolEntry.objects.filter(signer__in=signers).values_list("id", "signer", "seq")
+        if pk not in dropping
+    }
+    return [
+        tx
+        for tx in waiting
+        if any((tx.signer.hex(), seq) not in pending for seq in range(committed[tx.signer] + 1, tx.seq))
+    ]
+
+
+def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None = None) -> SealOutcome:
+    """Seal what is pending into one block, validate it, store it and project it.
+
+    Idempotent and safe to call at any time by the primary's holder: with
+    nothing pending it only checks that the projection is complete.
+    """
+    store = store or chainstore.primary()
+    with _seal_lock:
+        head, recovered = _ensure_genesis(store)
+        state = DbState()
+        params = state.params()
+        pending = _load_pending(params.max_block_txs + 256, params.max_tx_size)
+        if not pending.txs and not pending.undecodable:
+            return SealOutcome(None, None, 0, 0, 0, recovered)
+        signers = {tx.signer for tx in pending.txs}
+        state.prefetch([seq_key(signer) for signer in signers])
+        sealed = ledger.seal_block(
+            parent=head,
+            pending=pending.txs,
+            state=state,
+            registry=registry(),
+            node_id=settings.NODE_ID,
+            node_key=_node_key(),
+            now_ms=now_ms,
+            threads=SIGNATURE_THREADS,
+        )
+        included = sealed.result.txs
+        committed = {signer: last_seq(state, signer) for signer in signers}
+        for tx in included:
+            committed[tx.signer] = tx.seq
+        dropped = list(pending.undecodable)
+        dropped += [(pending.ids[r.tx], str(r.tx.cid), f"{r.error.reason}: {r.error.message}") for r in sealed.rejected]
+        orphans = _orphans(sealed.deferred, committed, {pk for pk, _, _ in dropped})
+        refused = f"{Reason.BAD_SEQ}: an earlier transaction of this signer was refused"
+        dropped += [(pending.ids[tx], str(tx.cid), refused) for tx in orphans]
+        deferred = len(sealed.deferred) - len(orphans)
+        for _, cid, reason in dropped:
+            logger.warning("dropped pending transaction %s: %s", cid, reason)
+        drop_ids = [pk for pk, _, _ in dropped]
+        if not included:
+            _delete_mempool(ids=drop_ids)
+            return SealOutcome(None, None, 0, len(dropped), deferred, recovered)
+        result = ledger.validate_block(
+            sealed.block,
+            parent=head,
+            txs=included,
+            state=state,
+            registry=registry(),
+            now_ms=now_ms,
+        )
+        size = store.write_block(sealed.block, included)
+        _commit_block(result, size, mempool_ids=[pending.ids[tx] for tx in included] + drop_ids)
+        _head_cache[store.path] = sealed.block
+        return SealOutcome(
+            sealed.block.height,
+            str(sealed.block.cid),
+            len(included),
+            len(dropped),
+            deferred,
+            recovered,
+        )
+
+
+# -- reads ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChainStatus:
+    height: int | None
+    head_cid: str | None
+    head_time: datetime | None
+    pending: int
+    last_verification: VerificationRun | None
+
+
+def chain_status() -> ChainStatus:
+    """What the database projection says about the chain (three queries)."""
+    head = Block.objects.order_by("-height").only("height", "cid", "timestamp").first()
+    return ChainStatus(
+        height=head.height if head else None,
+        head_cid=head.cid if head else None,
+        head_time=head.timestamp if head else None,
+        pending=MempoolEntry.objects.count(),
+        last_verification=VerificationRun.objects.order_by("-finished_at", "-id").first(),
+    )
+
+
+def chain_export_car(*, start: int, end: int, out: BinaryIO, store: chainstore.ChainStore | None = None) -> int:
+    """Write blocks ``start``..``end`` with their transactions and certificates as a CARv1.
+
+    The root is block ``end``. Sections follow ``ipfs dag export`` order from
+    it: each header, then the transactions it links, then (not linked from the
+    header, whose CID excludes it) its certificate, then the parent header.
+    Every byte comes from the store and is checked on the way. Returns the
+    number of sections written.
+    """
+    store = store or chainstore.reader()
+    if start < 0 or end < start:
+        raise ValueError("export needs 0 <= FROM <= TO")
+    root = store.cid_at(end)
+    if root is None:
+        raise ValueError(f"there is no block at height {end}")
+    writer = CarWriter(out, [root])
+    for height in range(end, start - 1, -1):
+        block = store.block_at(height)
+        writer.write_block(block.cid, block.header_bytes)
+        for tx in store.get_txs(block.txs):
+            writer.write_block(tx.cid, tx.encoded)
+        certificate = block.certificate_bytes()
+        writer.write_block(CID.of(DAG_CBOR, certificate), certificate)
+    return writer.blocks
+
+
+def chain_verify(
+    *, from_height: int = 0, store: chainstore.ChainStore | None = None, record: bool = True
+) -> VerifyResult:
+    """Re-validate every block from the stored bytes and compare the projection with a rebuild.
+
+    The work is in :mod:`chain.ledger_verify` (which builds on this module).
+    """
+    from chain.ledger_verify import chain_verify as verify
+
+    return verify(from_height=from_height, store=store, record=record)

@@ -1,0 +1,225 @@
+"""Sealing: genesis, blocks, the projection, what happens to refused and waiting transactions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.conf import settings
+
+from chain import chainstore
+from chain.core import crypto, dagcbor
+from chain.core.merkle import merkle_root
+from chain.core.state import seq_key
+from chain.ledger_services import DbState, chain_ensure_genesis, chain_seal, chain_status, tx_submit
+from chain.ledger_verify import chain_validate_recent, chain_verify
+from chain.models import Block, KeyRegistration, LedgerState, MempoolEntry, Transaction, VerificationRun
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("chain_dir")]
+
+
+def submit_many(demo_tx, signers: int, each: int) -> list:
+    pairs = [crypto.new_ed25519() for _ in range(signers)]
+    txs = []
+    for seq in range(1, each + 1):
+        for pair in pairs:
+            tx = demo_tx(pair, seq)
+            tx_submit(tx)
+            txs.append(tx)
+    return txs
+
+
+def test_genesis_founds_the_chain_with_this_node_as_authority():
+    from chain.services import node_identity
+
+    genesis = chain_ensure_genesis()
+    assert genesis.height == 0
+    assert genesis.chain_id == settings.CHAIN_ID
+    assert [(a.id, a.public_key) for a in genesis.genesis.authorities] == [
+        (settings.NODE_ID, bytes(node_identity().sign_public))
+    ]
+    assert genesis.genesis.params.max_block_txs == settings.CHAIN_MAX_BLOCK_TXS
+    row = Block.objects.get(height=0)
+    assert row.cid == str(genesis.cid)
+    assert chain_ensure_genesis().cid == genesis.cid  # made once
+    assert DbState().get("chain/params")["max_tx_size"] == settings.CHAIN_MAX_TX_BYTES
+
+
+def test_sealing_with_nothing_pending_makes_no_block():
+    outcome = chain_seal()
+    assert outcome.height is None
+    assert Block.objects.count() == 1  # genesis only
+
+
+def test_seal_stores_projects_and_clears_the_mempool(demo_tx):
+    txs = submit_many(demo_tx, signers=3, each=2)
+    outcome = chain_seal()
+    assert (outcome.height, outcome.included, outcome.rejected, outcome.deferred) == (1, 6, 0, 0)
+    assert not MempoolEntry.objects.exists()
+
+    stored = chainstore.primary().block_at(1)
+    assert str(stored.cid) == outcome.cid
+    assert stored.tx_root == merkle_root(stored.txs)
+    assert {str(c) for c in stored.txs} == {str(tx.cid) for tx in txs}
+
+    row = Block.objects.get(height=1)
+    assert (row.cid, row.tx_count, row.parent_cid) == (outcome.cid, 6, str(stored.parent))
+    assert row.state_hash == stored.state_hash.hex()
+    rows = list(Transaction.objects.filter(block=row).order_by("index"))
+    assert [r.cid for r in rows] == [str(c) for c in stored.txs]
+    assert rows[0].payload == {"nonce": rows[0].seq}
+
+    state = DbState()
+    for pair_hex in {tx.signer for tx in txs}:
+        assert state.get(seq_key(pair_hex)) == 2
+        assert state.get("demo/" + pair_hex.hex()) == 2
+    assert LedgerState.objects.get(key="demo/" + txs[0].signer.hex()).height == 1
+
+
+def test_blocks_link_and_the_chain_verifies(demo_tx):
+    submit_many(demo_tx, signers=2, each=1)
+    first = chain_seal()
+    submit_many(demo_tx, signers=2, each=1)
+    second = chain_seal()
+    assert Block.objects.get(height=2).parent_cid == first.cid
+    assert second.height == 2
+    result = chain_verify()
+    assert result.ok, result.summary()
+    assert (result.blocks, result.transactions) == (3, 4)
+    assert VerificationRun.objects.get().ok
+
+
+def test_a_full_block_leaves_the_rest_pending(settings, demo_tx):
+    settings.CHAIN_MAX_BLOCK_TXS = 4  # recorded in genesis
+    submit_many(demo_tx, signers=5, each=2)
+    outcome = chain_seal()
+    assert outcome.included == 4
+    assert MempoolEntry.objects.count() == 6
+    while chain_seal().height is not None:
+        pass
+    assert Transaction.objects.count() == 10
+    assert chain_verify().ok
+
+
+def test_a_transaction_refused_at_seal_is_dropped_and_so_are_its_followers(demo_tx, caplog):
+    """Two registrations of one key both pass submission; the second is refused when sealed."""
+    from accounts.ledger import KEY_REGISTERED
+
+    pair, enc = crypto.new_ed25519(), crypto.new_x25519()
+    payload = {"kind": "user", "enc_public": enc.public, "sign_public": pair.public}
+    first = demo_tx(pair, 1, type=KEY_REGISTERED.name, payload=payload)
+    second = demo_tx(pair, 2, type=KEY_REGISTERED.name, payload=payload)
+    follower = demo_tx(pair, 3, nonce=3)
+    for tx in (first, second, follower):
+        tx_submit(tx)  # all valid against the committed state, which has no registration yet
+    other = crypto.new_ed25519()
+    unrelated = demo_tx(other, 1)
+    tx_submit(unrelated)
+    outcome = chain_seal()
+    assert outcome.included == 2  # first and unrelated
+    assert outcome.rejected == 2  # second (already registered) and its follower (gap never filled)
+    assert not MempoolEntry.objects.exists()
+    assert "already registered" in caplog.text
+    assert set(Transaction.objects.values_list("cid", flat=True)) == {str(first.cid), str(unrelated.cid)}
+    assert chain_verify().ok
+
+
+def test_key_registrations_after_user_and_institution_creation(alice, hospital):
+    entries = {e.signer: e for e in MempoolEntry.objects.filter(type="accounts.key_registered")}
+    assert set(entries) == {bytes(alice.sign_public).hex(), bytes(hospital.sign_public).hex()}
+    outcome = chain_seal()
+    assert outcome.included == 2
+    user_key = KeyRegistration.objects.get(sign_public=bytes(alice.sign_public).hex())
+    assert (user_key.kind, user_key.enc_public, user_key.institution_code) == (
+        "user",
+        bytes(alice.enc_public).hex(),
+        "",
+    )
+    inst_key = KeyRegistration.objects.get(sign_public=bytes(hospital.sign_public).hex())
+    assert (inst_key.kind, inst_key.institution_code) == ("institution", "north")
+    tx = Transaction.objects.get(cid=user_key.tx_cid)
+    assert tx.signer == user_key.sign_public
+    text = json.dumps(tx.payload) + bytes(chainstore.primary().tx_bytes_many([_cid(tx.cid)])[0]).hex()
+    for personal in (alice.email, alice.name, str(alice.public_id), alice.email.encode().hex()):
+        assert personal not in text  # no personal data on chain
+    assert chain_verify().ok
+
+
+def _cid(text):
+    from chain.core.cid import CID
+
+    return CID.decode(text)
+
+
+def test_a_failed_signup_leaves_no_registration(db):
+    from accounts.services import user_create
+
+    with pytest.raises(ValueError, match="institution"):
+        user_create(email="x@example.org", password="long-enough-pw", role="clinician")
+    assert not MempoolEntry.objects.exists()
+
+
+def test_state_values_round_trip_as_dag_cbor(alice):
+    chain_seal()
+    key = "accounts/key/" + bytes(alice.sign_public).hex()
+    value = dagcbor.decode(bytes(LedgerState.objects.get(key=key).value))
+    assert value["kind"] == "user"
+    assert value["enc_public"] == bytes(alice.enc_public)
+
+
+def test_status_reports_height_head_pending_and_last_verification(demo_tx):
+    submit_many(demo_tx, signers=1, each=1)
+    chain_seal()
+    submit_many(demo_tx, signers=1, each=1)
+    chain_verify()
+    status = chain_status()
+    assert status.height == 1
+    assert status.head_cid == Block.objects.get(height=1).cid
+    assert status.pending == 1
+    assert status.last_verification.ok
+
+
+def test_recent_validation_continues_from_its_checkpoint(demo_tx):
+    submit_many(demo_tx, signers=2, each=1)
+    chain_seal()
+    first = chain_validate_recent()
+    assert first.ok and (first.from_height, first.to_height, first.blocks) == (0, 1, 2)
+    submit_many(demo_tx, signers=2, each=1)
+    chain_seal()
+    second = chain_validate_recent()
+    assert second.ok and (second.from_height, second.to_height, second.blocks) == (2, 2, 1)
+    third = chain_validate_recent()
+    assert third.ok and third.blocks == 0
+    assert VerificationRun.objects.filter(kind="recent").count() == 3
+
+
+def test_recent_validation_notices_a_changed_row(demo_tx):
+    submit_many(demo_tx, signers=2, each=1)
+    chain_seal()
+    chain_validate_recent()
+    txs = submit_many(demo_tx, signers=2, each=1)
+    chain_seal()
+    LedgerState.objects.filter(key="demo/" + txs[0].signer.hex()).update(value=dagcbor.encode(41))
+    result = chain_validate_recent()
+    assert not result.ok
+    assert result.reason == "projection-differs"
+    assert "demo/" in result.message
+
+
+def test_the_seal_task_runs_the_service(demo_tx):
+    from chain.ledger_tasks import chain_seal_task, chain_validate_recent_task
+
+    submit_many(demo_tx, signers=1, each=3)
+    result = chain_seal_task.apply().get()
+    assert result["included"] == 3
+    assert chain_validate_recent_task.apply().get()["ok"]
+
+
+def test_the_seal_task_steps_aside_when_another_process_holds_the_store(monkeypatch):
+    from chain.ledger_tasks import chain_seal_task
+
+    def locked():
+        raise chainstore.StoreLocked("held by a command")
+
+    monkeypatch.setattr(chainstore, "primary", locked)
+    assert chain_seal_task.apply().get() is None

@@ -1,0 +1,172 @@
+"""Submitting transactions: validated on the way in, kept in the mempool (the outbox)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from django.db import transaction
+
+from chain.core import crypto
+from chain.core.transaction import Transaction as CoreTx
+from chain.ledger_services import TxRejected, next_seq, tx_sign_and_submit, tx_submit
+from chain.models import MempoolEntry
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("chain_dir")]
+
+
+@pytest.fixture
+def pair():
+    return crypto.new_ed25519()
+
+
+def rejected(tx) -> TxRejected:
+    with pytest.raises(TxRejected) as info:
+        tx_submit(tx)
+    assert not MempoolEntry.objects.filter(cid=str(tx.cid) if isinstance(tx, CoreTx) else "").exists()
+    return info.value
+
+
+def test_a_valid_transaction_waits_in_the_mempool(pair, demo_tx):
+    tx = demo_tx(pair, 1)
+    entry = tx_submit(tx)
+    assert entry.cid == str(tx.cid)
+    assert bytes(MempoolEntry.objects.get(cid=entry.cid).raw) == tx.encode()
+    assert (entry.type, entry.signer, entry.seq) == ("chain.demo", pair.public.hex(), 1)
+
+
+def test_encoded_bytes_are_accepted_too(pair, demo_tx):
+    tx = demo_tx(pair, 1)
+    assert tx_submit(tx.encode()).cid == str(tx.cid)
+
+
+def test_bad_signature(pair, demo_tx):
+    tx = demo_tx(pair, 1)
+    forged = dataclasses.replace(tx, payload={"nonce": 99})  # same signature, other content
+    assert rejected(forged).reason == "bad-signature"
+
+
+def test_signature_by_another_key(pair, demo_tx):
+    tx = demo_tx(pair, 1)
+    other = crypto.new_ed25519()
+    stolen = dataclasses.replace(tx, signer=other.public)
+    assert rejected(stolen).reason == "bad-signature"
+
+
+def test_replay_of_a_pending_transaction(pair, demo_tx):
+    tx = demo_tx(pair, 1)
+    tx_submit(tx)
+    error = rejected_again(tx)
+    assert error.reason == "replay"
+    assert "already used" in error.message
+
+
+def rejected_again(tx) -> TxRejected:
+    with pytest.raises(TxRejected) as info:
+        tx_submit(tx)
+    return info.value
+
+
+def test_replay_of_a_sealed_transaction(pair, demo_tx):
+    from chain.ledger_services import chain_seal
+
+    tx = demo_tx(pair, 1)
+    tx_submit(tx)
+    chain_seal()
+    assert rejected_again(tx).reason == "replay"
+
+
+def test_a_number_that_skips_ahead(pair, demo_tx):
+    assert rejected(demo_tx(pair, 2)).reason == "bad-seq"
+
+
+def test_the_next_numbers_follow_the_pending_ones(pair, demo_tx):
+    tx_submit(demo_tx(pair, 1))
+    tx_submit(demo_tx(pair, 2))
+    assert next_seq(pair.public) == 3
+
+
+def test_unknown_type(pair, demo_tx):
+    error = rejected(demo_tx(pair, 1, type="records.unheard_of", payload={}))
+    assert error.reason == "unknown-type"
+
+
+def test_invalid_payload(pair, demo_tx):
+    assert rejected(demo_tx(pair, 1, payload={"nonce": "one"})).reason == "invalid-payload"
+    assert rejected(demo_tx(pair, 1, payload={"nonce": 1, "name": "Alice"})).reason == "invalid-payload"
+
+
+def test_the_type_validator_refuses(pair, demo_tx):
+    error = rejected(demo_tx(pair, 1, payload={"nonce": -1}))
+    assert error.reason == "rejected"
+    assert "negative" in error.message
+
+
+def test_oversize(settings, pair, demo_tx):
+    settings.CHAIN_MAX_TX_BYTES = 230  # before genesis the configured limit applies
+    tx = demo_tx(pair, 1, payload={"nonce": 1, "memo": "x" * 64})
+    small = demo_tx(crypto.new_ed25519(), 1)
+    assert tx.size > 230 > small.size
+    error = rejected(tx.encode())
+    assert error.reason == "oversize"
+    tx_submit(small)
+
+
+def test_wrong_chain(pair, demo_tx):
+    assert rejected(demo_tx(pair, 1, chain_id="another-chain")).reason == "wrong-chain"
+
+
+def test_from_the_future(pair, demo_tx):
+    from chain.core.transaction import now_ms
+
+    assert rejected(demo_tx(pair, 1, timestamp=now_ms() + 3_600_000)).reason == "bad-timestamp"
+
+
+def test_garbage_bytes(pair):
+    assert rejected(b"\xa1\x61x\x01").reason == "bad-encoding"
+
+
+def test_submission_commits_and_rolls_back_with_the_callers_transaction(pair, demo_tx):
+    tx = demo_tx(pair, 1)
+
+    def business_change_that_fails():
+        with transaction.atomic():
+            tx_submit(tx)
+            raise RuntimeError("the business change failed")
+
+    with pytest.raises(RuntimeError):
+        business_change_that_fails()
+    assert not MempoolEntry.objects.exists()
+
+
+def test_a_refusal_leaves_the_callers_transaction_usable(pair, demo_tx):
+    with transaction.atomic():
+        tx_submit(demo_tx(pair, 1))
+        with pytest.raises(TxRejected):
+            tx_submit(demo_tx(pair, 5))
+        tx_submit(demo_tx(pair, 2))
+    assert MempoolEntry.objects.count() == 2
+
+
+def test_two_transactions_racing_for_one_number(pair, demo_tx, monkeypatch):
+    """Both passed validation with seq 1; the unique (signer, seq) keeps only the first."""
+    import chain.ledger_services as services
+
+    first, second = demo_tx(pair, 1, nonce=1), demo_tx(pair, 1, nonce=2)
+    tx_submit(first)
+    monkeypatch.setattr(services, "next_seq", lambda signer, state=None: 1)  # as if it read before the first
+    error = rejected_again(second)
+    assert error.reason == "replay"
+    assert "pending" in error.message
+
+
+def test_sign_and_submit_picks_the_next_number(pair):
+    first = tx_sign_and_submit(private_key=pair.private, type="chain.demo", payload={"nonce": 7})
+    second = tx_sign_and_submit(private_key=pair.private, type="chain.demo", payload={"nonce": 8})
+    assert (first.seq, second.seq) == (1, 2)
+
+
+def test_submission_query_count(pair, demo_tx, django_assert_max_num_queries):
+    tx_submit(demo_tx(pair, 1))
+    with django_assert_max_num_queries(6):
+        tx_submit(demo_tx(pair, 2))
