@@ -11,6 +11,7 @@ Every variable is listed in the README's configuration table.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import environ
@@ -336,15 +337,31 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # django.template logs failed lookups at DEBUG with the whole context,
+    # which on record pages holds decrypted content: never let those through.
+    "filters": {
+        "no_template_debug": {
+            "()": "django.utils.log.CallbackFilter",
+            "callback": lambda record: record.levelno > logging.DEBUG,
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "django.template": {"level": "INFO", "filters": ["no_template_debug"]},
+    },
 }
 
 REQUIRE_SERVICES = env_bool("REQUIRE_SERVICES", False)
 
 
 CELERY_BEAT_SCHEDULE = {
+    "records-redrive": {
+        "task": "default.records_redrive",
+        "schedule": 60.0,
+        "options": {"queue": "default", "expires": 60},
+    },
     "store-heartbeat": {
         "task": "store.heartbeat",
         "schedule": HEARTBEAT_INTERVAL,

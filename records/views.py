@@ -1,28 +1,621 @@
-"""The patient portal, the clinic dashboard and the research portal."""
+"""The patient portal, the clinic dashboard and the research portal.
+
+Views are thin: access helper → form → service → redirect. Every protected
+object is loaded through ``records.access``; nothing here calls ``.get(pk=…)``
+on a record.
+"""
 
 from __future__ import annotations
 
-from django.shortcuts import render
+import re
+from urllib.parse import quote
 
-from accounts.access import patient_data_gate, role_required, staff_may_open_patient_data
-from accounts.models import Role
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db.models import Count, Q
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_POST
+
+from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
+from accounts.models import Institution, Role
+from records import reading, services
+from records.access import (
+    RecordAccessDenied,
+    chart_patient_for_user,
+    record_get_for_user,
+    visit_get_for_user,
+)
+from records.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm, VisitOpenForm
+from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
+from records.uploads import EncryptingUploadHandler, UploadRejected
+
+PAGE_SIZE = 50
+
+
+def _denied(request, exc=None):
+    return forbidden(request, _("You do not have access to this record. The attempt has been recorded."))
+
+
+def _timeline(records_qs, request):
+    """Filter and paginate a record queryset; constant queries."""
+    institution = request.GET.get("institution") or ""
+    kind = request.GET.get("kind") or ""
+    if kind in RecordKind.values:
+        records_qs = records_qs.filter(kind=kind)
+    if institution == "self":
+        records_qs = records_qs.filter(institution__isnull=True)
+    elif institution:
+        records_qs = records_qs.filter(institution__code=institution)
+    records_qs = records_qs.select_related("institution", "author", "visit", "current_version").order_by("-created_at")
+    page = Paginator(records_qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    return page, {"institution": institution, "kind": kind}
+
+
+# -- patient portal ---------------------------------------------------------------------
 
 
 @role_required(Role.PATIENT)
 def patient_home(request):
-    return render(request, "patient/home.html")
+    records_qs = MedicalRecord.objects.filter(patient=request.user)
+    page, filters = _timeline(records_qs, request)
+    versions = [r.current_version for r in page.object_list if r.current_version is not None]
+    titles = reading.titles_for(request.user, versions)
+    rows = [{"record": r, "title": titles.get(r.current_version_id, "")} for r in page.object_list]
+    institutions = Institution.objects.filter(records__patient=request.user).distinct().order_by("code")
+    counts = dict(
+        MedicalRecord.objects.filter(patient=request.user).values_list("kind").annotate(n=Count("id")).order_by()
+    )
+    visits = Visit.objects.filter(patient=request.user).select_related("institution").order_by("-opened_at")[:5]
+    context = {
+        "page": page,
+        "rows": rows,
+        "filters": filters,
+        "institutions": institutions,
+        "kinds": RecordKind.choices,
+        "kind_counts": [(label, counts.get(value, 0)) for value, label in RecordKind.choices],
+        "total": sum(counts.values()),
+        "recent_visits": visits,
+    }
+    return render(request, "patient/home.html", context)
+
+
+@csrf_exempt  # the token is checked after the encrypting upload handler is in place
+@role_required(Role.PATIENT)
+def patient_upload(request):
+    if request.method != "POST":
+        return render(request, "patient/upload.html", {"form": DocumentForm(), "limit": _limit()})
+    return _upload_document(request)
+
+
+def _limit() -> int:
+    from django.conf import settings
+
+    return settings.UPLOAD_MAX_BYTES
+
+
+def _upload_response(request, *, ok: bool, message: str, status: int = 200, redirect_to: str | None = None, form=None):
+    wants_json = request.headers.get("Accept", "").startswith("application/json") or request.headers.get(
+        "X-Requested-With"
+    )
+    if wants_json:
+        return JsonResponse({"ok": ok, "message": message, "redirect": redirect_to}, status=status)
+    if ok:
+        messages.success(request, message)
+        return redirect(redirect_to)
+    if form is not None:
+        form.add_error(None, message)
+        return render(request, "patient/upload.html", {"form": form, "limit": _limit()}, status=status)
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+
+
+def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | None]:
+    handler = EncryptingUploadHandler(request)
+    request.upload_handlers = [handler]
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > handler.max_bytes + 64 * 1024:
+        return handler, UploadRejected(
+            _("The file is larger than the limit of %(limit)s.") % {"limit": _human_size(handler.max_bytes)}, 413
+        )
+    try:
+        request.POST  # noqa: B018 - parses the body through the encrypting handler
+    except Exception:  # client went away, malformed body: nothing half-stored
+        handler.discard_all()
+        return handler, UploadRejected(_("The upload was interrupted. Nothing was stored; please try again."), 400)
+    if handler.error is not None:
+        handler.discard_all()
+        return handler, handler.error
+    return handler, None
+
+
+def _human_size(size: int) -> str:
+    from records.uploads import _human
+
+    return _human(size)
+
+
+@csrf_protect
+def _upload_document_checked(request, handler):
+    form = DocumentForm(request.POST)
+    upload = request.FILES.get("file")
+    if upload is None:
+        handler.discard_all()
+        return _upload_response(request, ok=False, message=_("Choose a file to upload."), status=400, form=form)
+    if not form.is_valid():
+        handler.discard_all()
+        message = "; ".join(str(e) for errors in form.errors.values() for e in errors)
+        return _upload_response(request, ok=False, message=message, status=400, form=form)
+    try:
+        record = services.document_upload(
+            patient=request.user,
+            title=form.cleaned_data["title"],
+            description=form.cleaned_data.get("description", ""),
+            upload=upload,
+        )
+        upload.claimed = True
+    except (ValidationError, PermissionDenied) as exc:
+        handler.discard_all()
+        return _upload_response(
+            request, ok=False, message=" ".join(getattr(exc, "messages", [str(exc)])), status=400, form=form
+        )
+    return _upload_response(
+        request,
+        ok=True,
+        message=_("Your document was uploaded. It is being stored and will be anchored on the chain shortly."),
+        redirect_to=reverse("record_detail", args=[record.public_id]),
+    )
+
+
+def _upload_document(request):
+    handler, error = _parse_upload(request)
+    if error is not None:
+        return _upload_response(request, ok=False, message=error.message, status=error.status, form=DocumentForm())
+    try:
+        return _upload_document_checked(request, handler)
+    finally:
+        handler.discard_unclaimed()  # e.g. refused by the CSRF check, or an error
+
+
+# -- records (everyone, through the access helper) -------------------------------------------
+
+
+def _access(request, record_id, **kwargs):
+    try:
+        return record_get_for_user(request.user, record_id, **kwargs), None
+    except RecordAccessDenied as exc:
+        return None, _denied(request, exc)
+
+
+def _anchor_info(version: RecordVersion) -> dict | None:
+    if not version.anchor_tx:
+        return None
+    from records.anchors import anchor_proof
+
+    return anchor_proof(version.anchor_tx)
+
+
+def record_detail(request, record_id):
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('account_login')}?next={request.path}")
+    version_number = request.GET.get("version")
+    access, denied = _access(
+        request, record_id, version_number=int(version_number) if (version_number or "").isdigit() else None
+    )
+    if denied:
+        return denied
+    content = reading.content_of(access)
+    files = reading.files_of(access, content)
+    for f in files:
+        if f.is_dicom and f.record_file.status == "stored":
+            f.dicom = reading.dicom_summary(access, f.record_file)
+    record = access.record
+    versions = list(record.versions.select_related("created_by").order_by("-number"))
+    context = {
+        "access": access,
+        "record": record,
+        "version": access.version,
+        "content": content,
+        "files": files,
+        "versions": versions,
+        "anchor": _anchor_info(access.version),
+        "is_current": access.version.pk == record.current_version_id,
+        "can_edit": record.status == MedicalRecord.Status.DRAFT and request.user.pk == record.author_id,
+        "can_amend": record.status != MedicalRecord.Status.DRAFT
+        and (access.basis in ("author", "care-team") or (access.is_patient and record.kind == RecordKind.DOCUMENT)),
+        "processing": any(f.record_file.status == "spooled" for f in files)
+        or access.version.storage == RecordVersion.Storage.PENDING,
+    }
+    return render(request, "records/detail.html", context)
+
+
+def record_status(request, record_id):
+    """Processing status for the page to poll after an upload or finalisation."""
+    if not request.user.is_authenticated:
+        raise PermissionDenied
+    access, denied = _access(request, record_id, detail="status poll")
+    if denied:
+        return JsonResponse({"error": "denied"}, status=403)
+    files = [{"id": str(f.public_id), "status": f.status} for f in access.version.files.all()]
+    return JsonResponse({"storage": access.version.storage, "files": files, "anchor_tx": access.version.anchor_tx})
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _content_disposition(kind: str, name: str) -> str:
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "file"
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+
+
+@xframe_options_sameorigin
+def record_file(request, record_id, file_id):
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('account_login')}?next={request.path}")
+    download = request.GET.get("download") == "1"
+    action = AccessEvent.Action.DOWNLOAD if download else AccessEvent.Action.VIEW
+    access, denied = _access(request, record_id, action=action, detail=f"file {file_id}")
+    if denied:
+        return denied
+    record_file, name = reading.file_for(access, file_id)
+    if record_file is None:
+        raise Http404("no such file")
+    if record_file.status != "stored":
+        return HttpResponse(
+            _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
+        )
+    size = record_file.size
+    start, end = 0, size - 1
+    status = 200
+    header = request.headers.get("Range")
+    if header and size:
+        match = _RANGE.match(header.strip())
+        if not match or (not match.group(1) and not match.group(2)):
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return response
+        if match.group(1):
+            start = int(match.group(1))
+            end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+        else:
+            start = max(0, size - int(match.group(2)))
+        if start > end or start >= size:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return response
+        status = 206
+    length = end - start + 1 if size else 0
+    response = StreamingHttpResponse(
+        reading.file_chunks(access, record_file, start, length), status=status, content_type=record_file.media_type
+    )
+    response["Content-Length"] = str(length)
+    response["Accept-Ranges"] = "bytes"
+    response["Cache-Control"] = "private, no-store"
+    inline = not download and (
+        record_file.media_type.startswith("image/") or record_file.media_type == "application/pdf"
+    )
+    response["Content-Disposition"] = _content_disposition("inline" if inline else "attachment", name)
+    if status == 206:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if record_file.media_type.startswith("image/"):
+        response["Content-Security-Policy"] = "sandbox; default-src 'none'; img-src 'self'"
+    return response
+
+
+def record_file_preview(request, record_id, file_id):
+    if not request.user.is_authenticated:
+        raise PermissionDenied
+    access, denied = _access(request, record_id, detail=f"preview {file_id}")
+    if denied:
+        return denied
+    record_file, _name = reading.file_for(access, file_id)
+    if record_file is None or record_file.media_type != "application/dicom" or record_file.status != "stored":
+        raise Http404("no preview")
+    png = reading.dicom_preview_png(access, record_file)
+    if png is None:
+        raise Http404("no preview")
+    response = HttpResponse(png, content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def record_history(request, record_id):
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('account_login')}?next={request.path}")
+    access, denied = _access(request, record_id, detail="history")
+    if denied:
+        return denied
+    versions = list(access.record.versions.select_related("created_by").order_by("-number"))
+    events = (
+        AccessEvent.objects.filter(record=access.record, action__in=["create", "edit", "finalize", "amend", "upload"])
+        .select_related("actor", "actor_institution")
+        .order_by("-at")[:100]
+    )
+    return render(
+        request,
+        "records/history.html",
+        {"access": access, "record": access.record, "versions": versions, "events": events},
+    )
+
+
+# -- clinic dashboard -------------------------------------------------------------------------
 
 
 @role_required(Role.CLINICIAN)
 def clinic_home(request):
-    context = {"can_open_patient_data": staff_may_open_patient_data(request.user)}
+    user = request.user
+    visits = []
+    if staff_may_open_patient_data(user):
+        visits = list(
+            Visit.objects.filter(institution_id=user.institution_id, status=Visit.Status.OPEN)
+            .select_related("patient", "opened_by")
+            .annotate(record_count=Count("records"))
+            .order_by("-opened_at")[:50]
+        )
+    context = {
+        "can_open_patient_data": staff_may_open_patient_data(user),
+        "visits": visits,
+        "mine": [v for v in visits if v.opened_by_id == user.pk],
+        "today": timezone.localdate(),
+    }
     return render(request, "clinic/home.html", context)
 
 
 @role_required(Role.CLINICIAN)
 @patient_data_gate
 def clinic_patients(request):
-    return render(request, "clinic/patients.html", {"patients": []})
+    user = request.user
+    form = VisitOpenForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            visit = services.visit_open(
+                clinician=user, patient=form.cleaned_data["patient"], kind=form.cleaned_data["kind"]
+            )
+        except (PermissionDenied, ValidationError) as exc:
+            form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
+        else:
+            messages.success(request, _("Visit opened for %(name)s.") % {"name": visit.patient.display_name})
+            return redirect("clinic_visit", visit_id=visit.public_id)
+    visits = (
+        Visit.objects.filter(institution_id=user.institution_id)
+        .select_related("patient", "opened_by")
+        .order_by("-opened_at")[:100]
+    )
+    seen, patients = set(), []
+    for visit in visits:
+        if visit.patient_id not in seen:
+            seen.add(visit.patient_id)
+            patients.append(visit)
+    return render(request, "clinic/patients.html", {"form": form, "patients": patients})
+
+
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_chart(request, patient_id):
+    try:
+        patient, open_visit = chart_patient_for_user(request.user, patient_id)
+    except RecordAccessDenied as exc:
+        return _denied(request, exc)
+    user = request.user
+    visible = Q(author=user) | Q(institution_id=user.institution_id, visit__status=Visit.Status.OPEN)
+    records_qs = MedicalRecord.objects.filter(patient=patient).filter(visible)
+    page, filters = _timeline(records_qs, request)
+    visits = Visit.objects.filter(patient=patient, institution_id=user.institution_id).select_related("opened_by")[:20]
+    context = {
+        "patient": patient,
+        "open_visit": open_visit,
+        "page": page,
+        "filters": filters,
+        "kinds": RecordKind.choices,
+        "visits": visits,
+    }
+    return render(request, "clinic/chart.html", context)
+
+
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_visit(request, visit_id):
+    try:
+        visit = visit_get_for_user(request.user, visit_id)
+    except RecordAccessDenied as exc:
+        return _denied(request, exc)
+    records = visit.records.select_related("author", "current_version").order_by("-created_at")
+    context = {"visit": visit, "records": records, "kinds": [(k.value, k.label) for k in CLINICIAN_KINDS]}
+    return render(request, "clinic/visit.html", context)
+
+
+@require_POST
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_visit_close(request, visit_id):
+    try:
+        visit = visit_get_for_user(request.user, visit_id, action=AccessEvent.Action.CLOSE_VISIT)
+        services.visit_close(clinician=request.user, visit=visit)
+    except RecordAccessDenied as exc:
+        return _denied(request, exc)
+    messages.success(request, _("The visit is closed."))
+    return redirect("clinic_chart", patient_id=visit.patient.public_id)
+
+
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_record_new(request, visit_id, kind):
+    try:
+        visit = visit_get_for_user(request.user, visit_id)
+    except RecordAccessDenied as exc:
+        return _denied(request, exc)
+    if kind not in [k.value for k in CLINICIAN_KINDS]:
+        raise Http404("unknown kind")
+    form_class = FORMS_BY_KIND[kind]
+    form = form_class(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            record = services.record_create(
+                patient=visit.patient, author=request.user, kind=kind, content=form.content(), visit=visit
+            )
+        except (PermissionDenied, ValidationError) as exc:
+            form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
+        else:
+            messages.success(request, _("Draft saved. Check it, attach files if needed, then sign and finalise."))
+            return redirect("record_edit", record_id=record.public_id)
+    context = {"form": form, "visit": visit, "kind": kind, "kind_label": RecordKind(kind).label}
+    return render(request, "records/form.html", context)
+
+
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def record_edit(request, record_id):
+    access, denied = _access(
+        request, record_id, action=AccessEvent.Action.EDIT if request.method == "POST" else AccessEvent.Action.VIEW
+    )
+    if denied:
+        return denied
+    record = access.record
+    if record.status != MedicalRecord.Status.DRAFT or request.user.pk != record.author_id:
+        messages.info(request, _("A finalised record cannot be edited, only amended."))
+        return redirect("record_detail", record_id=record.public_id)
+    content = reading.content_of(access)
+    form_class = FORMS_BY_KIND[record.kind]
+    form = form_class(request.POST or None, initial=form_class.initial_from(content))
+    if request.method == "POST" and form.is_valid():
+        services.record_update_draft(access=access, content=form.content())
+        messages.success(request, _("Draft saved."))
+        return redirect("record_edit", record_id=record.public_id)
+    context = {
+        "form": form,
+        "record": record,
+        "visit": record.visit,
+        "kind": record.kind,
+        "kind_label": record.get_kind_display(),
+        "files": reading.files_of(access, content),
+        "editing": True,
+        "limit": _limit(),
+    }
+    return render(request, "records/form.html", context)
+
+
+@csrf_exempt  # checked below, once the encrypting upload handler is in place
+def record_file_upload(request, record_id):
+    if not request.user.is_authenticated:
+        return JsonResponse({"ok": False, "message": _("Sign in first.")}, status=401)
+    if request.method != "POST":
+        return JsonResponse({"ok": False, "message": "POST only"}, status=405)
+    if request.user.role == Role.CLINICIAN and not staff_may_open_patient_data(request.user):
+        return JsonResponse({"ok": False, "message": _("Your account cannot open patient data yet.")}, status=403)
+    return _record_file_upload(request, record_id)
+
+
+def _record_file_upload(request, record_id):
+    access, denied = _access(request, record_id, action=AccessEvent.Action.UPLOAD)
+    if denied:
+        return JsonResponse({"ok": False, "message": _("You do not have access to this record.")}, status=403)
+    if access.record.status != MedicalRecord.Status.DRAFT or request.user.pk != access.record.author_id:
+        return JsonResponse({"ok": False, "message": _("Files are added to your own drafts only.")}, status=409)
+    handler, error = _parse_upload(request)
+    if error is not None:
+        return JsonResponse({"ok": False, "message": error.message}, status=error.status)
+    try:
+        return _record_file_upload_checked(request, access, handler)
+    finally:
+        handler.discard_unclaimed()  # e.g. refused by the CSRF check, or an error
+
+
+@csrf_protect
+def _record_file_upload_checked(request, access, handler):
+    uploads = request.FILES.getlist("file")
+    if not uploads:
+        handler.discard_all()
+        return JsonResponse({"ok": False, "message": _("Choose a file to upload.")}, status=400)
+    stored = []
+    try:
+        for upload in uploads:
+            record_file = services.record_attach_file(access=access, upload=upload)
+            upload.claimed = True
+            stored.append({"id": str(record_file.public_id), "name": upload.name, "size": upload.size})
+    except (ValidationError, PermissionDenied) as exc:
+        handler.discard_all()
+        return JsonResponse({"ok": False, "message": " ".join(getattr(exc, "messages", [str(exc)]))}, status=400)
+    wants_json = request.headers.get("Accept", "").startswith("application/json") or request.headers.get(
+        "X-Requested-With"
+    )
+    if not wants_json:
+        messages.success(request, _("File uploaded; it is being stored."))
+        return redirect("record_edit", record_id=access.record.public_id)
+    return JsonResponse({"ok": True, "files": stored, "message": _("Uploaded. Processing…")})
+
+
+@require_POST
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def record_file_remove(request, record_id, file_id):
+    access, denied = _access(request, record_id, action=AccessEvent.Action.EDIT)
+    if denied:
+        return denied
+    try:
+        services.record_remove_file(access=access, file_public_id=file_id)
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+    return redirect("record_edit", record_id=record_id)
+
+
+@require_POST
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def record_finalize(request, record_id):
+    access, denied = _access(request, record_id, action=AccessEvent.Action.FINALIZE)
+    if denied:
+        return denied
+    try:
+        services.record_finalize(access=access)
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        return redirect("record_edit", record_id=record_id)
+    messages.success(request, _("Signed and finalised. It is being stored and anchored on the chain."))
+    return redirect("record_detail", record_id=record_id)
+
+
+def record_amend(request, record_id):
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('account_login')}?next={request.path}")
+    access, denied = _access(
+        request, record_id, action=AccessEvent.Action.AMEND if request.method == "POST" else AccessEvent.Action.VIEW
+    )
+    if denied:
+        return denied
+    record = access.record
+    allowed = access.basis in ("author", "care-team") or (access.is_patient and record.kind == RecordKind.DOCUMENT)
+    if not allowed:
+        return _denied(request)
+    if record.status == MedicalRecord.Status.DRAFT:
+        return redirect("record_edit", record_id=record.public_id)
+    content = reading.content_of(access)
+    form_class = FORMS_BY_KIND[record.kind]
+    form = form_class(request.POST or None, initial=form_class.initial_from(content), amending=True)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.record_amend(access=access, content=form.content(), reason=form.cleaned_data["amendment_reason"])
+        except (ValidationError, PermissionDenied) as exc:
+            form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
+        else:
+            messages.success(request, _("Amendment saved as a new version. The previous version stays in the history."))
+            return redirect("record_detail", record_id=record.public_id)
+    context = {
+        "form": form,
+        "record": record,
+        "visit": record.visit,
+        "kind": record.kind,
+        "kind_label": record.get_kind_display(),
+        "amending": True,
+    }
+    return render(request, "records/form.html", context)
+
+
+# -- research portal --------------------------------------------------------------------------
 
 
 @role_required(Role.RESEARCHER)

@@ -120,6 +120,25 @@ def operator(db):
     return _factories().UserFactory(email="ops@example.org", role="operator", is_superuser=True)
 
 
+@pytest.fixture
+def node(settings, tmp_path):
+    """Point every store at a fresh folder; make the genesis block; close after."""
+    from chain import chainstore, stores
+    from chain.ledger_services import chain_ensure_genesis
+
+    settings.DAG_DIR = tmp_path / "dag"
+    settings.CHAIN_DIR = tmp_path / "chain"
+    settings.SPOOL_DIR = tmp_path / "spool"
+    settings.DAG_CHUNK_SIZE = 65536
+    stores.close_dag_stores()
+    chainstore.close_all()
+    chain_ensure_genesis()
+    yield tmp_path
+    stores.close_dag_stores()
+    chainstore.close_all()
+
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

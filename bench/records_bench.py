@@ -1,0 +1,444 @@
+"""Records benchmark: a big upload to stored-and-anchored, and the patient timeline.
+
+Runs against a throwaway node (temporary ``EMR_DATA_DIR``: SQLite, RocksDB,
+spool, filesystem broker) and prints MB/s (10**6 bytes per second):
+
+* **Upload to stored-and-anchored.** A gunicorn process serves the site; a
+  verified doctor with TOTP streams a ``--size-mib`` file (default 256 MiB)
+  into an imaging draft over real HTTP (multipart framed by hand, the body a
+  generator, so neither side holds it), then signs and finalises it over HTTP.
+  This process then plays the store worker (DESIGN section 3: the only RocksDB
+  writer): ``records.storage.file_ingest`` (spool → DAG, pin; it stores and
+  anchors the finalised version) and ``chain_seal``. The clock runs from the
+  first byte of the request until the anchor transaction is in a sealed block.
+  Target: >= 150 MB/s end to end. The floor it is compared with is
+  AES-256-GCM (64 KiB segments, as the stream format) plus SHA-256 over the
+  same bytes, measured in the same run on one core.
+* **Download** of the same file through gunicorn (a secondary DAG instance,
+  decrypted on the fly), checked against the uploaded bytes' SHA-256.
+* **Patient timeline with 1,000 records** (``--records``): median render time
+  of ``/patient/`` over ``--requests`` requests through the Django test client,
+  and the number of queries per request; the clinic chart likewise.
+
+    .venv/bin/python bench/records_bench.py [--size-mib 256] [--records 1000] [--requests 20] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MIB = 1 << 20
+SEGMENT = 64 * 1024
+BOUNDARY = "records-bench-" + os.urandom(12).hex()
+TARGET_MBS = 150
+
+
+# -- environment ---------------------------------------------------------------------------
+
+
+def configure(workdir: Path) -> dict[str, str]:
+    """The environment both this process and the web server run with."""
+    env = {k: v for k, v in os.environ.items() if k not in _STEERING}
+    env.update(
+        DJANGO_SETTINGS_MODULE="emr_site.settings",
+        EMR_DATA_DIR=str(workdir),
+        EMR_ENV="development",
+        CELERY_BROKER_URL="filesystem://",
+        LOG_LEVEL="WARNING",
+    )
+    os.environ.clear()
+    os.environ.update(env)
+    return env
+
+
+# Variables that would point the throwaway node at real services or other stores.
+_STEERING = {
+    "DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_TASK_ALWAYS_EAGER", "DAG_DIR",
+    "CHAIN_DIR", "SPOOL_DIR", "EMR_KEK_FILE", "SECRET_KEY", "UPLOAD_MAX_BYTES", "EMR_DEBUG", "EMR_TEST_DB_FILE",
+}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_gunicorn(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - lives as long as the server
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "emr_site.wsgi:application",
+            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--timeout", "900", "--log-level", "warning",
+        ],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"gunicorn exited ({server.returncode}); see {workdir / 'gunicorn.log'}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server, port
+        except OSError:
+            time.sleep(0.1)
+    server.terminate()
+    raise SystemExit("gunicorn did not start within 60 s")
+
+
+def setup_node():
+    """Migrate, make the genesis block, a hospital, a doctor with TOTP, a patient, a visit."""
+    import django
+
+    django.setup()
+    from allauth.account.models import EmailAddress
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from accounts.services import institution_create, user_create
+    from chain.ledger_services import chain_ensure_genesis, chain_seal
+    from records.services import visit_open
+
+    call_command("migrate", verbosity=0)
+    chain_ensure_genesis()
+    hospital = institution_create(code="north", kind="hospital", name="北院", name_en="North Hospital")
+    doctor = user_create(email="doctor@example.org", password=None, role="clinician", institution=hospital)
+    doctor.verified_at = timezone.now()
+    doctor.save(update_fields=["verified_at"])
+    TOTP.activate(doctor, generate_totp_secret())
+    patient = user_create(email="patient@example.org", password=None, role="patient", name="Alice")
+    for user in (doctor, patient):
+        EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
+    chain_seal()  # the key registrations, so the timed seal is the anchor's
+    visit = visit_open(clinician=doctor, patient=patient)
+    return doctor, patient, visit
+
+
+def session_headers(user) -> dict[str, str]:
+    from django.conf import settings
+    from django.middleware.csrf import _get_new_csrf_string
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    token = _get_new_csrf_string()
+    return {
+        "Cookie": f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}; "
+        f"{settings.CSRF_COOKIE_NAME}={token}",
+        "X-CSRFToken": token,
+        "Accept": "application/json",
+    }
+
+
+# -- the bytes -------------------------------------------------------------------------------
+
+
+def content(size: int, block: bytes) -> Iterator[bytes]:
+    """``size`` bytes of a DICOM-looking file in 1 MiB pieces, each distinct, made on the fly."""
+    position = 0
+    while position < size:
+        piece = block[: min(MIB, size - position)]
+        if position == 0:
+            piece = bytes(128) + b"DICM" + piece[132:]
+        else:
+            piece = position.to_bytes(8, "big") + piece[8:]
+        position += len(piece)
+        yield piece
+
+
+def crypto_floor(size: int, block: bytes) -> tuple[float, float, str]:
+    """Seconds for AES-256-GCM (64 KiB segments) and for SHA-256 over the same bytes; their digest."""
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    nonce = bytes(12)  # benchmark only: a real nonce is never reused
+    aes = sha = 0.0
+    digest = hashlib.sha256()
+    for piece in content(size, block):
+        view = memoryview(piece)
+        start = time.perf_counter()
+        for pos in range(0, len(view), SEGMENT):
+            aead.encrypt(nonce, view[pos : pos + SEGMENT], b"bench")
+        middle = time.perf_counter()
+        digest.update(piece)
+        sha += time.perf_counter() - middle
+        aes += middle - start
+    return aes, sha, digest.hexdigest()
+
+
+# -- upload to stored-and-anchored --------------------------------------------------------------
+
+
+def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes) -> dict:
+    """Stream the file in, finalise, ingest, store, anchor, seal; the clock marks of each step."""
+    from django.urls import reverse
+
+    from chain.ledger_services import chain_seal
+    from chain.models import Transaction
+    from records import storage
+    from records.models import RecordFile, RecordVersion
+    from records.services import record_create
+
+    record = record_create(
+        patient=patient,
+        author=doctor,
+        kind="imaging",
+        content={"title": "MRI brain", "modality": "MR", "body_site": "Head", "findings": "Bench"},
+        visit=visit,
+    )
+    headers = session_headers(doctor)
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="series.dcm"\r\n'
+        "Content-Type: application/dicom\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        yield from content(size, block)
+        yield tail
+
+    marks = {}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    connection.request("GET", reverse("record_edit", args=[record.public_id]), headers=headers)  # warm the worker
+    warm = connection.getresponse()
+    warm.read()
+    if warm.status != 200:
+        raise SystemExit(f"warm-up request failed: {warm.status}")
+    marks["start"] = time.perf_counter()
+    connection.request(
+        "POST",
+        reverse("record_file_upload", args=[record.public_id]),
+        body=body(),
+        headers={
+            **headers,
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        },
+    )
+    response = connection.getresponse()
+    payload = response.read()
+    marks["uploaded"] = time.perf_counter()
+    if response.status != 200:
+        raise SystemExit(f"upload failed: {response.status} {payload[:500]!r}")
+    file_id = json.loads(payload)["files"][0]["id"]
+    connection.request("POST", reverse("record_finalize", args=[record.public_id]), body=b"", headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    marks["finalised"] = time.perf_counter()
+    if response.status != 302:
+        raise SystemExit(f"finalise failed: {response.status}")
+
+    # The store worker's part.
+    record_file = RecordFile.objects.get(public_id=file_id)
+    outcome = storage.file_ingest(record_file.pk)  # stores and anchors the pending version too
+    marks["ingested"] = time.perf_counter()
+    seal = chain_seal()
+    marks["anchored"] = time.perf_counter()
+
+    version = RecordVersion.objects.get(record=record)
+    sealed = Transaction.objects.filter(cid=version.anchor_tx).select_related("block").first()
+    if outcome != "stored" or version.storage != "stored" or sealed is None:
+        raise SystemExit(f"not stored and anchored: ingest {outcome!r}, version {version.storage!r}, seal {seal}")
+    record_file.refresh_from_db()
+    return {
+        "marks": marks,
+        "height": sealed.block.height,
+        "record": record,
+        "record_file": record_file,
+        "ciphertext": record_file.ciphertext_size,
+    }
+
+
+def worker_deaths() -> str:
+    from django.conf import settings
+
+    lines: list[str] = []
+    deadline = time.monotonic() + 5  # the arbiter reports a dead worker within a second or so
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = (Path(settings.DATA_DIR) / "gunicorn.log").read_text(errors="replace")
+        lines = [line.strip() for line in log.splitlines() if "Worker (pid" in line or "Fatal Python" in line]
+    return " | ".join(lines) or "no worker death logged"
+
+
+def download(port: int, doctor, result: dict, expected: str) -> tuple[float, bool | str]:
+    from django.urls import reverse
+
+    headers = session_headers(doctor)
+    url = reverse("record_file", args=[result["record"].public_id, result["record_file"].public_id]) + "?download=1"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    received = hashlib.sha256()
+    start = time.perf_counter()
+    try:
+        connection.request("GET", url, headers=headers)
+        response = connection.getresponse()
+        while chunk := response.read(MIB):
+            received.update(chunk)
+    except (http.client.HTTPException, OSError) as exc:
+        return time.perf_counter() - start, f"FAILED: {type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    seconds = time.perf_counter() - start
+    return seconds, response.status == 200 and received.hexdigest() == expected
+
+
+# -- the timeline ------------------------------------------------------------------------------
+
+
+def make_records(doctor, patient, visit, count: int) -> float:
+    from django.db import transaction
+
+    from records.services import record_create
+
+    kinds = [
+        ("prescription", {"title": "Amoxicillin", "medications": [{"name": "Amoxicillin", "dose": "500 mg"}]}),
+        ("lab_report", {"title": "Full blood count", "observations": [{"name": "Hb", "value": "135", "unit": "g/L"}]}),
+        ("note", {"title": "Follow-up", "text": "Doing well."}),
+        ("imaging", {"title": "Chest X-ray", "modality": "CR", "body_site": "Chest", "findings": "Clear"}),
+        ("pathology", {"title": "Biopsy", "specimen": "Skin", "diagnosis": "Benign naevus", "findings": "-"}),
+    ]
+    start = time.perf_counter()
+    with transaction.atomic():
+        for index in range(count):
+            if index % 10 == 9:
+                record_create(patient=patient, author=patient, kind="document", content={"title": f"Scan {index}"})
+            else:
+                kind, body = kinds[index % len(kinds)]
+                record_create(
+                    patient=patient, author=doctor, kind=kind, content={**body, "title": f"{body['title']} {index}"},
+                    visit=visit,
+                )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def render_times(user, url: str, requests: int) -> tuple[list[float], int, int]:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client()
+    client.force_login(user)
+    for _ in range(2):  # warm caches, templates, translations
+        client.get(url)
+    times, queries = [], set()
+    for _ in range(requests):
+        with CaptureQueriesContext(connection) as captured:
+            start = time.perf_counter()
+            response = client.get(url)
+            times.append(time.perf_counter() - start)
+        if response.status_code != 200:
+            raise SystemExit(f"{url}: {response.status_code}")
+        queries.add(len(captured))
+    return times, max(queries), len(response.content)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256, help="upload size in MiB (default 256)")
+    parser.add_argument("--records", type=int, default=1000, help="records on the timeline (default 1000)")
+    parser.add_argument("--requests", type=int, default=20, help="timed timeline requests (default 20)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="records-bench-"))
+    env = configure(workdir)
+    server = None
+    try:
+        doctor, patient, visit = setup_node()
+        server, port = start_gunicorn(env, workdir)
+        run(args, port, doctor, patient, visit)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        try:
+            from chain import chainstore, stores
+
+            stores.close_dag_stores()
+            chainstore.close_all()
+        except Exception:  # noqa: S110 - Django may not have been set up
+            pass
+        if args.keep:
+            print(f"data kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, port: int, doctor, patient, visit) -> None:
+    from django.urls import reverse
+
+    size = args.size_mib * MIB
+    block = os.urandom(MIB)
+    mb = size / 1e6
+    print(f"records bench: {args.size_mib} MiB upload ({mb:.1f} MB), {os.cpu_count()} CPUs; MB = 1e6 B")
+
+    aes, sha, digest = crypto_floor(size, block)
+    floor = mb / (aes + sha)
+    print(f"AES-256-GCM (64 KiB)     {mb / aes:8.0f} MB/s")
+    print(f"SHA-256                  {mb / sha:8.0f} MB/s")
+    print(f"AES-GCM + SHA-256 floor  {floor:8.0f} MB/s  (one core, same bytes)")
+
+    result = upload_to_anchor(port, doctor, patient, visit, size, block)
+    m = result["marks"]
+    total = m["anchored"] - m["start"]
+    e2e = mb / total
+    verdict = "ok" if e2e >= TARGET_MBS else f"BELOW {TARGET_MBS}"
+    uploading = m["uploaded"] - m["start"]
+    print(f"  upload over HTTP       {mb / uploading:8.0f} MB/s  ({uploading:.2f} s, encrypted into the spool)")
+    print(f"  sign and finalise      {(m['finalised'] - m['uploaded']) * 1000:8.1f} ms")
+    print(f"  ingest + store/anchor  {mb / (m['ingested'] - m['finalised']):8.0f} MB/s  "
+          f"({m['ingested'] - m['finalised']:.2f} s, spool -> DAG, version stored, anchor submitted)")  # fmt: skip
+    print(f"  seal                   {(m['anchored'] - m['ingested']) * 1000:8.1f} ms  (block {result['height']})")
+    print(f"upload -> stored+anchored {e2e:7.0f} MB/s  [{verdict}]  ({total:.2f} s; "
+          f"{e2e / floor:.2f} x the AES-GCM + SHA-256 floor)")  # fmt: skip
+
+    seconds, intact = download(port, doctor, result, digest)
+    if isinstance(intact, str):
+        print(f"download over HTTP       {intact}")
+        print(f"  web server log: {worker_deaths()}")
+    else:
+        print(f"download over HTTP       {mb / seconds:8.0f} MB/s  ({seconds:.2f} s, "
+              f"{'bytes match' if intact else 'MISMATCH'})")  # fmt: skip
+
+    made = make_records(doctor, patient, visit, args.records)
+    print(f"{args.records} records created in {made:.1f} s ({made / args.records * 1000:.1f} ms each)")
+    times, queries, length = render_times(patient, reverse("patient_home"), args.requests)
+    print(
+        f"patient timeline         {statistics.median(times) * 1000:8.1f} ms median  "
+        f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}; {args.requests} requests, "
+        f"{queries} queries, {length // 1024} KiB)"
+    )
+    chart = reverse("clinic_chart", args=[patient.public_id])
+    times, queries, length = render_times(doctor, chart, args.requests)
+    print(
+        f"clinic patient chart     {statistics.median(times) * 1000:8.1f} ms median  "
+        f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}; {args.requests} requests, "
+        f"{queries} queries, {length // 1024} KiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Who may read or write which record: the one access helper every view uses.
+
+``record_get_for_user`` decides, audits the decision (allowed or denied, in
+the same transaction as whatever the caller then does) and returns the key
+material the user may open. Rules for now (the sharing issue extends them):
+
+- the patient, for their own records;
+- the record's author, while a verified staff member with 2FA on;
+- verified colleagues (2FA on) at the record's institution while the
+  record's visit is open: the care team, through the institution's key.
+
+Everyone else is denied, and the denial is an audit row. The decision costs a
+constant number of queries whatever the number of records or keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from allauth.mfa.utils import is_mfa_enabled
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from accounts.models import Role
+from records.audit import audit
+from records.keys import open_dek
+from records.models import AccessEvent, MedicalRecord, RecordVersion, Visit, WrappedKey
+
+
+class RecordAccessDenied(PermissionDenied):
+    pass
+
+
+@dataclass
+class RecordAccess:
+    record: MedicalRecord
+    version: RecordVersion
+    basis: str
+    wrapped: WrappedKey
+    user: object
+
+    @cached_property
+    def dek(self) -> bytes:
+        return open_dek(self.version, self.wrapped)
+
+    @property
+    def is_patient(self) -> bool:
+        return self.basis == "patient"
+
+
+def staff_cleared(user) -> bool:
+    return user.is_verified_staff and user.role == Role.CLINICIAN and is_mfa_enabled(user)
+
+
+def _basis(user, record: MedicalRecord) -> str | None:
+    if user.pk == record.patient_id:
+        return "patient"
+    if not staff_cleared(user):
+        return None
+    if user.pk == record.author_id:
+        return "author"
+    visit = record.visit
+    if (
+        visit is not None
+        and visit.status == Visit.Status.OPEN
+        and record.institution_id is not None
+        and user.institution_id == record.institution_id
+    ):
+        return "care-team"
+    return None
+
+
+def _key_for(user, version: RecordVersion, basis: str) -> WrappedKey | None:
+    qs = WrappedKey.objects.select_related("user", "institution").filter(version=version)
+    if basis == "care-team":
+        return qs.filter(institution_id=user.institution_id).first()
+    return qs.filter(user=user).first()
+
+
+def record_get_for_user(
+    user,
+    record_id,
+    *,
+    purpose: str = "treatment",
+    action: str = AccessEvent.Action.VIEW,
+    version_number: int | None = None,
+    detail: str = "",
+) -> RecordAccess:
+    """The record and the key this user may use, or ``RecordAccessDenied``/``Http404``.
+
+    Unknown ids are 404 for everyone (and audited as denied), so probing ids
+    tells an outsider nothing.
+    """
+    record = (
+        MedicalRecord.objects.select_related("patient", "visit", "institution", "author", "current_version")
+        .filter(public_id=record_id)
+        .first()
+    )
+    if record is None:
+        audit(actor=user, action=action, outcome=AccessEvent.Outcome.DENIED, purpose=purpose, detail="unknown record")
+        raise Http404("no such record")
+    basis = _basis(user, record) if user.is_authenticated else None
+    version = record.current_version
+    if version_number is not None and version is not None and version.number != version_number:
+        version = record.versions.filter(number=version_number).first()
+    wrapped = _key_for(user, version, basis) if (basis and version is not None) else None
+    if wrapped is None:
+        audit(
+            actor=user,
+            action=action,
+            outcome=AccessEvent.Outcome.DENIED,
+            patient=record.patient,
+            record=record,
+            purpose=purpose,
+            detail=detail or ("no basis" if basis is None else "no key for this version"),
+        )
+        raise RecordAccessDenied("You may not open this record.")
+    audit(
+        actor=user,
+        action=action,
+        patient=record.patient,
+        record=record,
+        visit=record.visit,
+        purpose=purpose,
+        basis=basis,
+        detail=detail,
+    )
+    return RecordAccess(record=record, version=version, basis=basis, wrapped=wrapped, user=user)
+
+
+def visit_get_for_user(user, visit_id, *, action: str = AccessEvent.Action.VIEW_CHART) -> Visit:
+    """A visit of the user's own institution (verified, 2FA) — or denied and audited."""
+    visit = Visit.objects.select_related("patient", "institution", "opened_by").filter(public_id=visit_id).first()
+    if visit is None:
+        raise Http404("no such visit")
+    if not (staff_cleared(user) and user.institution_id == visit.institution_id):
+        audit(
+            actor=user,
+            action=action,
+            outcome=AccessEvent.Outcome.DENIED,
+            patient=visit.patient,
+            visit=visit,
+            detail="not this institution's visit",
+        )
+        raise RecordAccessDenied("You may not open this visit.")
+    return visit
+
+
+def chart_patient_for_user(user, patient_id):
+    """The patient whose chart a clinician may open: one with a visit at their institution.
+
+    Returns ``(patient, open_visit_or_None)``; denial is audited.
+    """
+    from accounts.models import User
+
+    patient = User.objects.filter(public_id=patient_id, role=Role.PATIENT).first()
+    if patient is None:
+        raise Http404("no such patient")
+    if staff_cleared(user):
+        visits = Visit.objects.filter(patient=patient, institution_id=user.institution_id)
+        open_visit = visits.filter(status=Visit.Status.OPEN).order_by("-opened_at").first()
+        if open_visit is not None or visits.filter(opened_by=user).exists():
+            audit(actor=user, action=AccessEvent.Action.VIEW_CHART, patient=patient, visit=open_visit)
+            return patient, open_visit
+    audit(
+        actor=user,
+        action=AccessEvent.Action.VIEW_CHART,
+        outcome=AccessEvent.Outcome.DENIED,
+        patient=patient,
+        detail="no visit at this institution",
+    )
+    raise RecordAccessDenied("You may not open this chart.")

@@ -1,0 +1,199 @@
+"""Forms for each kind of record, and how they turn into encrypted content.
+
+Every form's ``content()`` returns the plain dict that is encrypted into the
+version's document; ``initial_from(content)`` fills a form back from it for
+drafts and amendments. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.forms import formset_factory
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Role, User
+from records.models import RecordKind, Visit
+
+TEXTAREA = forms.Textarea(attrs={"rows": 4})
+
+
+class VisitOpenForm(forms.Form):
+    patient = forms.CharField(
+        label=_("Patient"),
+        max_length=254,
+        help_text=_("The patient's Yilian ID (shown on their account page) or their email address."),
+    )
+    kind = forms.ChoiceField(label=_("Kind of visit"), choices=Visit.Kind.choices, initial=Visit.Kind.OUTPATIENT)
+
+    def clean_patient(self):
+        value = self.cleaned_data["patient"].strip()
+        patients = User.objects.filter(role=Role.PATIENT, is_active=True)
+        match = None
+        if "@" in value:
+            match = patients.filter(email__iexact=value).first()
+        else:
+            try:
+                match = patients.filter(public_id=value).first()
+            except ValidationError:
+                match = None
+        if match is None:
+            raise ValidationError(_("No patient with this Yilian ID or email address."), code="not_found")
+        return match
+
+
+class RecordBaseForm(forms.Form):
+    title = forms.CharField(label=_("Title"), max_length=200)
+    amendment_reason = forms.CharField(
+        label=_("Reason for the amendment"),
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=_("Required when amending a finalised record; shown in the record's history."),
+    )
+
+    fields_in_content: tuple[str, ...] = ("title",)
+    formset_class = None
+    formset_key = ""
+
+    def __init__(self, *args, amending: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.amending = amending
+        if not amending:
+            del self.fields["amendment_reason"]
+        else:
+            self.fields["amendment_reason"].required = True
+        self.formset = None
+        if self.formset_class is not None:
+            initial = (kwargs.get("initial") or {}).get(self.formset_key)
+            self.formset = self.formset_class(
+                args[0] if args else kwargs.get("data"), prefix=self.formset_key, initial=initial
+            )
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        if self.formset is not None:
+            valid = self.formset.is_valid() and valid
+            rows = [row for row in self.formset.cleaned_data if row and not row.get("DELETE")]
+            if valid and not rows:
+                self.add_error(None, self.empty_rows_message)
+                valid = False
+        return valid
+
+    empty_rows_message = ""
+
+    def content(self) -> dict:
+        data = {name: self.cleaned_data[name] for name in self.fields_in_content}
+        if self.formset is not None:
+            data[self.formset_key] = [
+                {k: v for k, v in row.items() if k != "DELETE"}
+                for row in self.formset.cleaned_data
+                if row and not row.get("DELETE")
+            ]
+        return data
+
+    @classmethod
+    def initial_from(cls, content: dict) -> dict:
+        initial = {name: content.get(name, "") for name in cls.fields_in_content}
+        if cls.formset_key:
+            initial[cls.formset_key] = content.get(cls.formset_key, [])
+        return initial
+
+
+class MedicationForm(forms.Form):
+    name = forms.CharField(label=_("Medication"), max_length=200)
+    dose = forms.CharField(label=_("Dose"), max_length=60, help_text=_("e.g. 500 mg"))
+    route = forms.ChoiceField(
+        label=_("Route"),
+        choices=[
+            ("oral", _("Oral")),
+            ("iv", _("Intravenous")),
+            ("im", _("Intramuscular")),
+            ("sc", _("Subcutaneous")),
+            ("topical", _("Topical")),
+            ("inhaled", _("Inhaled")),
+            ("other", _("Other")),
+        ],
+    )
+    frequency = forms.CharField(label=_("Frequency"), max_length=60, help_text=_("e.g. twice daily"))
+    duration = forms.CharField(label=_("Duration"), max_length=60, help_text=_("e.g. 7 days"))
+
+
+class ObservationForm(forms.Form):
+    name = forms.CharField(label=_("Test"), max_length=200)
+    value = forms.CharField(label=_("Value"), max_length=60)
+    unit = forms.CharField(label=_("Unit"), max_length=30, required=False)
+    reference_range = forms.CharField(label=_("Reference range"), max_length=60, required=False)
+    flag = forms.ChoiceField(
+        label=_("Flag"),
+        choices=[("normal", _("Normal")), ("high", _("High")), ("low", _("Low")), ("abnormal", _("Abnormal"))],
+        initial="normal",
+    )
+
+
+MedicationFormSet = formset_factory(MedicationForm, extra=1, can_delete=True, max_num=30, validate_max=True)
+ObservationFormSet = formset_factory(ObservationForm, extra=1, can_delete=True, max_num=100, validate_max=True)
+
+
+class PrescriptionForm(RecordBaseForm):
+    instructions = forms.CharField(label=_("Instructions for the patient"), required=False, widget=TEXTAREA)
+    fields_in_content = ("title", "instructions")
+    formset_class = MedicationFormSet
+    formset_key = "medications"
+    empty_rows_message = _("Add at least one medication.")
+
+
+class LabReportForm(RecordBaseForm):
+    specimen = forms.CharField(label=_("Specimen"), max_length=120, help_text=_("e.g. venous blood"))
+    comment = forms.CharField(label=_("Comment"), required=False, widget=TEXTAREA)
+    fields_in_content = ("title", "specimen", "comment")
+    formset_class = ObservationFormSet
+    formset_key = "observations"
+    empty_rows_message = _("Add at least one observation.")
+
+
+class PathologyForm(RecordBaseForm):
+    specimen = forms.CharField(label=_("Specimen"), max_length=200)
+    diagnosis = forms.CharField(label=_("Diagnosis"), max_length=500)
+    findings = forms.CharField(label=_("Findings"), widget=TEXTAREA)
+    fields_in_content = ("title", "specimen", "diagnosis", "findings")
+
+
+class ImagingForm(RecordBaseForm):
+    modality = forms.ChoiceField(
+        label=_("Modality"),
+        choices=[
+            ("MR", _("MRI")),
+            ("CT", _("CT")),
+            ("CR", _("X-ray")),
+            ("US", _("Ultrasound")),
+            ("PT", _("PET")),
+            ("MG", _("Mammography")),
+            ("OT", _("Other")),
+        ],
+    )
+    body_site = forms.CharField(label=_("Body site"), max_length=120)
+    findings = forms.CharField(label=_("Findings"), widget=TEXTAREA)
+    impression = forms.CharField(label=_("Impression"), required=False, widget=TEXTAREA)
+    fields_in_content = ("title", "modality", "body_site", "findings", "impression")
+
+
+class NoteForm(RecordBaseForm):
+    text = forms.CharField(label=_("Note"), widget=forms.Textarea(attrs={"rows": 10}))
+    fields_in_content = ("title", "text")
+
+
+class DocumentForm(RecordBaseForm):
+    description = forms.CharField(label=_("Description"), required=False, widget=TEXTAREA)
+    fields_in_content = ("title", "description")
+
+
+FORMS_BY_KIND: dict[str, type[RecordBaseForm]] = {
+    RecordKind.PRESCRIPTION: PrescriptionForm,
+    RecordKind.LAB_REPORT: LabReportForm,
+    RecordKind.PATHOLOGY: PathologyForm,
+    RecordKind.IMAGING: ImagingForm,
+    RecordKind.NOTE: NoteForm,
+    RecordKind.DOCUMENT: DocumentForm,
+}
+CLINICIAN_KINDS = [k for k in RecordKind if k != RecordKind.DOCUMENT]

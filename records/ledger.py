@@ -1,0 +1,86 @@
+"""The records app's transaction types: a version anchored, a record superseded.
+
+No personal data goes on chain: a record appears under its random
+``anchor_id`` (16 bytes, unrelated to its public id or its patient), a
+version by the CID of its ciphertext manifest, and a salted commitment
+``sha256(salt ‖ patient id ‖ record id ‖ root)`` that lets the patient (who can
+be given the salt) prove the anchor is theirs without the chain saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from chain.core.cid import CID
+from chain.core.registry import Field, TxType, reject
+from chain.core.state import StateChange, StateView
+from chain.core.transaction import Transaction
+
+ANCHORED = "records.anchored"
+SUPERSEDED = "records.superseded"
+PREFIX = "rec/"
+
+_SCHEMA = {
+    "record": Field(bytes, max_length=16),
+    "version": Field(int),
+    "root": Field(CID),
+    "commitment": Field(bytes, max_length=32),
+}
+_SUPERSEDE_SCHEMA = {**_SCHEMA, "previous": Field(CID)}
+
+
+def _key(payload) -> str:
+    return PREFIX + payload["record"].hex()
+
+
+def _validate_anchor(view: StateView, tx: Transaction) -> None:
+    payload = tx.payload
+    if len(payload["record"]) != 16 or len(payload["commitment"]) != 32:
+        reject("record handle must be 16 bytes and commitment 32 bytes")
+    if payload["version"] != 1:
+        reject("a record's first anchor is version 1; later versions supersede it")
+    if view.get(_key(payload)) is not None:
+        reject("this record is already anchored")
+
+
+def _validate_supersede(view: StateView, tx: Transaction) -> None:
+    payload = tx.payload
+    current = view.get(_key(payload))
+    if current is None:
+        reject("cannot supersede a record that was never anchored")
+    if payload["version"] != current["version"] + 1:
+        reject(f"expected version {current['version'] + 1}, got {payload['version']}")
+    if payload["previous"] != current["root"]:
+        reject("previous root does not match the anchored version")
+
+
+def _apply(view: StateView, tx: Transaction) -> list[StateChange]:
+    payload = tx.payload
+    return [StateChange(_key(payload), {"version": payload["version"], "root": payload["root"]})]
+
+
+ANCHORED_TYPE = TxType(
+    name=ANCHORED,
+    schema=_SCHEMA,
+    validate=_validate_anchor,
+    apply=_apply,
+    description="A record version's ciphertext exists with this root CID.",
+)
+SUPERSEDED_TYPE = TxType(
+    name=SUPERSEDED,
+    schema=_SUPERSEDE_SCHEMA,
+    validate=_validate_supersede,
+    apply=_apply,
+    description="An amendment replaced a record's current version; the old one stays anchored.",
+)
+
+
+def commitment(*, salt: bytes, patient_id: str, record_id: str, root: str) -> bytes:
+    return hashlib.sha256(salt + f"|{patient_id}|{record_id}|{root}".encode()).digest()
+
+
+def register() -> None:
+    from chain.ledger_registry import register_tx_type
+
+    register_tx_type(ANCHORED_TYPE)
+    register_tx_type(SUPERSEDED_TYPE)

@@ -1,0 +1,217 @@
+"""Reading records back: decrypted content, file streams, DICOM metadata and previews.
+
+Everything here is called only with a ``RecordAccess`` the access helper
+granted; plaintext exists only in memory for the response being built.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from django.utils.translation import gettext_lazy as _
+
+from chain.core import stream
+from chain.core.cid import CID
+from records.access import RecordAccess
+from records.keys import decrypt_content, open_dek, unwrap_file_key
+from records.models import RecordFile, RecordVersion, WrappedKey
+
+PREVIEW_MAX_BYTES = 64 << 20
+# Study metadata shown next to a DICOM preview; patient-identifying tags are never shown.
+DICOM_FIELDS = {
+    "Modality": _("Modality"),
+    "StudyDescription": _("Study"),
+    "SeriesDescription": _("Series"),
+    "BodyPartExamined": _("Body part"),
+    "StudyDate": _("Study date"),
+    "Rows": _("Rows"),
+    "Columns": _("Columns"),
+    "NumberOfFrames": _("Frames"),
+    "SliceThickness": _("Slice thickness (mm)"),
+    "Manufacturer": _("Manufacturer"),
+}
+DICOM_HEADER_BYTES = 4 << 20
+
+
+def _dag():
+    from chain.stores import dag_reader
+
+    return dag_reader()
+
+
+def content_of(access: RecordAccess) -> dict:
+    return decrypt_content(access.dek, access.version)
+
+
+@dataclass
+class FileView:
+    record_file: RecordFile
+    name: str
+    dicom: dict | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.record_file.media_type.startswith("image/")
+
+    @property
+    def is_pdf(self) -> bool:
+        return self.record_file.media_type == "application/pdf"
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.record_file.media_type == "application/dicom"
+
+
+def files_of(access: RecordAccess, content: dict) -> list[FileView]:
+    names = {f["id"]: f["name"] for f in content.get("files", [])}
+    return [FileView(f, names.get(str(f.public_id), "file")) for f in access.version.files.all()]
+
+
+def file_for(access: RecordAccess, file_id) -> tuple[RecordFile, str]:
+    record_file = access.version.files.filter(public_id=file_id).first()
+    if record_file is None:
+        return None, ""
+    names = {f["id"]: f["name"] for f in content_of(access).get("files", [])}
+    return record_file, names.get(str(record_file.public_id), "file")
+
+
+class _SequentialReader:
+    """``read_at(pos, n)`` over a DAG file that keeps one open stream.
+
+    ``decrypt_range`` reads the header, then consecutive segments. Reading each
+    segment with its own ``cat`` would walk the tree and re-hash the same 1 MiB
+    block once per 64 KiB segment; one stream re-hashes each block once, and a
+    jump (the header, then a range) simply restarts it.
+    """
+
+    def __init__(self, root: CID) -> None:
+        self.store = _dag()
+        self.root = root
+        self.position = -1
+        self.buffer = b""
+        self.offset = 0  # how much of ``buffer`` was already handed out
+        self.chunks: Iterator[bytes] = iter(())
+
+    def __call__(self, position: int, size: int) -> bytes:
+        if position != self.position:
+            self.chunks = self.store.cat(self.root, position)
+            self.position = position
+            self.buffer, self.offset = b"", 0
+        parts = []
+        wanted = size
+        while wanted:
+            if self.offset >= len(self.buffer):
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                self.buffer, self.offset = chunk, 0
+            piece = self.buffer[self.offset : self.offset + wanted]
+            self.offset += len(piece)
+            wanted -= len(piece)
+            parts.append(piece)
+        data = b"".join(parts)
+        self.position += len(data)
+        return data
+
+
+def _read_at(root: CID):
+    return _SequentialReader(root)
+
+
+def file_chunks(
+    access: RecordAccess, record_file: RecordFile, offset: int = 0, length: int | None = None
+) -> Iterator[bytes]:
+    """Plaintext of ``record_file`` (or a byte range), decrypted segment by segment."""
+    key = unwrap_file_key(access.dek, record_file)
+    if length is None:
+        length = record_file.size - offset
+    if length <= 0:
+        return iter(())
+    return stream.decrypt_range(
+        key,
+        _read_at(CID.decode(record_file.root_cid)),
+        associated_data=record_file.stream_associated_data(),
+        ciphertext_total=record_file.ciphertext_size,
+        offset=offset,
+        length=length,
+    )
+
+
+def file_bytes(access: RecordAccess, record_file: RecordFile, limit: int) -> bytes:
+    return b"".join(file_chunks(access, record_file, 0, min(limit, record_file.size)))
+
+
+def dicom_summary(access: RecordAccess, record_file: RecordFile) -> dict:
+    """Study metadata from the DICOM header (patient-identifying tags left out)."""
+    import pydicom
+
+    head = file_bytes(access, record_file, DICOM_HEADER_BYTES)
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
+    except Exception:  # pydicom raises many kinds for a damaged header
+        return {}
+    summary = {}
+    for tag, label in DICOM_FIELDS.items():
+        value = dataset.get(tag)
+        if value not in (None, ""):
+            summary[str(label)] = str(value)
+    return summary
+
+
+def dicom_preview_png(access: RecordAccess, record_file: RecordFile, *, size: int = 512) -> bytes | None:
+    """A PNG of the first frame, windowed to 8 bits; None when it cannot be made."""
+    if record_file.size > PREVIEW_MAX_BYTES:
+        return None
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    data = file_bytes(access, record_file, PREVIEW_MAX_BYTES)
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        pixels = dataset.pixel_array
+    except Exception:  # compressed syntaxes without a decoder, damaged data
+        return None
+    frame = pixels[0] if pixels.ndim == 3 and getattr(dataset, "NumberOfFrames", 1) not in (None, 1) else pixels
+    if frame.ndim == 3:  # colour
+        image = Image.fromarray(frame.astype("uint8"))
+    else:
+        frame = frame.astype("float64")
+        slope = float(getattr(dataset, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(dataset, "RescaleIntercept", 0) or 0)
+        frame = frame * slope + intercept
+        low, high = np.percentile(frame, [0.5, 99.5])
+        if high <= low:
+            high = low + 1
+        scaled = np.clip((frame - low) / (high - low) * 255.0, 0, 255).astype("uint8")
+        if str(getattr(dataset, "PhotometricInterpretation", "")) == "MONOCHROME1":
+            scaled = 255 - scaled
+        image = Image.fromarray(scaled, mode="L")
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def titles_for(user, versions: list[RecordVersion]) -> dict[int, str]:
+    """Decrypted titles of many versions in a constant number of queries.
+
+    Opens the user's own envelope of each version (the patient's timeline).
+    """
+    if not versions:
+        return {}
+    wrapped = {
+        w.version_id: w for w in WrappedKey.objects.select_related("user").filter(version__in=versions, user=user)
+    }
+    titles = {}
+    for version in versions:
+        envelope = wrapped.get(version.pk)
+        if envelope is None:
+            continue
+        try:
+            titles[version.pk] = decrypt_content(open_dek(version, envelope), version).get("title", "")
+        except Exception:  # a damaged version must not take the timeline down
+            titles[version.pk] = ""
+    return titles

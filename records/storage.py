@@ -1,0 +1,152 @@
+"""Store-worker services for records: ingest spooled files, store and anchor versions.
+
+Only the store worker calls these (DESIGN section 3: it is the one RocksDB
+writer). Each is idempotent: it looks at the rows first and does nothing that
+is already done, so a re-driven or duplicated task is harmless. A version is
+anchored on chain in the same database transaction that marks it stored, so a
+stored version always has its anchor transaction queued, and vice versa.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.keys import signing_private_key
+from chain.core.blockstore import add_file
+from chain.core.cid import CID, DAG_PB
+from chain.core.dagpb import PBLink, PBNode, encode_node
+from chain.ledger_services import tx_sign_and_submit
+from records import ledger
+from records.models import MedicalRecord, RecordFile, RecordVersion
+from records.services import spool_path
+
+log = logging.getLogger(__name__)
+
+
+def _dag():
+    from chain.stores import dag_writer
+
+    return dag_writer()
+
+
+def file_ingest(file_id: int) -> str:
+    """Move one spooled (encrypted) file into the DAG and pin it."""
+    record_file = RecordFile.objects.filter(pk=file_id).select_related("version").first()
+    if record_file is None:
+        return "gone"
+    if record_file.status == RecordFile.Status.STORED:
+        return "stored"
+    path = spool_path(record_file.stream_id)
+    if not os.path.exists(path):
+        RecordFile.objects.filter(pk=file_id, status=RecordFile.Status.SPOOLED).update(
+            status=RecordFile.Status.FAILED, error="spool file missing"
+        )
+        log.error("spool file for record file %s is missing", record_file.public_id)
+        return "failed"
+    with open(path, "rb") as handle:
+        result = add_file(
+            _dag(), handle, chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
+        )
+    with transaction.atomic():
+        updated = RecordFile.objects.filter(pk=file_id, status=RecordFile.Status.SPOOLED).update(
+            status=RecordFile.Status.STORED, root_cid=str(result.root), stored_at=timezone.now()
+        )
+    if not updated:
+        # Someone else stored it meanwhile: drop our extra pin.
+        _dag().unpin(result.root)
+    with contextlib.suppress(FileNotFoundError):  # a duplicate task (re-drive) finished first
+        os.unlink(path)
+    version = record_file.version
+    if version.storage == RecordVersion.Storage.PENDING:
+        version_store(version.pk)
+    return "stored"
+
+
+def _manifest(version: RecordVersion, content_root: CID, files: list[RecordFile]) -> tuple[bytes, CID]:
+    links = [PBLink(cid=content_root, name="content", tsize=version.content_size)]
+    links += [
+        PBLink(cid=CID.decode(f.root_cid), name=f"file-{index:04d}", tsize=f.ciphertext_size)
+        for index, f in enumerate(files)
+    ]
+    data = encode_node(PBNode(links=links, data=None))
+    return data, CID.of(DAG_PB, data)
+
+
+def version_store(version_id: int) -> str:
+    """Store a finalised version's ciphertext and manifest; anchor it on chain."""
+    version = (
+        RecordVersion.objects.filter(pk=version_id).select_related("record", "record__patient", "created_by").first()
+    )
+    if version is None:
+        return "gone"
+    if version.storage == RecordVersion.Storage.STORED:
+        return "stored"
+    if version.storage != RecordVersion.Storage.PENDING:
+        return "draft"
+    files = list(version.files.all())
+    if any(f.status != RecordFile.Status.STORED for f in files):
+        return "waiting"  # the last file's ingest calls us again
+    previous = None
+    if version.number > 1:
+        from chain.models import Transaction
+
+        previous = version.record.versions.filter(number=version.number - 1).first()
+        if previous is None or previous.storage != RecordVersion.Storage.STORED:
+            return "waiting-previous"
+        if not Transaction.objects.filter(cid=previous.anchor_tx).exists():
+            # The chain validates a supersession against sealed state only.
+            return "waiting-previous"
+    store = _dag()
+    content = add_file(
+        store,
+        io.BytesIO(bytes(version.content_ciphertext)),
+        chunk_size=settings.DAG_CHUNK_SIZE,
+        max_links=settings.DAG_MAX_LINKS,
+        pin=False,
+    )
+    manifest, root = _manifest(version, content.root, files)
+    store.put(root, manifest)
+    store.pin(root)
+    record = version.record
+    salt = bytes(version.commitment_salt) or os.urandom(32)
+    digest = ledger.commitment(
+        salt=salt, patient_id=str(record.patient.public_id), record_id=str(record.public_id), root=str(root)
+    )
+    try:
+        with transaction.atomic():
+            locked = RecordVersion.objects.select_for_update().get(pk=version_id)
+            if locked.storage == RecordVersion.Storage.STORED:
+                store.unpin(root)
+                return "stored"
+            payload = {"record": bytes(record.anchor_id), "version": version.number, "root": root, "commitment": digest}
+            tx_type = ledger.ANCHORED
+            if previous is not None:
+                payload["previous"] = CID.decode(previous.root_cid)
+                tx_type = ledger.SUPERSEDED
+            entry = tx_sign_and_submit(
+                private_key=signing_private_key(version.created_by), type=tx_type, payload=payload
+            )
+            locked.storage = RecordVersion.Storage.STORED
+            locked.root_cid = str(root)
+            locked.commitment = digest.hex()
+            locked.commitment_salt = salt
+            locked.anchor_tx = entry.cid
+            locked.store_error = ""
+            locked.save(
+                update_fields=["storage", "root_cid", "commitment", "commitment_salt", "anchor_tx", "store_error"]
+            )
+            MedicalRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
+    except Exception as exc:
+        store.unpin(root)
+        RecordVersion.objects.filter(pk=version_id).update(
+            store_attempts=version.store_attempts + 1, store_error=str(exc)[:300]
+        )
+        raise
+    return "stored"

@@ -1,0 +1,76 @@
+"""Record tasks. ``store.*`` run on the store worker (the RocksDB writer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from celery import shared_task
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="store.records_ingest_file", soft_time_limit=3500, time_limit=3600, ignore_result=True)
+def ingest_file(file_id: int) -> str:
+    from records.storage import file_ingest
+
+    return file_ingest(file_id)
+
+
+@shared_task(
+    bind=True,
+    name="store.records_store_version",
+    soft_time_limit=600,
+    time_limit=620,
+    ignore_result=True,
+    max_retries=60,
+)
+def store_version(self, version_id: int) -> str:
+    from records.storage import version_store
+
+    outcome = version_store(version_id)
+    if outcome == "waiting-previous":
+        # The previous version's anchor is not sealed yet (about one block interval).
+        raise self.retry(countdown=max(1.0, settings.CHAIN_BLOCK_INTERVAL))
+    return outcome
+
+
+@shared_task(name="store.records_unpin", soft_time_limit=60, time_limit=70, ignore_result=True)
+def unpin(root: str) -> None:
+    from chain.core.cid import CID
+    from chain.stores import dag_writer
+
+    store = dag_writer()
+    if store.pin_count(CID.decode(root)):
+        store.unpin(CID.decode(root))
+
+
+@shared_task(name="default.records_redrive", soft_time_limit=60, time_limit=70, ignore_result=True)
+def redrive() -> dict:
+    """Re-queue spooled files and pending versions whose messages were lost; clean stale partial uploads."""
+    from records.services import pending_too_long
+
+    files, versions = pending_too_long()
+    file_ids = list(files.values_list("pk", flat=True)[:500])
+    version_ids = list(versions.values_list("pk", flat=True)[:500])
+    for file_id in file_ids:
+        ingest_file.delay(file_id)
+    for version_id in version_ids:
+        store_version.delay(version_id)
+    removed = 0
+    cutoff = time.time() - 3600
+    if os.path.isdir(settings.SPOOL_DIR):
+        for entry in os.scandir(settings.SPOOL_DIR):
+            if entry.name.endswith(".part") and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+    if file_ids or version_ids or removed:
+        log.info(
+            "redrive: %d files, %d versions re-queued; %d stale partial uploads removed",
+            len(file_ids),
+            len(version_ids),
+            removed,
+        )
+    return {"files": len(file_ids), "versions": len(version_ids), "partials_removed": removed}

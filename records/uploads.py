@@ -1,0 +1,208 @@
+"""Streaming uploads: encrypted on the fly into the spool, never plaintext on disk.
+
+``EncryptingUploadHandler`` replaces Django's upload handlers for upload
+views. Each chunk of the request body is encrypted with a fresh file key (the
+streaming AEAD of ``chain.core.stream``) and appended to a spool file, so the
+web process holds at most one chunk and the spool holds ciphertext only. The
+first bytes are kept (in memory) just long enough to check the file's type by
+its content; a disallowed type or an oversize body stops the upload and
+removes the partial spool file. The store worker later ingests the spool file
+into the DAG (``records.tasks.ingest_file``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.utils.translation import gettext as _
+
+from chain.core import stream
+
+SNIFF_BYTES = 132  # DICOM's "DICM" magic sits at offset 128
+
+
+def sniff_media_type(head: bytes) -> str | None:
+    """The media type of an allowed file, judged by its first bytes; else None."""
+    if head.startswith(b"%PDF-"):
+        return "application/pdf"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "application/dicom"
+    return None
+
+
+def sanitize_filename(name: str) -> str:
+    """A display-safe file name: no path, no control characters, bounded length."""
+    name = unicodedata.normalize("NFC", os.path.basename(name.replace("\\", "/")))
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = re.sub(r"\s+", " ", name).strip().lstrip(".")
+    if not name:
+        name = "file"
+    if len(name) > 150:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 150 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else name[:150]
+    return name
+
+
+def stream_associated_data(stream_id: uuid.UUID) -> bytes:
+    # Must equal RecordFile.stream_associated_data() for the same stream id.
+    return f"yilian/record-file/v1/{stream_id}".encode()
+
+
+@dataclass
+class SpooledUpload:
+    """What the handler leaves in ``request.FILES``: an encrypted spool file."""
+
+    stream_id: uuid.UUID
+    name: str
+    media_type: str
+    size: int
+    ciphertext_size: int
+    path: str
+    file_key: bytes
+    claimed: bool = False  # a RecordFile row now owns the spool file
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class UploadRejected(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class EncryptingUploadHandler(FileUploadHandler):
+    chunk_size = 1 << 20
+
+    def __init__(self, request=None, *, max_bytes: int | None = None) -> None:
+        super().__init__(request)
+        self.max_bytes = max_bytes or settings.UPLOAD_MAX_BYTES
+        self.error: UploadRejected | None = None
+        self.uploads: list[SpooledUpload] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._encryptor = None
+        self._out = None
+        self._head = b""
+        self._media_type = None
+        self._size = 0
+        self._written = 0
+        self._path = None
+        self._part = None
+
+    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
+        if content_length and content_length > self.max_bytes + 64 * 1024:
+            self.error = UploadRejected(
+                _("The file is larger than the limit of %(limit)s.") % {"limit": _human(self.max_bytes)}, 413
+            )
+            raise StopUpload(connection_reset=True)
+        return None
+
+    def new_file(self, field_name, file_name, content_type, content_length, charset=None, content_type_extra=None):
+        super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
+        self._reset()
+        self._stream_id = uuid.uuid4()
+        self._file_key = stream.new_data_key()
+        os.makedirs(settings.SPOOL_DIR, exist_ok=True)
+        self._path = os.path.join(settings.SPOOL_DIR, f"{self._stream_id}.enc")
+        self._part = self._path + ".part"
+        self._out = open(self._part, "xb")  # noqa: SIM115 - closed in file_complete / upload_interrupted
+        self._encryptor = stream.Encryptor(self._file_key, associated_data=stream_associated_data(self._stream_id))
+        self._write(self._encryptor.header)
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._out.write(data)
+            self._written += len(data)
+
+    def _fail(self, message: str, status: int):
+        self.error = UploadRejected(message, status)
+        self._abort()
+        raise StopUpload(connection_reset=False)
+
+    def receive_data_chunk(self, raw_data, start):
+        self._size += len(raw_data)
+        if self._size > self.max_bytes:
+            self._fail(_("The file is larger than the limit of %(limit)s.") % {"limit": _human(self.max_bytes)}, 413)
+        if self._media_type is None:
+            self._head += raw_data[: SNIFF_BYTES - len(self._head)]
+            if len(self._head) >= SNIFF_BYTES:
+                self._decide_type()
+        self._write(self._encryptor.update(raw_data))
+        return None
+
+    def _decide_type(self) -> None:
+        self._media_type = sniff_media_type(self._head)
+        if self._media_type is None:
+            self._fail(
+                _("This kind of file is not accepted. Upload a PDF, an image (PNG, JPEG, WebP, TIFF) or a DICOM file."),
+                400,
+            )
+        self._head = b""
+
+    def file_complete(self, file_size):
+        if self._media_type is None:
+            self._decide_type()
+        self._write(self._encryptor.finalize())
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        os.replace(self._part, self._path)
+        upload = SpooledUpload(
+            stream_id=self._stream_id,
+            name=sanitize_filename(self.file_name or "file"),
+            media_type=self._media_type,
+            size=self._size,
+            ciphertext_size=self._written,
+            path=self._path,
+            file_key=self._file_key,
+        )
+        self.uploads.append(upload)
+        self._reset()
+        return upload
+
+    def _abort(self) -> None:
+        if self._out is not None and not self._out.closed:
+            self._out.close()
+        for path in (self._part, self._path):
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def upload_interrupted(self):
+        self._abort()
+
+    def discard_unclaimed(self) -> None:
+        """Remove every spool file of this request that no record took (refused, failed)."""
+        self._abort()
+        for upload in self.uploads:
+            if not upload.claimed:
+                upload.discard()
+
+    discard_all = discard_unclaimed
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}".replace(".0 ", " ")
+        size /= 1024
+    return f"{size} B"
