@@ -1,6 +1,7 @@
 """CARv1: canonical header, DFS parent-first export, verifying streaming reader."""
 
 import asyncio
+import concurrent.futures
 import io
 import random
 
@@ -26,6 +27,12 @@ from chain.core.car import (
 from chain.core.cid import CID, DAG_CBOR, DAG_PB, RAW
 from chain.core.errors import CodecError, IntegrityError
 from chain.core.unixfs import KUBO_DEFAULT, ChunkParams, build_bytes
+
+
+def run_in_fresh_loop(coroutine_function):
+    """asyncio.run in a worker thread: a session-wide Playwright loop may be running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coroutine_function())).result()
 
 
 def _dag(data: bytes, params: ChunkParams):
@@ -122,7 +129,7 @@ def test_independent_decoder_rebuilds_our_car(tmp_path, seed):
         async with FileByteStream(str(path)) as stream:
             return b"".join([chunk async for chunk in stream_bytes(str(root), stream)])
 
-    assert asyncio.run(rebuild()) == data
+    assert run_in_fresh_loop(rebuild) == data
 
 
 def test_independent_decoder_reads_a_deep_tiny_dag(tmp_path):
@@ -135,7 +142,7 @@ def test_independent_decoder_reads_a_deep_tiny_dag(tmp_path):
         async with FileByteStream(str(path)) as stream:
             return b"".join([chunk async for chunk in stream_bytes(str(root), stream)])
 
-    assert asyncio.run(rebuild()) == data
+    assert run_in_fresh_loop(rebuild) == data
 
 
 # -- reading ----------------------------------------------------------------------------
