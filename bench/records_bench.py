@@ -187,7 +187,7 @@ def crypto_floor(size: int, block: bytes) -> tuple[float, float, str]:
 # -- upload to stored-and-anchored --------------------------------------------------------------
 
 
-def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes) -> dict:
+def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes, multipart: bool = False) -> dict:
     """Stream the file in, finalise, ingest, store, anchor, seal; the clock marks of each step."""
     from django.urls import reverse
 
@@ -212,9 +212,24 @@ def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes)
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
 
     def body() -> Iterator[bytes]:
-        yield head
+        if multipart:
+            yield head
         yield from content(size, block)
-        yield tail
+        if multipart:
+            yield tail
+
+    if multipart:
+        upload_headers = {
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        }
+    else:  # what the portal's JavaScript sends: the file as the raw body
+        upload_headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "X-Upload-Name": "series.dcm",
+            "Accept": "application/json",
+        }
 
     marks = {}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
@@ -228,11 +243,7 @@ def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes)
         "POST",
         reverse("record_file_upload", args=[record.public_id]),
         body=body(),
-        headers={
-            **headers,
-            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-            "Content-Length": str(len(head) + size + len(tail)),
-        },
+        headers={**headers, **upload_headers},
     )
     response = connection.getresponse()
     payload = response.read()
@@ -361,6 +372,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000, help="records on the timeline (default 1000)")
     parser.add_argument("--requests", type=int, default=20, help="timed timeline requests (default 20)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument(
+        "--multipart",
+        action="store_true",
+        help="upload as a multipart form (the no-JavaScript path) instead of a raw body",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="records-bench-"))
@@ -401,7 +417,7 @@ def run(args: argparse.Namespace, port: int, doctor, patient, visit) -> None:
     print(f"SHA-256                  {mb / sha:8.0f} MB/s")
     print(f"AES-GCM + SHA-256 floor  {floor:8.0f} MB/s  (one core, same bytes)")
 
-    result = upload_to_anchor(port, doctor, patient, visit, size, block)
+    result = upload_to_anchor(port, doctor, patient, visit, size, block, multipart=args.multipart)
     m = result["marks"]
     total = m["anchored"] - m["start"]
     e2e = mb / total

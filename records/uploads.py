@@ -179,6 +179,35 @@ class EncryptingUploadHandler(FileUploadHandler):
         self._reset()
         return upload
 
+    def spool_raw_body(self, request, file_name: str) -> SpooledUpload | None:
+        """Stream a raw request body (``application/octet-stream``) through the same path.
+
+        The browser sends one file per request this way, which skips multipart
+        parsing entirely. Returns ``None`` when the file was refused (see
+        ``self.error``); a body shorter than its ``Content-Length`` (the client
+        went away) removes the partial spool file and raises.
+        """
+        from django.http import UnreadablePostError
+
+        expected = int(request.META.get("CONTENT_LENGTH") or 0)
+        self.new_file("file", file_name, "application/octet-stream", expected)
+        received = 0
+        try:
+            while True:
+                chunk = request.read(self.chunk_size)
+                if not chunk:
+                    break
+                self.receive_data_chunk(chunk, received)
+                received += len(chunk)
+            if expected and received < expected:
+                raise UnreadablePostError("the request body ended before its Content-Length")
+            return self.file_complete(received)
+        except StopUpload:
+            return None
+        except BaseException:
+            self._abort()
+            raise
+
     def _abort(self) -> None:
         if self._out is not None and not self._out.closed:
             self._out.close()

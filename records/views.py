@@ -7,14 +7,15 @@ on a record.
 
 from __future__ import annotations
 
+import json
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -115,6 +116,33 @@ def _upload_response(request, *, ok: bool, message: str, status: int = 200, redi
     return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
 
+RAW_UPLOAD = "application/octet-stream"
+
+
+def _raw_fields(request) -> QueryDict:
+    """Form fields of a raw upload, sent JSON-encoded in a header (never in the URL, which is logged)."""
+    fields = QueryDict(mutable=True)
+    try:
+        data = json.loads(unquote(request.headers.get("X-Upload-Fields") or "{}"))
+    except ValueError:
+        data = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and isinstance(value, str):
+                fields[key] = value
+    return fields
+
+
+def _upload_fields(request) -> QueryDict:
+    return getattr(request, "_raw_upload_fields", None) or request.POST
+
+
+def _uploaded_files(request, handler) -> list:
+    if request.content_type == RAW_UPLOAD:
+        return list(handler.uploads)
+    return request.FILES.getlist("file")
+
+
 def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | None]:
     handler = EncryptingUploadHandler(request)
     request.upload_handlers = [handler]
@@ -124,7 +152,11 @@ def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | No
             _("The file is larger than the limit of %(limit)s.") % {"limit": _human_size(handler.max_bytes)}, 413
         )
     try:
-        request.POST  # noqa: B018 - parses the body through the encrypting handler
+        if request.content_type == RAW_UPLOAD:
+            request._raw_upload_fields = _raw_fields(request)
+            handler.spool_raw_body(request, unquote(request.headers.get("X-Upload-Name") or "file"))
+        else:
+            request.POST  # noqa: B018 - parses the body through the encrypting handler
     except Exception:  # client went away, malformed body: nothing half-stored
         handler.discard_all()
         return handler, UploadRejected(_("The upload was interrupted. Nothing was stored; please try again."), 400)
@@ -142,8 +174,9 @@ def _human_size(size: int) -> str:
 
 @csrf_protect
 def _upload_document_checked(request, handler):
-    form = DocumentForm(request.POST)
-    upload = request.FILES.get("file")
+    form = DocumentForm(_upload_fields(request))
+    uploads = _uploaded_files(request, handler)
+    upload = uploads[0] if uploads else None
     if upload is None:
         handler.discard_all()
         return _upload_response(request, ok=False, message=_("Choose a file to upload."), status=400, form=form)
@@ -527,7 +560,7 @@ def _record_file_upload(request, record_id):
 
 @csrf_protect
 def _record_file_upload_checked(request, access, handler):
-    uploads = request.FILES.getlist("file")
+    uploads = _uploaded_files(request, handler)
     if not uploads:
         handler.discard_all()
         return JsonResponse({"ok": False, "message": _("Choose a file to upload.")}, status=400)

@@ -1,4 +1,6 @@
-// Uploads with a progress bar: the form still works without JavaScript.
+// Uploads with a progress bar. Each file is sent as the raw request body (no
+// multipart), one after another; the other form fields travel JSON-encoded in
+// a header. Without JavaScript the form still posts as multipart.
 (function () {
   function setProgress(box, percent) {
     const bar = box.querySelector(".progress");
@@ -9,46 +11,74 @@
     const text = box.querySelector("[data-progress-text]");
     text.textContent = (text.dataset[key] || "").replace("%(percent)s", String(percent ?? ""));
   }
+  function fail(box, button, message) {
+    box.classList.add("failed");
+    box.querySelector("[data-progress-text]").textContent = message;
+    button.disabled = false;
+  }
+  function fieldsOf(form) {
+    const fields = {};
+    new FormData(form).forEach((value, key) => {
+      if (typeof value === "string" && key !== "csrfmiddlewaretoken") fields[key] = value;
+    });
+    return fields;
+  }
+  function sendOne(form, file, fields, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", form.action || window.location.href);
+      xhr.setRequestHeader("Content-Type", "application/octet-stream");
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("X-Requested-With", "XMLHttpRequest");
+      xhr.setRequestHeader("X-CSRFToken", form.querySelector("[name=csrfmiddlewaretoken]").value);
+      xhr.setRequestHeader("X-Upload-Name", encodeURIComponent(file.name));
+      xhr.setRequestHeader("X-Upload-Fields", encodeURIComponent(JSON.stringify(fields)));
+      xhr.upload.addEventListener("progress", (e) => onProgress(e.loaded));
+      xhr.addEventListener("load", () => {
+        let data = {};
+        try { data = JSON.parse(xhr.responseText); } catch (err) { data = { ok: false, message: xhr.statusText }; }
+        if (xhr.status < 300 && data.ok) resolve(data);
+        else reject(new Error(data.message || ""));
+      });
+      xhr.addEventListener("error", () => reject(new Error("")));
+      xhr.send(file);
+    });
+  }
   document.querySelectorAll("form[data-upload]").forEach((form) => {
-    form.addEventListener("submit", (event) => {
+    form.addEventListener("submit", async (event) => {
       const input = form.querySelector("input[type=file]");
       if (!input || !input.files.length || !window.FormData) return; // let the browser post it
+      if (!form.reportValidity()) return;
       event.preventDefault();
       const box = form.querySelector("[data-progress]");
       const button = form.querySelector("button[type=submit]");
+      const files = Array.from(input.files);
+      const total = files.reduce((sum, f) => sum + f.size, 0) || 1;
+      const fields = fieldsOf(form);
       box.hidden = false;
       box.classList.remove("failed");
       button.disabled = true;
       setProgress(box, 0);
       say(box, "uploading", 0);
-      const xhr = new XMLHttpRequest();
-      xhr.open("POST", form.action || window.location.href);
-      xhr.setRequestHeader("X-Requested-With", "XMLHttpRequest");
-      xhr.setRequestHeader("Accept", "application/json");
-      xhr.upload.addEventListener("progress", (e) => {
-        if (!e.lengthComputable) return;
-        const percent = Math.min(100, Math.round((e.loaded / e.total) * 100));
-        setProgress(box, percent);
-        say(box, percent >= 100 ? "processing" : "uploading", percent);
-      });
-      xhr.addEventListener("load", () => {
-        let data = {};
-        try { data = JSON.parse(xhr.responseText); } catch (err) { data = { ok: false, message: xhr.statusText }; }
-        if (xhr.status < 300 && data.ok) {
-          say(box, "processing");
-          window.location.href = data.redirect || window.location.href;
-        } else {
-          box.classList.add("failed");
-          box.querySelector("[data-progress-text]").textContent = data.message || box.querySelector("[data-progress-text]").dataset.failed;
-          button.disabled = false;
+      let done = 0;
+      let last = {};
+      try {
+        for (const file of files) {
+          last = await sendOne(form, file, fields, (loaded) => {
+            const percent = Math.min(100, Math.round(((done + loaded) / total) * 100));
+            setProgress(box, percent);
+            say(box, percent >= 100 ? "processing" : "uploading", percent);
+          });
+          done += file.size;
         }
-      });
-      xhr.addEventListener("error", () => {
-        box.classList.add("failed");
-        say(box, "network");
-        button.disabled = false;
-      });
-      xhr.send(new FormData(form));
+      } catch (err) {
+        const text = box.querySelector("[data-progress-text]");
+        fail(box, button, err.message || text.dataset.network || text.dataset.failed);
+        return;
+      }
+      setProgress(box, 100);
+      say(box, "processing");
+      window.location.href = last.redirect || window.location.href;
     });
   });
 })();

@@ -150,3 +150,44 @@ def test_amendment_keeps_history_and_final_records_reject_edits(client, carol, a
     assert history.status_code == 200
     v1, v2 = record.versions.order_by("number")
     assert v1.root_cid != v2.root_cid and v2.anchor_tx
+
+
+def test_raw_body_upload_with_fields_in_a_header(client, alice, node):
+    """The browser's fast path: the file as the raw body, fields JSON-encoded in a header."""
+    import json
+    from urllib.parse import quote
+
+    login(client, alice)
+    response = client.post(
+        reverse("patient_upload"),
+        data=pdf_bytes("raw path"),
+        content_type="application/octet-stream",
+        HTTP_ACCEPT="application/json",
+        HTTP_X_UPLOAD_NAME=quote("检查报告 2024.pdf"),
+        HTTP_X_UPLOAD_FIELDS=quote(json.dumps({"title": "Lab letter 化验单", "description": ""})),
+    )
+    assert response.status_code == 200, response.content
+    ingest_all()
+    record = MedicalRecord.objects.get()
+    body = client.get(reverse("record_detail", args=[record.public_id])).content.decode()
+    assert "Lab letter 化验单" in body and "检查报告 2024.pdf" in body
+    file = RecordFile.objects.get()
+    data = b"".join(client.get(reverse("record_file", args=[record.public_id, file.public_id])).streaming_content)
+    assert data == pdf_bytes("raw path")
+
+
+def test_raw_body_upload_of_a_disallowed_type_is_refused(client, alice, node, settings):
+    import os
+
+    login(client, alice)
+    response = client.post(
+        reverse("patient_upload"),
+        data=b"MZ" + b"\0" * 500,
+        content_type="application/octet-stream",
+        HTTP_ACCEPT="application/json",
+        HTTP_X_UPLOAD_NAME="report.pdf",
+        HTTP_X_UPLOAD_FIELDS="%7B%22title%22%3A%22x%22%7D",
+    )
+    assert response.status_code == 400
+    assert not MedicalRecord.objects.exists()
+    assert not os.listdir(settings.SPOOL_DIR)
