@@ -11,8 +11,12 @@ NAVIGATION = {
     Role.PATIENT: [("patient_home", _("My records"))],
     Role.CLINICIAN: [("clinic_home", _("Clinic dashboard")), ("clinic_patients", _("Patients"))],
     Role.RESEARCHER: [("research_home", _("Research portal"))],
-    Role.INSTITUTION_ADMIN: [("institution_home", _("Institution")), ("institution_staff", _("Staff"))],
-    Role.OPERATOR: [("ops_home", _("Node health"))],
+    Role.INSTITUTION_ADMIN: [
+        ("institution_home", _("Institution")),
+        ("institution_staff", _("Staff")),
+        ("chain_dashboard", _("Chain")),
+    ],
+    Role.OPERATOR: [("ops_home", _("Node health")), ("chain_dashboard", _("Chain"))],
 }
 
 

@@ -37,8 +37,14 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--no-banner", action="store_true")
+        parser.add_argument(
+            "--celery-loglevel",
+            default=os.environ.get("CELERY_LOG_LEVEL", "WARNING"),
+            help="log level of the workers and beat (WARNING keeps the once-a-second seal quiet)",
+        )
 
-    def handle(self, *args, port, host, web_workers, no_banner, **options):
+    def handle(self, *args, port, host, web_workers, no_banner, celery_loglevel, **options):
+        self.celery_loglevel = celery_loglevel.upper()
         bin_dir = os.path.dirname(sys.executable)
         suffix = f"{settings.NODE_ID}-{port}"
         children = [
@@ -101,9 +107,8 @@ class Command(BaseCommand):
         if exit_code:
             raise SystemExit(exit_code)
 
-    @staticmethod
-    def _celery(bin_dir: str, *args: str) -> list[str]:
-        base = [os.path.join(bin_dir, "celery"), "-A", "emr_site", *args, "--loglevel", "INFO"]
+    def _celery(self, bin_dir: str, *args: str) -> list[str]:
+        base = [os.path.join(bin_dir, "celery"), "-A", "emr_site", *args, "--loglevel", self.celery_loglevel]
         if args[0] == "worker":
             base += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         return base
