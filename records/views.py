@@ -500,6 +500,17 @@ def clinic_record_new(request, visit_id, kind):
     return render(request, "records/form.html", context)
 
 
+def _record_form_context(form, record: MedicalRecord, **extra) -> dict:
+    return {
+        "form": form,
+        "record": record,
+        "visit": record.visit,
+        "kind": record.kind,
+        "kind_label": record.get_kind_display(),
+        **extra,
+    }
+
+
 @role_required(Role.CLINICIAN)
 @patient_data_gate
 def record_edit(request, record_id):
@@ -519,16 +530,7 @@ def record_edit(request, record_id):
         services.record_update_draft(access=access, content=form.content())
         messages.success(request, _("Draft saved."))
         return redirect("record_edit", record_id=record.public_id)
-    context = {
-        "form": form,
-        "record": record,
-        "visit": record.visit,
-        "kind": record.kind,
-        "kind_label": record.get_kind_display(),
-        "files": reading.files_of(access, content),
-        "editing": True,
-        "limit": _limit(),
-    }
+    context = _record_form_context(form, record, files=reading.files_of(access, content), editing=True, limit=_limit())
     return render(request, "records/form.html", context)
 
 
@@ -637,15 +639,7 @@ def record_amend(request, record_id):
         else:
             messages.success(request, _("Amendment saved as a new version. The previous version stays in the history."))
             return redirect("record_detail", record_id=record.public_id)
-    context = {
-        "form": form,
-        "record": record,
-        "visit": record.visit,
-        "kind": record.kind,
-        "kind_label": record.get_kind_display(),
-        "amending": True,
-    }
-    return render(request, "records/form.html", context)
+    return render(request, "records/form.html", _record_form_context(form, record, amending=True))
 
 
 # -- research portal --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from . import varint
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .dagpb import decode_node
 from .errors import CodecError, IntegrityError
+from .streamio import read_full
 
 MAX_HEADER_SIZE = 1024 * 1024
 MAX_SECTION_SIZE = 4 * 1024 * 1024
@@ -243,17 +244,10 @@ def read_car(stream: BinaryIO) -> Iterator[tuple[CID, bytes]]:
 
 
 def _read_exact(stream: BinaryIO, size: int, what: str) -> bytes:
-    data = stream.read(size)
-    if data is None:
-        raise CodecError("non-blocking stream returned no data")
-    if len(data) == size:
-        return data
-    parts = [data]
-    missing = size - len(data)
-    while missing:
-        more = stream.read(missing)
-        if not more:
-            raise CodecError(f"truncated CAR {what}: {size - missing} of {size} bytes")
-        parts.append(more)
-        missing -= len(more)
-    return b"".join(parts)
+    try:
+        data = read_full(stream, size)
+    except ValueError as exc:
+        raise CodecError(str(exc)) from None
+    if len(data) != size:
+        raise CodecError(f"truncated CAR {what}: {len(data)} of {size} bytes")
+    return data

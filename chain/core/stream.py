@@ -71,6 +71,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CryptoError
+from .streamio import read_full
 
 KEY_SIZE = 32
 TAG_SIZE = 16
@@ -407,9 +408,9 @@ def encrypt_stream(
     header = _new_header(segment_size)
     cipher = _SegmentCipher(key, header, associated_data)
     written = _write(dst, header.encode())
-    current, index = _read_full(src, segment_size), 0
+    current, index = read_full(src, segment_size), 0
     while True:
-        following = _read_full(src, segment_size) if len(current) == segment_size else b""
+        following = read_full(src, segment_size) if len(current) == segment_size else b""
         last = not following
         written += _write(dst, cipher.seal(index, current, last))
         if last:
@@ -423,12 +424,12 @@ def decrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO, *, associated_data:
     On :class:`CryptoError` ``dst`` may already hold the authentic plaintext
     of the segments before the failure; the caller must discard it.
     """
-    header = StreamHeader.decode(_read_full(src, HEADER_SIZE))
+    header = StreamHeader.decode(read_full(src, HEADER_SIZE))
     cipher = _SegmentCipher(key, header, associated_data)
     full = header.segment_size + TAG_SIZE
-    current, index, written = _read_full(src, full), 0, 0
+    current, index, written = read_full(src, full), 0, 0
     while True:
-        following = _read_full(src, full) if len(current) == full else b""
+        following = read_full(src, full) if len(current) == full else b""
         if not following:
             if not current:
                 raise CryptoError("encrypted stream is truncated: no final segment")
@@ -530,24 +531,6 @@ def _range_segments(
 
 
 # -- I/O helpers --------------------------------------------------------------
-
-
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    """Exactly ``size`` bytes, or fewer only at the end of the stream."""
-    data = stream.read(size)
-    if data is None:
-        raise ValueError("non-blocking stream returned no data")
-    if len(data) == size or not data:
-        return data
-    parts = [data]
-    missing = size - len(data)
-    while missing:
-        more = stream.read(missing)
-        if not more:
-            break
-        parts.append(more)
-        missing -= len(more)
-    return b"".join(parts)
 
 
 def _read_exact(read_at: Callable[[int, int], bytes], pos: int, size: int) -> bytes:

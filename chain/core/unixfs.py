@@ -47,6 +47,7 @@ from . import varint
 from .cid import CID, DAG_PB, RAW
 from .dagpb import PBLink, PBNode, decode_node, encode_node
 from .errors import CodecError
+from .streamio import read_full
 
 # UnixFS Data.DataType values.
 TYPE_RAW = 0
@@ -286,20 +287,7 @@ def read_chunk(stream: BinaryIO, size: int) -> bytes:
     ``readinto`` into a reused buffer would still need a second copy, because
     leaves must end up as immutable ``bytes`` (hashed once, stored as is).
     """
-    data = stream.read(size)
-    if data is None:
-        raise ValueError("non-blocking stream returned no data")
-    if len(data) == size or not data:
-        return data
-    parts = [data]
-    missing = size - len(data)
-    while missing:
-        more = stream.read(missing)
-        if not more:
-            break
-        parts.append(more)
-        missing -= len(more)
-    return b"".join(parts)
+    return read_full(stream, size)
 
 
 def build_file(stream: BinaryIO, sink: Sink, params: ChunkParams = PROFILE_2025) -> BuildResult:
