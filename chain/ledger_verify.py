@@ -113,6 +113,15 @@ class _Stop(Exception):
 
 
 # -- the rebuilt state ------------------------------------------------------------------------
+def _replay_options() -> Options:
+    # A small memtable (set on the column family, where RocksDB reads it) keeps RSS
+    # flat however many state changes the replay writes.
+    opts = Options(raw_mode=False)
+    opts.set_write_buffer_size(2 * 1024 * 1024)
+    opts.set_max_write_buffer_number(2)
+    return opts
+
+
 class ReplayState:
     """The state rebuilt from the blocks, in a RocksDB database of its own.
 
@@ -121,11 +130,9 @@ class ReplayState:
     """
 
     def __init__(self, path: str | Path) -> None:
-        opts = Options(raw_mode=False)
+        opts = _replay_options()
         opts.create_if_missing(True)
-        opts.set_write_buffer_size(4 * 1024 * 1024)  # keep RSS flat as the state grows
-        opts.set_max_write_buffer_number(2)
-        self._db = Rdict(str(path), options=opts, column_families={"default": Options(raw_mode=False)})
+        self._db = Rdict(str(path), options=opts, column_families={"default": _replay_options()})
 
     def close(self) -> None:
         self._db.close()

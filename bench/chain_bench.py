@@ -1,0 +1,348 @@
+"""Ledger figures on one node, through the whole Django side: RocksDB + database projection.
+
+Runs in a temporary data directory with the embedded default (SQLite in WAL
+mode, the chain store in RocksDB); ``DATABASE_URL`` is ignored so a bench never
+touches a real database. Three measurements:
+
+1. **Seal + validate + apply** throughput. ``--txs`` transactions from
+   ``--signers`` signers are signed client side (not timed) and put in the
+   mempool, then ``chain_seal`` runs until the mempool is empty: read pending,
+   decode, verify every signature (fresh objects, as in the store worker), seal,
+   validate the sealed block, write it to RocksDB (synced), project it into the
+   database and clear the mempool. The raw Ed25519 verification rate is
+   measured in the same run; the ratio shows what the rest costs.
+2. **Commit latency** from ``tx_submit`` to the block's database commit, with a
+   submitter thread at ``--rate`` tx/s and the seal loop driven in-process at
+   ``CHAIN_BLOCK_INTERVAL`` (as beat drives the store worker).
+3. **``chain verify``** of chains of ``--verify-sizes`` transactions, each in a
+   fresh child process (reading the store as a secondary while this process
+   holds the primary, as a command does while the worker runs): time and peak
+   RSS (``VmHWM``), to show memory does not grow with the chain's length.
+
+    .venv/bin/python bench/chain_bench.py                 # 20k throughput, 10 s latency, verify 20k and 100k
+    .venv/bin/python bench/chain_bench.py --quick         # a smoke run in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def setup_django(data_dir: str) -> None:
+    os.environ["EMR_DATA_DIR"] = data_dir
+    os.environ.pop("DATABASE_URL", None)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "emr_site.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def raw_verify_rate(n: int = 5_000) -> float:
+    from chain.core import crypto
+
+    pair = crypto.new_ed25519()
+    message = b"m" * 200
+    signature = crypto.sign(pair.private, message)
+    start = time.perf_counter()
+    for _ in range(n):
+        crypto.verify(pair.public, signature, message)
+    return n / (time.perf_counter() - start)
+
+
+class Signers:
+    """Throwaway demo signers with their next sequence numbers."""
+
+    def __init__(self, count: int) -> None:
+        from chain.core import crypto
+
+        self.pairs = [crypto.new_ed25519() for _ in range(count)]
+        self.next = [1] * count
+        self.turn = 0
+
+    def make(self, count: int) -> list:
+        from django.conf import settings
+
+        from chain.core.transaction import Transaction
+
+        txs = []
+        for _ in range(count):
+            i = self.turn % len(self.pairs)
+            self.turn += 1
+            txs.append(
+                Transaction.create(
+                    chain_id=settings.CHAIN_ID,
+                    type="chain.demo",
+                    payload={"nonce": self.next[i], "memo": "bench"},
+                    seq=self.next[i],
+                    private_key=self.pairs[i].private,
+                )
+            )
+            self.next[i] += 1
+        return txs
+
+
+def load_mempool(txs: list) -> None:
+    """Queue pre-signed transactions without tx_submit's per-row checks (the seal re-checks all)."""
+    from chain.models import MempoolEntry
+
+    rows = [
+        MempoolEntry(cid=str(tx.cid), raw=tx.encoded, type=tx.type, signer=tx.signer.hex(), seq=tx.seq, size=tx.size)
+        for tx in txs
+    ]
+    MempoolEntry.objects.bulk_create(rows, batch_size=1000)
+
+
+class StepTimer:
+    """Wall time spent in the seal's steps, by wrapping them (reported as shares)."""
+
+    def __init__(self) -> None:
+        import chain.ledger_services as services
+        from chain import chainstore
+        from chain.core import ledger
+
+        self.totals: dict[str, float] = {}
+        self._wrap(ledger, "seal_block", "seal (verify signatures, apply, sign)")
+        self._wrap(ledger, "validate_block", "validate sealed block")
+        self._wrap(chainstore.ChainStore, "write_block", "RocksDB write (synced)")
+        self._wrap(services, "_commit_block", "database projection")
+        self._wrap(services, "_load_pending", "read + decode pending")
+
+    def _wrap(self, owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+
+def seal_until_empty() -> tuple[int, int]:
+    from chain.ledger_services import chain_seal
+    from chain.models import MempoolEntry
+
+    blocks = txs = 0
+    while MempoolEntry.objects.exists():
+        outcome = chain_seal()
+        if outcome.height is None:
+            raise RuntimeError(f"nothing sealed with transactions pending: {outcome}")
+        blocks += 1
+        txs += outcome.included
+    return blocks, txs
+
+
+# -- the measurements ----------------------------------------------------------------------------
+def throughput(count: int, signers: Signers, verify_rate: float) -> None:
+    from chain.ledger_services import chain_ensure_genesis, tx_submit
+    from chain.models import MempoolEntry
+
+    chain_ensure_genesis()
+    start = time.perf_counter()
+    txs = signers.make(count)
+    sign_rate = count / (time.perf_counter() - start)
+    sample = Signers(50).make(min(1000, count))  # other signers, removed again below
+    start = time.perf_counter()
+    for tx in sample:
+        tx_submit(tx)
+    submit_rate = len(sample) / (time.perf_counter() - start)
+    MempoolEntry.objects.all().delete()
+    load_mempool(txs)
+    # Fresh objects: the seal decodes the mempool rows, so every signature is verified again.
+    del txs
+    timer = StepTimer()
+    start = time.perf_counter()
+    blocks, sealed = seal_until_empty()
+    took = time.perf_counter() - start
+    rate = sealed / took
+    print(f"raw Ed25519 verify:                 {verify_rate:8,.0f} /s")
+    print(f"create + sign (client side):        {sign_rate:8,.0f} tx/s")
+    print(f"tx_submit (validate + mempool row): {submit_rate:8,.0f} tx/s")
+    print(
+        f"seal + validate + apply:            {rate:8,.0f} tx/s  ({rate / verify_rate:.2f}x raw verify; "
+        f"{sealed:,} txs in {blocks} blocks, {took:.2f} s, RocksDB + database projection included)"
+    )
+    for label, seconds in sorted(timer.totals.items(), key=lambda kv: -kv[1]):
+        print(f"    {label:<38} {seconds / took:6.1%}")
+
+
+def latency(seconds: float, rate: float, signers: Signers) -> None:
+    """``signers`` must be used for nothing else: unsent prepared transactions leave gaps."""
+    from django.conf import settings
+    from django.db import connection
+
+    from chain.ledger_services import chain_seal, tx_submit
+    from chain.models import Transaction
+
+    interval = settings.CHAIN_BLOCK_INTERVAL
+    submitted: dict[str, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    prepared = signers.make(int(seconds * rate) + 10)
+
+    def submitter() -> None:
+        start = time.monotonic()
+        for i, tx in enumerate(prepared):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if stop.is_set():
+                break
+            tx_submit(tx)  # autocommit: visible to the sealer at once
+            with lock:
+                submitted[str(tx.cid)] = time.monotonic()
+        connection.close()
+
+    thread = threading.Thread(target=submitter)
+    latencies: list[float] = []
+    begin = time.monotonic()
+    thread.start()
+    tick = begin
+    while time.monotonic() - begin < seconds + interval:
+        tick += interval
+        time.sleep(max(0.0, tick - time.monotonic()))
+        if time.monotonic() - begin > seconds:
+            stop.set()
+        outcome = chain_seal()
+        done = time.monotonic()
+        if outcome.height is not None:
+            cids = Transaction.objects.filter(block__height=outcome.height).values_list("cid", flat=True)
+            with lock:
+                latencies.extend(done - submitted[cid] for cid in cids if cid in submitted)
+    stop.set()
+    thread.join()
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(
+        f"commit latency submit→sealed:       p50 {p50 * 1000:6.0f} ms, p99 {p99 * 1000:6.0f} ms, "
+        f"max {latencies[-1] * 1000:.0f} ms  ({len(latencies):,} txs at {rate:.0f} tx/s, "
+        f"interval {interval:.2f} s)"
+    )
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def verify_child() -> None:
+    """Run in a child process: verify the chain, print time and memory as JSON.
+
+    Peak RSS is ``VmHWM`` (this process image's high-water mark), not
+    ``ru_maxrss``: Linux carries the latter across ``exec``, so a child forked
+    from a big parent would report the parent's size.
+    """
+    from chain.ledger_verify import chain_verify
+
+    baseline = _status_mib("VmRSS")
+    start = time.perf_counter()
+    result = chain_verify(record=False)
+    took = time.perf_counter() - start
+    figures = {
+        "ok": result.ok,
+        "summary": result.summary(),
+        "seconds": took,
+        "baseline_mib": baseline,
+        "peak_mib": _status_mib("VmHWM"),
+        "blocks": result.blocks,
+        "txs": result.transactions,
+    }
+    print(json.dumps(figures))
+
+
+def measure_verify(data_dir: str) -> dict:
+    env = {**os.environ, "EMR_DATA_DIR": data_dir}
+    done = subprocess.run(
+        [sys.executable, __file__, "--verify-child", data_dir], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def verify_sizes(sizes: list[int], signers: Signers, data_dir: str) -> None:
+    from chain.models import Transaction
+
+    for size in sizes:
+        have = Transaction.objects.count()
+        while have < size:
+            batch = signers.make(min(20_000, size - have))
+            load_mempool(batch)
+            seal_until_empty()
+            have = Transaction.objects.count()
+        from django.conf import settings
+
+        wal = sum(p.stat().st_size for p in Path(settings.CHAIN_DIR).glob("*.log"))
+        figures = measure_verify(data_dir)
+        if not figures["ok"]:
+            raise RuntimeError(figures["summary"])
+        print(
+            f"chain verify {figures['txs']:>8,} txs / {figures['blocks']:>4} blocks: "
+            f"{figures['seconds']:6.1f} s ({figures['txs'] / figures['seconds']:,.0f} tx/s), "
+            f"peak RSS {figures['peak_mib']:6.1f} MiB (before verifying {figures['baseline_mib']:.1f} MiB; "
+            f"primary's unflushed WAL {wal / 2**20:.1f} MiB)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--txs", type=int, default=20_000, help="transactions for the throughput run")
+    parser.add_argument("--signers", type=int, default=1_000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=300.0, help="submissions per second in the latency run")
+    parser.add_argument("--verify-sizes", default="20000,100000", help="chain lengths (transactions) to verify")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--verify-child", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.verify_child:
+        setup_django(args.verify_child)
+        verify_child()
+        return
+    if args.quick:
+        args.txs, args.latency_seconds, args.rate, args.verify_sizes = 3_000, 3.0, 100.0, "3000,10000"
+    data_dir = tempfile.mkdtemp(prefix="chain-bench-")
+    setup_django(data_dir)
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    print(
+        f"data directory {data_dir}; SQLite + RocksDB; {os.cpu_count()} CPUs; "
+        f"block interval {settings.CHAIN_BLOCK_INTERVAL} s; up to {settings.CHAIN_MAX_BLOCK_TXS} txs per block"
+    )
+    signers = Signers(args.signers)
+    throughput(args.txs, signers, raw_verify_rate())
+    latency(args.latency_seconds, args.rate, Signers(args.signers))
+    verify_sizes([int(s) for s in args.verify_sizes.split(",")], signers, data_dir)
+    if not args.keep:
+        from chain import chainstore
+
+        chainstore.close_all()
+        import shutil
+
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
