@@ -37,6 +37,19 @@ def role_required(*roles: str):
     return decorator
 
 
+def mfa_required(view):
+    """For actions that decide who reaches patient data (verifying staff): 2FA first."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not is_mfa_enabled(request.user):
+            messages.warning(request, _("Turn on two-factor authentication before verifying staff."))
+            return redirect("mfa_activate_totp")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 def staff_may_open_patient_data(user) -> bool:
     return user.is_verified_staff and is_mfa_enabled(user)
 

@@ -6,13 +6,16 @@ verify action calls the same service as the portal page.
 
 from __future__ import annotations
 
+from allauth.mfa.utils import is_mfa_enabled
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from accounts.keys import issue_keys
+from accounts.ledger import key_registration_submit
 from accounts.models import Institution, Role, User
 from accounts.services import staff_verify
 
@@ -20,6 +23,11 @@ from accounts.services import staff_verify
 def _is_institution_admin(request) -> bool:
     user = request.user
     return user.is_active and user.is_staff and user.role == Role.INSTITUTION_ADMIN and user.is_verified_staff
+
+
+def _may_verify(request) -> bool:
+    """Verifying staff decides who reaches patient data: 2FA is required for it."""
+    return (request.user.is_superuser or _is_institution_admin(request)) and is_mfa_enabled(request.user)
 
 
 class InstitutionScopedMixin:
@@ -46,9 +54,13 @@ class InstitutionAdmin(InstitutionScopedMixin, admin.ModelAdmin):
         return qs
 
     def save_model(self, request, obj, form, change):
-        if not obj.has_keys:
+        new = not obj.has_keys
+        if new:
             issue_keys(obj)
-        super().save_model(request, obj, form, change)
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            if new:
+                key_registration_submit(obj, kind="institution")
 
 
 @admin.register(User)
@@ -84,12 +96,16 @@ class UserAdmin(InstitutionScopedMixin, BaseUserAdmin):
         return actions
 
     def has_verify_staff_permission(self, request):
-        return request.user.is_superuser or _is_institution_admin(request)
+        return _may_verify(request)
 
     def save_model(self, request, obj, form, change):
-        if not obj.has_keys:
+        new = not obj.has_keys
+        if new:
             issue_keys(obj)
-        super().save_model(request, obj, form, change)
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            if new:
+                key_registration_submit(obj, kind="user")
 
     @admin.action(description=_("Verify selected staff"), permissions=["verify_staff"])
     def verify_staff(self, request, queryset):

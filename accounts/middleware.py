@@ -33,5 +33,6 @@ class IdleTimeoutMiddleware:
                 logout(request)
                 messages.info(request, _("You were signed out after a period of inactivity."))
                 return redirect_to_login(request.get_full_path())
-            request.session[SESSION_KEY] = now
+            if request.headers.get("X-Poll") != "1":  # a page polling by itself is not the user
+                request.session[SESSION_KEY] = now
         return self.get_response(request)

@@ -94,10 +94,17 @@ class UserManager(BaseUserManager["User"]):
         return user
 
     def create_superuser(self, email: str, password: str | None = None, **fields) -> User:
+        from django.db import transaction
+
+        from accounts.ledger import key_registration_submit
+
         fields.setdefault("role", Role.OPERATOR)
         fields.setdefault("is_staff", True)
         fields.setdefault("is_superuser", True)
-        return self.create_user(email, password, **fields)
+        with transaction.atomic():
+            user = self.create_user(email, password, **fields)
+            key_registration_submit(user, kind="user")
+        return user
 
 
 class User(KeyHolder, AbstractBaseUser, PermissionsMixin):

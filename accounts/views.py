@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from accounts.access import role_required
+from accounts.access import mfa_required, role_required
 from accounts.models import Role, User
 from accounts.services import staff_unverify, staff_verify
 
@@ -47,6 +47,7 @@ def institution_home(request):
 
 
 @role_required(Role.INSTITUTION_ADMIN)
+@mfa_required
 def institution_staff(request):
     staff = _staff_of(request.user).select_related("verified_by").order_by("verified_at", "email")
     return render(request, "accounts/institution_staff.html", {"staff": staff, "institution": request.user.institution})
@@ -59,6 +60,7 @@ def _staff_member_for_admin(request, public_id) -> User:
 
 @require_POST
 @role_required(Role.INSTITUTION_ADMIN)
+@mfa_required
 def institution_staff_verify(request, public_id):
     member = _staff_member_for_admin(request, public_id)
     try:
@@ -72,6 +74,7 @@ def institution_staff_verify(request, public_id):
 
 @require_POST
 @role_required(Role.INSTITUTION_ADMIN)
+@mfa_required
 def institution_staff_unverify(request, public_id):
     member = _staff_member_for_admin(request, public_id)
     try:

@@ -55,6 +55,9 @@ def staff_cleared(user) -> bool:
 
 def _basis(user, record: MedicalRecord) -> str | None:
     if user.pk == record.patient_id:
+        # A clinician's draft is unfinished work: the patient sees it once signed.
+        if record.status == MedicalRecord.Status.DRAFT and record.author_id != user.pk:
+            return None
         return "patient"
     if not staff_cleared(user):
         return None
@@ -86,11 +89,14 @@ def record_get_for_user(
     action: str = AccessEvent.Action.VIEW,
     version_number: int | None = None,
     detail: str = "",
+    quiet: bool = False,
 ) -> RecordAccess:
     """The record and the key this user may use, or ``RecordAccessDenied``/``Http404``.
 
     Unknown ids are 404 for everyone (and audited as denied), so probing ids
-    tells an outsider nothing.
+    tells an outsider nothing. ``quiet`` skips the row for an *allowed*
+    request that shows nothing (a page polling processing status); denials
+    are always recorded.
     """
     record = (
         MedicalRecord.objects.select_related("patient", "visit", "institution", "author", "current_version")
@@ -116,16 +122,17 @@ def record_get_for_user(
             detail=detail or ("no basis" if basis is None else "no key for this version"),
         )
         raise RecordAccessDenied("You may not open this record.")
-    audit(
-        actor=user,
-        action=action,
-        patient=record.patient,
-        record=record,
-        visit=record.visit,
-        purpose=purpose,
-        basis=basis,
-        detail=detail,
-    )
+    if not quiet:
+        audit(
+            actor=user,
+            action=action,
+            patient=record.patient,
+            record=record,
+            visit=record.visit,
+            purpose=purpose,
+            basis=basis,
+            detail=detail,
+        )
     return RecordAccess(record=record, version=version, basis=basis, wrapped=wrapped, user=user)
 
 
@@ -133,6 +140,7 @@ def visit_get_for_user(user, visit_id, *, action: str = AccessEvent.Action.VIEW_
     """A visit of the user's own institution (verified, 2FA) — or denied and audited."""
     visit = Visit.objects.select_related("patient", "institution", "opened_by").filter(public_id=visit_id).first()
     if visit is None:
+        audit(actor=user, action=action, outcome=AccessEvent.Outcome.DENIED, detail="unknown visit")
         raise Http404("no such visit")
     if not (staff_cleared(user) and user.institution_id == visit.institution_id):
         audit(
@@ -144,6 +152,7 @@ def visit_get_for_user(user, visit_id, *, action: str = AccessEvent.Action.VIEW_
             detail="not this institution's visit",
         )
         raise RecordAccessDenied("You may not open this visit.")
+    audit(actor=user, action=action, patient=visit.patient, visit=visit)
     return visit
 
 
@@ -156,6 +165,12 @@ def chart_patient_for_user(user, patient_id):
 
     patient = User.objects.filter(public_id=patient_id, role=Role.PATIENT).first()
     if patient is None:
+        audit(
+            actor=user,
+            action=AccessEvent.Action.VIEW_CHART,
+            outcome=AccessEvent.Outcome.DENIED,
+            detail="unknown patient",
+        )
         raise Http404("no such patient")
     if staff_cleared(user):
         visits = Visit.objects.filter(patient=patient, institution_id=user.institution_id)

@@ -19,6 +19,7 @@ from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import RecordFile, RecordVersion, WrappedKey
 
 PREVIEW_MAX_BYTES = 64 << 20
+PREVIEW_MAX_PIXELS = 16 << 20
 # Study metadata shown next to a DICOM preview; patient-identifying tags are never shown.
 DICOM_FIELDS = {
     "Modality": _("Modality"),
@@ -171,6 +172,9 @@ def dicom_preview_png(access: RecordAccess, record_file: RecordFile, *, size: in
     data = file_bytes(access, record_file, PREVIEW_MAX_BYTES)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        if int(dataset.Rows) * int(dataset.Columns) * frames > PREVIEW_MAX_PIXELS:
+            return None  # a crafted or huge series must not exhaust the web worker
         pixels = dataset.pixel_array
     except Exception:  # compressed syntaxes without a decoder, damaged data
         return None

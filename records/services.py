@@ -9,6 +9,7 @@ too long, so a lost broker message loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -64,9 +65,11 @@ def visit_close(*, clinician, visit: Visit) -> Visit:
 
 
 def _recipients(record: MedicalRecord, *, author):
-    """Who gets the version key: patient, author, and the author's institution."""
-    users = [record.patient, author]
-    institutions = [author.institution] if author.institution_id else []
+    """Who gets the version key: the patient, the record's author, whoever wrote
+    this version, and the record's institution (its care team)."""
+    users = [record.patient, record.author, author]
+    institution = record.institution or (author.institution if author.institution_id else None)
+    institutions = [institution] if institution is not None else []
     return users, institutions
 
 
@@ -150,10 +153,28 @@ def _require_draft_author(access: RecordAccess) -> None:
         raise PermissionDenied(_("Only the author can edit a draft."))
 
 
+def _lock_draft(access: RecordAccess) -> RecordVersion:
+    """Lock the record, then its version (the order ``record_finalize`` uses) and re-check.
+
+    ``access`` was loaded at the start of the request; a long upload may end
+    after the author finalised the record in another tab. Checking the locked
+    rows keeps a stored, anchored version from changing underneath its anchor.
+    """
+    _require_draft_author(access)
+    record = MedicalRecord.objects.select_for_update().get(pk=access.record.pk)
+    version = RecordVersion.objects.select_for_update().get(pk=access.version.pk)
+    if (
+        record.status != MedicalRecord.Status.DRAFT
+        or version.storage != RecordVersion.Storage.DRAFT
+        or record.current_version_id != version.pk
+    ):
+        raise RecordStateError(_("A finalised record cannot be edited, only amended."))
+    return version
+
+
 @transaction.atomic
 def record_update_draft(*, access: RecordAccess, content: dict) -> RecordVersion:
-    _require_draft_author(access)
-    version = RecordVersion.objects.select_for_update().get(pk=access.version.pk)
+    version = _lock_draft(access)
     files = content.get("files")
     if files is None:
         from records.keys import decrypt_content
@@ -178,8 +199,7 @@ def record_attach_file(*, access: RecordAccess, upload: SpooledUpload) -> Record
     """Attach an uploaded (already encrypted, spooled) file to a draft version."""
     from records.keys import decrypt_content
 
-    _require_draft_author(access)
-    version = RecordVersion.objects.select_for_update().get(pk=access.version.pk)
+    version = _lock_draft(access)
     record_file = RecordFile(
         version=version,
         stream_id=upload.stream_id,
@@ -224,8 +244,7 @@ def _queue_store(version_id: int) -> None:
 def record_remove_file(*, access: RecordAccess, file_public_id) -> None:
     from records.keys import decrypt_content
 
-    _require_draft_author(access)
-    version = RecordVersion.objects.select_for_update().get(pk=access.version.pk)
+    version = _lock_draft(access)
     record_file = version.files.filter(public_id=file_public_id).first()
     if record_file is None:
         raise ValidationError(_("No such file on this record."))
@@ -234,10 +253,18 @@ def record_remove_file(*, access: RecordAccess, file_public_id) -> None:
     version.content_ciphertext = encrypt_content(access.dek, version, content)
     version.save(update_fields=["content_ciphertext"])
     root = record_file.root_cid
+    spooled = spool_path(record_file.stream_id) if record_file.status == RecordFile.Status.SPOOLED else None
     record_file.delete()
     if root:
         transaction.on_commit(lambda: _queue_unpin(root))
+    if spooled:
+        transaction.on_commit(lambda: _discard_spool(spooled))
     audit(actor=access.user, action=AccessEvent.Action.EDIT, patient=access.record.patient, record=access.record)
+
+
+def _discard_spool(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _queue_unpin(root: str) -> None:
@@ -280,6 +307,10 @@ def record_amend(*, access: RecordAccess, content: dict, reason: str) -> RecordV
         raise PermissionDenied(_("You may not amend this record."))
     if not reason.strip():
         raise ValidationError(_("Give the reason for the amendment."))
+    if access.version.pk != record.current_version_id:
+        raise RecordStateError(_("The record changed while you were editing it; reload it and amend again."))
+    if access.version.files.exclude(status=RecordFile.Status.STORED).exists():
+        raise RecordStateError(_("The record's files are still being stored; amend it in a moment."))
     previous = access.version
     old_content = decrypt_content(access.dek, previous)
     number = record.versions.count() + 1

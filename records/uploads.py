@@ -17,7 +17,7 @@ import os
 import re
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
@@ -73,7 +73,7 @@ class SpooledUpload:
     size: int
     ciphertext_size: int
     path: str
-    file_key: bytes
+    file_key: bytes = field(repr=False)
     claimed: bool = False  # a RecordFile row now owns the spool file
 
     def discard(self) -> None:

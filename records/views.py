@@ -236,10 +236,7 @@ def _anchor_info(version: RecordVersion) -> dict | None:
 def record_detail(request, record_id):
     if not request.user.is_authenticated:
         return redirect(f"{reverse('account_login')}?next={request.path}")
-    version_number = request.GET.get("version")
-    access, denied = _access(
-        request, record_id, version_number=int(version_number) if (version_number or "").isdigit() else None
-    )
+    access, denied = _access(request, record_id, version_number=_version_param(request))
     if denied:
         return denied
     content = reading.content_of(access)
@@ -258,6 +255,7 @@ def record_detail(request, record_id):
         "versions": versions,
         "anchor": _anchor_info(access.version),
         "is_current": access.version.pk == record.current_version_id,
+        "version_query": "" if access.version.pk == record.current_version_id else access.version.number,
         "can_edit": record.status == MedicalRecord.Status.DRAFT and request.user.pk == record.author_id,
         "can_amend": record.status != MedicalRecord.Status.DRAFT
         and (access.basis in ("author", "care-team") or (access.is_patient and record.kind == RecordKind.DOCUMENT)),
@@ -271,14 +269,20 @@ def record_status(request, record_id):
     """Processing status for the page to poll after an upload or finalisation."""
     if not request.user.is_authenticated:
         raise PermissionDenied
-    access, denied = _access(request, record_id, detail="status poll")
+    access, denied = _access(request, record_id, detail="status poll", quiet=True)
     if denied:
         return JsonResponse({"error": "denied"}, status=403)
     files = [{"id": str(f.public_id), "status": f.status} for f in access.version.files.all()]
     return JsonResponse({"storage": access.version.storage, "files": files, "anchor_tx": access.version.anchor_tx})
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")
+_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def _version_param(request) -> int | None:
+    value = request.GET.get("version") or ""
+    return int(value) if _NUMBER.fullmatch(value) else None
 
 
 def _content_disposition(kind: str, name: str) -> str:
@@ -292,7 +296,9 @@ def record_file(request, record_id, file_id):
         return redirect(f"{reverse('account_login')}?next={request.path}")
     download = request.GET.get("download") == "1"
     action = AccessEvent.Action.DOWNLOAD if download else AccessEvent.Action.VIEW
-    access, denied = _access(request, record_id, action=action, detail=f"file {file_id}")
+    access, denied = _access(
+        request, record_id, action=action, detail=f"file {file_id}", version_number=_version_param(request)
+    )
     if denied:
         return denied
     record_file, name = reading.file_for(access, file_id)
@@ -343,7 +349,7 @@ def record_file(request, record_id, file_id):
 def record_file_preview(request, record_id, file_id):
     if not request.user.is_authenticated:
         raise PermissionDenied
-    access, denied = _access(request, record_id, detail=f"preview {file_id}")
+    access, denied = _access(request, record_id, detail=f"preview {file_id}", version_number=_version_param(request))
     if denied:
         return denied
     record_file, _name = reading.file_for(access, file_id)
@@ -467,7 +473,7 @@ def clinic_visit(request, visit_id):
 @patient_data_gate
 def clinic_visit_close(request, visit_id):
     try:
-        visit = visit_get_for_user(request.user, visit_id, action=AccessEvent.Action.CLOSE_VISIT)
+        visit = visit_get_for_user(request.user, visit_id)
         services.visit_close(clinician=request.user, visit=visit)
     except RecordAccessDenied as exc:
         return _denied(request, exc)
@@ -514,9 +520,7 @@ def _record_form_context(form, record: MedicalRecord, **extra) -> dict:
 @role_required(Role.CLINICIAN)
 @patient_data_gate
 def record_edit(request, record_id):
-    access, denied = _access(
-        request, record_id, action=AccessEvent.Action.EDIT if request.method == "POST" else AccessEvent.Action.VIEW
-    )
+    access, denied = _access(request, record_id)  # the edit itself is audited by the service
     if denied:
         return denied
     record = access.record
@@ -546,22 +550,35 @@ def record_file_upload(request, record_id):
 
 
 def _record_file_upload(request, record_id):
-    access, denied = _access(request, record_id, action=AccessEvent.Action.UPLOAD)
-    if denied:
-        return JsonResponse({"ok": False, "message": _("You do not have access to this record.")}, status=403)
-    if access.record.status != MedicalRecord.Status.DRAFT or request.user.pk != access.record.author_id:
-        return JsonResponse({"ok": False, "message": _("Files are added to your own drafts only.")}, status=409)
+    # A cheap look before reading a large body, writing nothing: the decision
+    # that counts (and its audit row) comes after the CSRF check.
+    own_draft = MedicalRecord.objects.filter(
+        public_id=record_id, author=request.user, status=MedicalRecord.Status.DRAFT
+    ).exists()
+    if not own_draft:
+        return _record_file_upload_denied(request, record_id)
     handler, error = _parse_upload(request)
     if error is not None:
         return JsonResponse({"ok": False, "message": error.message}, status=error.status)
     try:
-        return _record_file_upload_checked(request, access, handler)
+        return _record_file_upload_checked(request, record_id, handler)
     finally:
         handler.discard_unclaimed()  # e.g. refused by the CSRF check, or an error
 
 
 @csrf_protect
-def _record_file_upload_checked(request, access, handler):
+def _record_file_upload_denied(request, record_id):
+    _allowed, denied = _access(request, record_id, action=AccessEvent.Action.UPLOAD)
+    if denied:
+        return JsonResponse({"ok": False, "message": _("You do not have access to this record.")}, status=403)
+    return JsonResponse({"ok": False, "message": _("Files are added to your own drafts only.")}, status=409)
+
+
+@csrf_protect
+def _record_file_upload_checked(request, record_id, handler):
+    access, denied = _access(request, record_id, action=AccessEvent.Action.UPLOAD)
+    if denied:
+        return JsonResponse({"ok": False, "message": _("You do not have access to this record.")}, status=403)
     uploads = _uploaded_files(request, handler)
     if not uploads:
         handler.discard_all()

@@ -110,9 +110,12 @@ def erin(institute):
 
 @pytest.fixture
 def hospital_admin(hospital):
-    return _factories().UserFactory(
+    """The hospital's verified administrator, with TOTP on."""
+    user = _factories().UserFactory(
         email="admin@example.org", role="institution_admin", institution=hospital, verified=True
     )
+    _factories().enable_totp(user)
+    return user
 
 
 @pytest.fixture
@@ -136,7 +139,6 @@ def node(settings, tmp_path):
     yield tmp_path
     stores.close_dag_stores()
     chainstore.close_all()
-
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

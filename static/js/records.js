@@ -17,7 +17,8 @@
   const poll = document.querySelector("[data-poll]");
   if (poll) {
     const url = poll.dataset.poll;
-    const tick = () => fetch(url, { headers: { Accept: "application/json" } })
+    let tries = 0;
+    const tick = () => (++tries > 200) ? null : fetch(url, { headers: { Accept: "application/json", "X-Poll": "1" } })
       .then((r) => r.json())
       .then((s) => {
         const filesDone = (s.files || []).every((f) => f.status !== "spooled");
@@ -27,7 +28,15 @@
       .catch(() => setTimeout(tick, 4000));
     setTimeout(tick, 1500);
   }
-  document.querySelectorAll("[data-file-status]").forEach(() => {
-    if (!poll) setTimeout(() => window.location.reload(), 3000);
-  });
+  // The edit page reloads while a file is being stored, for a few minutes at most.
+  if (!poll && document.querySelector("[data-file-status]")) {
+    const key = "yilian-reloads:" + window.location.pathname;
+    const count = parseInt(sessionStorage.getItem(key) || "0", 10);
+    if (count < 60) {
+      sessionStorage.setItem(key, String(count + 1));
+      setTimeout(() => window.location.reload(), 3000);
+    }
+  } else if (!poll) {
+    sessionStorage.removeItem("yilian-reloads:" + window.location.pathname);
+  }
 })();

@@ -117,3 +117,22 @@ def test_patients_cannot_open_the_admin_site(client, alice):
     client.force_login(alice)
     response = client.get(reverse("admin:index"))
     assert response.status_code == 302
+
+
+def test_admin_without_2fa_is_sent_to_set_it_up_before_verifying(client, hospital):
+    from tests.factories import UserFactory
+
+    admin_user = UserFactory(email="admin2@example.org", role="institution_admin", institution=hospital, verified=True)
+    doctor = UserFactory(email="waiting@example.org", role="clinician", institution=hospital)
+    client.force_login(admin_user)
+    assert client.get(reverse("institution_home")).status_code == 200
+    assert client.get(reverse("institution_staff"))["Location"] == reverse("mfa_activate_totp")
+    client.post(reverse("institution_staff_verify", args=[doctor.public_id]))
+    doctor.refresh_from_db()
+    assert doctor.verified_at is None
+
+
+def test_admin_site_signs_in_through_allauth(client):
+    response = client.get("/admin/login/")
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("account_login"))

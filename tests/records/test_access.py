@@ -32,8 +32,16 @@ def stored_record(client, carol, visit):
     )
     for f in RecordFile.objects.filter(status="spooled"):
         storage.file_ingest(f.pk)
+    client.post(reverse("record_finalize", args=[record.public_id]))
     client.logout()
+    record.refresh_from_db()
     return record
+
+
+def test_patients_do_not_see_a_clinicians_draft(client, carol, alice, visit):
+    record = record_create(patient=alice, author=carol, kind="note", content={"title": "wip", "text": "x"}, visit=visit)
+    login(client, alice)
+    assert client.get(reverse("record_detail", args=[record.public_id])).status_code == 403
 
 
 @pytest.fixture
