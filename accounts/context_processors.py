@@ -8,7 +8,7 @@ from accounts.models import Role
 from chain.core.crypto import key_fingerprint
 
 NAVIGATION = {
-    Role.PATIENT: [("patient_home", _("My records"))],
+    Role.PATIENT: [("patient_home", _("My records")), ("patient_footprint", _("Footprint"))],
     Role.CLINICIAN: [("clinic_home", _("Clinic dashboard")), ("clinic_patients", _("Patients"))],
     Role.RESEARCHER: [("research_home", _("Research portal"))],
     Role.INSTITUTION_ADMIN: [
@@ -24,10 +24,11 @@ def navigation(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"nav_items": []}
-    items = [
-        {"url": reverse(name), "label": label, "active": request.path.startswith(reverse(name))}
-        for name, label in NAVIGATION.get(user.role, [])
-    ]
+    items = [{"url": reverse(name), "label": label, "active": False} for name, label in NAVIGATION.get(user.role, [])]
+    # Only the longest matching prefix is active: /patient/footprint/ is not also "My records".
+    matching = [item for item in items if request.path.startswith(item["url"])]
+    if matching:
+        max(matching, key=lambda item: len(item["url"]))["active"] = True
     return {
         "nav_items": items,
         "user_mfa_enabled": lambda: is_mfa_enabled(user),  # evaluated only where a page asks

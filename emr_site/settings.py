@@ -379,6 +379,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": CHAIN_BLOCK_INTERVAL,
         "options": {"queue": "store", "expires": max(CHAIN_BLOCK_INTERVAL * 2, 1.0)},
     },
+    # Access events go on chain in batches; the rows are the outbox (records/footprint.py).
+    "records-log-accesses": {
+        "task": "store.records_log_accesses",
+        "schedule": 10.0,
+        "options": {"queue": "store", "expires": 10},
+    },
     "chain-validate-recent": {
         "task": "store.chain_validate_recent",
         "schedule": CHAIN_VALIDATE_INTERVAL,

@@ -79,8 +79,42 @@ def commitment(*, salt: bytes, patient_id: str, record_id: str, root: str) -> by
     return hashlib.sha256(salt + f"|{patient_id}|{record_id}|{root}".encode()).digest()
 
 
+# -- access logged: a batch of audit-row digests, signed by a node ----------------------------
+ACCESS_LOGGED = "records.access_logged"
+ACCESS_BATCH_MAX = 500
+DIGEST_SIZE = 32
+
+
+def _validate_access_logged(view: StateView, tx: Transaction) -> None:
+    """Only an authority node logs accesses; each entry is one distinct 32-byte digest.
+
+    The digests are opaque (see ``records.footprint.event_digest``): the chain
+    learns how many accesses a node logged and when, nothing about whose.
+    """
+    from chain.core.consortium import authorities_of
+
+    digests = tx.payload["events"]
+    if not digests:
+        reject("an access batch logs at least one event")
+    if any(len(d) != DIGEST_SIZE for d in digests):
+        reject("every access digest is 32 bytes")
+    if len(set(digests)) != len(digests):
+        reject("an access batch lists each digest once")
+    if all(a.public_key != tx.signer for a in authorities_of(view)):
+        reject("only an authority node logs accesses")
+
+
+ACCESS_LOGGED_TYPE = TxType(
+    name=ACCESS_LOGGED,
+    schema={"events": Field(list, max_length=ACCESS_BATCH_MAX, items=bytes)},
+    validate=_validate_access_logged,
+    description="A node logged a batch of accesses to patient data, each as a salted digest.",
+)
+
+
 def register() -> None:
     from chain.ledger_registry import register_tx_type
 
     register_tx_type(ANCHORED_TYPE)
     register_tx_type(SUPERSEDED_TYPE)
+    register_tx_type(ACCESS_LOGGED_TYPE)

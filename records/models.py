@@ -235,6 +235,10 @@ class AccessEvent(models.Model):
     outcome = models.CharField(max_length=8, choices=Outcome.choices)
     basis = models.CharField(max_length=32, blank=True)
     detail = models.CharField(max_length=200, blank=True)
+    # Set together, in one transaction, when the row's digest goes on chain in a
+    # ``records.access_logged`` batch; empty means not logged yet (the outbox).
+    chain_digest = models.CharField(max_length=64, blank=True)
+    chain_tx = models.CharField(max_length=80, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-at"]

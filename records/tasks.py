@@ -74,3 +74,23 @@ def redrive() -> dict:
             removed,
         )
     return {"files": len(file_ids), "versions": len(version_ids), "partials_removed": removed}
+
+
+@shared_task(name="store.records_log_accesses", soft_time_limit=8, time_limit=10, ignore_result=True)
+def log_accesses(max_batches: int = 20) -> int:
+    """Put unlogged access events on chain, oldest first, one batch transaction per 500.
+
+    Beat runs it every 10 s; the rows are the outbox, so a lost or expired
+    message costs nothing: the next run takes the same rows.
+    """
+    from records.footprint import BATCH_SIZE, access_events_log
+
+    logged = 0
+    for _ in range(max_batches):
+        count, _cid = access_events_log()
+        logged += count
+        if count < BATCH_SIZE:
+            break
+    if logged:
+        log.info("logged %d access events on chain", logged)
+    return logged

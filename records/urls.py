@@ -1,10 +1,11 @@
 from django.urls import path
 
-from records import views
+from records import views, views_footprint
 
 urlpatterns = [
     path("patient/", views.patient_home, name="patient_home"),
     path("patient/upload/", views.patient_upload, name="patient_upload"),
+    path("patient/footprint/", views_footprint.patient_footprint, name="patient_footprint"),
     path("records/<uuid:record_id>/", views.record_detail, name="record_detail"),
     path("records/<uuid:record_id>/status.json", views.record_status, name="record_status"),
     path("records/<uuid:record_id>/history/", views.record_history, name="record_history"),

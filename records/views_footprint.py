@@ -1,0 +1,103 @@
+"""The patient's footprint page: who touched their data, when, why, and the chain's proof of it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from accounts.access import forbidden
+from accounts.models import Institution, Role
+from records import footprint
+from records.models import AccessEvent
+
+PAGE_SIZE = 50
+
+
+class FootprintFilterForm(forms.Form):
+    institution = forms.ChoiceField(label=gettext_lazy("Institution"), required=False)
+    action = forms.ChoiceField(
+        label=gettext_lazy("Action"),
+        required=False,
+        choices=[("", gettext_lazy("All actions")), *AccessEvent.Action.choices],
+    )
+    outcome = forms.ChoiceField(
+        label=gettext_lazy("Outcome"),
+        required=False,
+        choices=[("", gettext_lazy("Allowed and denied")), *AccessEvent.Outcome.choices],
+    )
+    date_from = forms.DateField(
+        label=gettext_lazy("From"), required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    date_to = forms.DateField(label=gettext_lazy("To"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    mine = forms.BooleanField(label=gettext_lazy("Include my own actions"), required=False)
+
+    def __init__(self, *args, institutions=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["institution"].choices = [("", _("All institutions"))] + [
+            (inst.code, inst.display_name) for inst in institutions
+        ]
+
+    def filters(self) -> footprint.Filters:
+        """The valid fields' values; an invalid field is ignored rather than failing the page."""
+        self.is_valid()
+        data = getattr(self, "cleaned_data", {})
+        return footprint.Filters(
+            institution=data.get("institution") or "",
+            action=data.get("action") or "",
+            outcome=data.get("outcome") or "",
+            date_from=data.get("date_from"),
+            date_to=data.get("date_to"),
+            include_own=bool(data.get("mine")),
+        )
+
+
+@login_required
+def patient_footprint(request):
+    user = request.user
+    # Only a patient has a footprint; superusers are not let in either (role_required would).
+    if user.role != Role.PATIENT:
+        return forbidden(request, _("This page is not part of your portal."))
+    institutions = list(
+        Institution.objects.filter(
+            pk__in=AccessEvent.objects.filter(patient=user, actor_institution__isnull=False).values("actor_institution")
+        ).order_by("code")
+    )
+    form = FootprintFilterForm(request.GET, institutions=institutions)
+    filters = form.filters()
+    page = Paginator(footprint.footprint_events(user, filters), PAGE_SIZE).get_page(request.GET.get("page"))
+    events = list(page.object_list)
+    proofs = footprint.chain_proofs(events)
+    rows = [
+        {
+            "event": e,
+            "chain": proofs[e.pk],
+            "purpose": footprint.PURPOSES.get(e.purpose, e.purpose),
+            "basis": footprint.BASES.get(e.basis, e.basis),
+            "own": e.actor_id == user.pk,
+        }
+        for e in events
+    ]
+    check = request.GET.get("check", "")
+    selected = next((r for r in rows if str(r["event"].public_id) == check and r["chain"].proof), None)
+    if selected is None:
+        selected = next((r for r in rows if r["chain"].state == "verified"), None)
+    today = timezone.localdate()
+    chart_first = today - timedelta(days=footprint.CHART_DAYS - 1)
+    counts = footprint.chart_counts(footprint.footprint_base(user, filters), first=chart_first)
+    context = {
+        "form": form,
+        "filters": filters,
+        "filtered": any([filters.institution, filters.action, filters.outcome, filters.date_from, filters.date_to]),
+        "page": page,
+        "rows": rows,
+        "chart": footprint.footprint_chart(counts, last=today),
+        "selected": selected,
+    }
+    return render(request, "patient/footprint.html", context)
