@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from accounts.models import Institution, Role
 
@@ -24,7 +25,10 @@ class SignupExtraForm(forms.Form):
         help_text=_("Staff only. Your institution's administrator verifies you before you can see any patient data."),
     )
     staff_title = forms.CharField(
-        label=_("Title"), max_length=100, required=False, help_text=_("For example: attending physician.")
+        label=pgettext_lazy("job", "Title"),
+        max_length=100,
+        required=False,
+        help_text=_("For example: attending physician."),
     )
 
     def clean(self):

@@ -11,6 +11,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.forms import formset_factory
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from accounts.models import Role, User
 from records.models import RecordKind, Visit
@@ -43,7 +44,7 @@ class VisitOpenForm(forms.Form):
 
 
 class RecordBaseForm(forms.Form):
-    title = forms.CharField(label=_("Title"), max_length=200)
+    title = forms.CharField(label=pgettext_lazy("record", "Title"), max_length=200)
     amendment_reason = forms.CharField(
         label=_("Reason for the amendment"),
         max_length=500,
