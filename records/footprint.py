@@ -37,7 +37,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import TruncDate
+from django.db.models.functions import TruncHour
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -408,17 +408,27 @@ class FootprintChart:
 
 
 def chart_counts(qs: QuerySet[AccessEvent], *, first: date) -> dict[date, tuple[int, int]]:
-    """``{day: (allowed, denied)}`` in the current time zone, from one aggregate query."""
+    """``{day: (allowed, denied)}`` in the current time zone, from one aggregate query.
+
+    The database groups by UTC hour and Python turns hours into local days:
+    truncating in a named time zone would need MySQL's time zone tables, which
+    a server often lacks (CONVERT_TZ then returns NULL and the chart is empty).
+    """
+    local = timezone.get_current_timezone()
     rows = (
         qs.filter(at__gte=_day_start(first))
-        .annotate(day=TruncDate("at", tzinfo=timezone.get_current_timezone()))
-        .values("day", "outcome")
+        .annotate(hour=TruncHour("at", tzinfo=UTC))
+        .values("hour", "outcome")
         .annotate(n=Count("id"))
         .order_by()
     )
     counts: dict[date, list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:
-        counts[row["day"]][1 if row["outcome"] == AccessEvent.Outcome.DENIED else 0] += row["n"]
+        hour = row["hour"]
+        if timezone.is_naive(hour):
+            hour = timezone.make_aware(hour, UTC)
+        day = hour.astimezone(local).date()
+        counts[day][1 if row["outcome"] == AccessEvent.Outcome.DENIED else 0] += row["n"]
     return {day: (a, d) for day, (a, d) in counts.items()}
 
 
