@@ -8,7 +8,11 @@ from accounts.models import Role
 from chain.core.crypto import key_fingerprint
 
 NAVIGATION = {
-    Role.PATIENT: [("patient_home", _("My records")), ("patient_footprint", _("Footprint"))],
+    Role.PATIENT: [
+        ("patient_home", _("My records")),
+        ("patient_sharing", _("Sharing")),
+        ("patient_footprint", _("Footprint")),
+    ],
     Role.CLINICIAN: [("clinic_home", _("Clinic dashboard")), ("clinic_patients", _("Patients"))],
     Role.RESEARCHER: [("research_home", _("Research portal"))],
     Role.INSTITUTION_ADMIN: [

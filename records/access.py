@@ -7,7 +7,12 @@ material the user may open. Rules for now (the sharing issue extends them):
 - the patient, for their own records;
 - the record's author, while a verified staff member with 2FA on;
 - verified colleagues (2FA on) at the record's institution while the
-  record's visit is open: the care team, through the institution's key.
+  record's visit is open: the care team, through the institution's key;
+- a grant: an active (not revoked), in-window, in-scope grant from the
+  patient to this user, or to this user's institution (verified staff with
+  2FA; researchers only under research-purpose grants), through the key
+  sealed for the grant's recipient. Revocation and expiry are checked here on
+  every request, so they take effect on the very next one.
 
 Everyone else is denied, and the denial is an audit row. The decision costs a
 constant number of queries whatever the number of records or keys.
@@ -20,12 +25,14 @@ from functools import cached_property
 
 from allauth.mfa.utils import is_mfa_enabled
 from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, F, OuterRef, Q
 from django.http import Http404
+from django.utils import timezone
 
 from accounts.models import Role
 from records.audit import audit
 from records.keys import open_dek
-from records.models import AccessEvent, MedicalRecord, RecordVersion, Visit, WrappedKey
+from records.models import AccessEvent, Grant, GrantPurpose, MedicalRecord, RecordVersion, Visit, WrappedKey
 
 
 class RecordAccessDenied(PermissionDenied):
@@ -53,32 +60,83 @@ def staff_cleared(user) -> bool:
     return user.is_verified_staff and user.role == Role.CLINICIAN and is_mfa_enabled(user)
 
 
-def _basis(user, record: MedicalRecord) -> str | None:
+def grant_cleared(user) -> bool:
+    """Staff who may use a grant: verified, 2FA on, a clinician or a researcher."""
+    return user.is_verified_staff and user.role in (Role.CLINICIAN, Role.RESEARCHER) and is_mfa_enabled(user)
+
+
+def _grants_for(user, record: MedicalRecord) -> list[Grant]:
+    """The patient's grants usable by ``user`` now that cover ``record``; one query.
+
+    Grants to the user come before grants to their institution.
+    """
+    from records.sharing import grant_in_scope
+
+    now = timezone.now()
+    to = Q(grantee_user_id=user.pk)
+    if user.institution_id is not None:
+        to |= Q(grantee_institution_id=user.institution_id)
+    named = Grant.records.through.objects.filter(grant_id=OuterRef("pk"), medicalrecord_id=record.pk)
+    grants = (
+        Grant.objects.filter(to, patient_id=record.patient_id, status=Grant.Status.ACTIVE)
+        .filter(valid_from__lte=now, valid_until__gt=now)
+        .annotate(named=Exists(named))
+        .order_by(F("grantee_institution_id").asc(nulls_first=True), "-created_at")  # personal grants first
+    )
+    if user.role == Role.RESEARCHER:
+        grants = grants.filter(purpose=GrantPurpose.RESEARCH)
+    return [g for g in grants if grant_in_scope(g, record, named=g.named)]
+
+
+def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
     if user.pk == record.patient_id:
         # A clinician's draft is unfinished work: the patient sees it once signed.
         if record.status == MedicalRecord.Status.DRAFT and record.author_id != user.pk:
-            return None
-        return "patient"
-    if not staff_cleared(user):
-        return None
-    if user.pk == record.author_id:
-        return "author"
-    visit = record.visit
-    if (
-        visit is not None
-        and visit.status == Visit.Status.OPEN
-        and record.institution_id is not None
-        and user.institution_id == record.institution_id
-    ):
-        return "care-team"
-    return None
+            return None, []
+        return "patient", []
+    if not user.is_verified_staff or not is_mfa_enabled(user):
+        return None, []
+    if user.role == Role.CLINICIAN:
+        if user.pk == record.author_id:
+            return "author", []
+        visit = record.visit
+        if (
+            visit is not None
+            and visit.status == Visit.Status.OPEN
+            and record.institution_id is not None
+            and user.institution_id == record.institution_id
+        ):
+            return "care-team", []
+    if user.role not in (Role.CLINICIAN, Role.RESEARCHER) or record.status == MedicalRecord.Status.DRAFT:
+        return None, []
+    grants = _grants_for(user, record)
+    return ("grant", grants) if grants else (None, [])
 
 
-def _key_for(user, version: RecordVersion, basis: str) -> WrappedKey | None:
+def _basis(user, record: MedicalRecord) -> str | None:
+    return _decide(user, record)[0]
+
+
+def _key_for(user, version: RecordVersion, basis: str, grants=()) -> WrappedKey | None:
     qs = WrappedKey.objects.select_related("user", "institution").filter(version=version)
     if basis == "care-team":
         return qs.filter(institution_id=user.institution_id).first()
+    if basis == "grant":
+        institutions = {g.grantee_institution_id for g in grants if g.grantee_institution_id}
+        mine = any(g.grantee_user_id == user.pk for g in grants)
+        recipients = Q(institution_id__in=institutions) | (Q(user=user) if mine else Q(pk__in=[]))
+        # A personal envelope before the institution's.
+        return qs.filter(recipients).order_by(F("user_id").desc(nulls_last=True)).first()
     return qs.filter(user=user).first()
+
+
+def _grant_of(wrapped: WrappedKey, grants) -> Grant:
+    for grant in grants:
+        if (grant.grantee_user_id and grant.grantee_user_id == wrapped.user_id) or (
+            grant.grantee_institution_id and grant.grantee_institution_id == wrapped.institution_id
+        ):
+            return grant
+    return grants[0]
 
 
 def record_get_for_user(
@@ -106,11 +164,13 @@ def record_get_for_user(
     if record is None:
         audit(actor=user, action=action, outcome=AccessEvent.Outcome.DENIED, purpose=purpose, detail="unknown record")
         raise Http404("no such record")
-    basis = _basis(user, record) if user.is_authenticated else None
+    basis, grants = _decide(user, record) if user.is_authenticated else (None, [])
     version = record.current_version
     if version_number is not None and version is not None and version.number != version_number:
         version = record.versions.filter(number=version_number).first()
-    wrapped = _key_for(user, version, basis) if (basis and version is not None) else None
+    wrapped = _key_for(user, version, basis, grants) if (basis and version is not None) else None
+    if wrapped is not None and basis == "grant":
+        purpose = _grant_of(wrapped, grants).purpose
     if wrapped is None:
         audit(
             actor=user,
@@ -157,7 +217,8 @@ def visit_get_for_user(user, visit_id, *, action: str = AccessEvent.Action.VIEW_
 
 
 def chart_patient_for_user(user, patient_id):
-    """The patient whose chart a clinician may open: one with a visit at their institution.
+    """The patient whose chart a clinician may open: one with a visit at their
+    institution, or one who granted them or their institution access.
 
     Returns ``(patient, open_visit_or_None)``; denial is audited.
     """
@@ -178,6 +239,14 @@ def chart_patient_for_user(user, patient_id):
         if open_visit is not None or visits.filter(opened_by=user).exists():
             audit(actor=user, action=AccessEvent.Action.VIEW_CHART, patient=patient, visit=open_visit)
             return patient, open_visit
+        from records.sharing import grants_usable_by
+
+        grant = grants_usable_by(user).filter(patient=patient).first()
+        if grant is not None:
+            audit(
+                actor=user, action=AccessEvent.Action.VIEW_CHART, patient=patient, basis="grant", purpose=grant.purpose
+            )
+            return patient, None
     audit(
         actor=user,
         action=AccessEvent.Action.VIEW_CHART,

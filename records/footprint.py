@@ -55,6 +55,8 @@ PURPOSES = {
     "emergency": gettext_lazy("Emergency"),
     "administration": gettext_lazy("Administration"),
     "personal": gettext_lazy("Your own use"),
+    "second_opinion": gettext_lazy("Second opinion"),
+    "other": gettext_lazy("Other"),
 }
 BASES = {
     "patient": gettext_lazy("You, the patient"),

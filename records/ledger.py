@@ -1,4 +1,4 @@
-"""The records app's transaction types: a version anchored, a record superseded.
+"""The records app's transaction types: anchors, access logs, grants issued and revoked.
 
 No personal data goes on chain: a record appears under its random
 ``anchor_id`` (16 bytes, unrelated to its public id or its patient), a
@@ -112,9 +112,104 @@ ACCESS_LOGGED_TYPE = TxType(
 )
 
 
+# -- grants: issued and revoked by the patient's own key ------------------------------------------
+GRANT_ISSUED = "records.grant_issued"
+GRANT_REVOKED = "records.grant_revoked"
+GRANT_PREFIX = "grant/"
+GRANT_PURPOSE_MAX = 32
+
+
+def grant_state_key(grant: bytes) -> str:
+    return GRANT_PREFIX + grant.hex()
+
+
+def _registered(view: StateView, sign_public: bytes):
+    from accounts.ledger import key_state_key
+
+    return view.get(key_state_key(sign_public))
+
+
+def _validate_grant_issued(view: StateView, tx: Transaction) -> None:
+    """Only a registered user key grants, to a registered grantee key, once per grant id.
+
+    The grant id is random and never reused: a grant replayed after its
+    revocation finds its id in the state and is refused (a byte-identical
+    replay is already refused by the signer's sequence number).
+    """
+    payload = tx.payload
+    if len(payload["grant"]) != 16:
+        reject("a grant id is 16 bytes")
+    if len(payload["pseudonym"]) != 32 or len(payload["scope_digest"]) != 32 or len(payload["grantee_key"]) != 32:
+        reject("pseudonym, scope digest and grantee key are 32 bytes")
+    if payload["not_after"] <= payload["not_before"]:
+        reject("a grant ends after it starts")
+    signer = _registered(view, tx.signer)
+    if signer is None or signer.get("kind") != "user":
+        reject("only a registered person's key issues a grant")
+    if payload["grantee_key"] == tx.signer:
+        reject("a patient does not grant to themselves")
+    if _registered(view, payload["grantee_key"]) is None:
+        reject("the grantee's key is not registered")
+    if view.get(grant_state_key(payload["grant"])) is not None:
+        reject("this grant id already exists")
+
+
+def _apply_grant_issued(view: StateView, tx: Transaction) -> list[StateChange]:
+    payload = tx.payload
+    value = {
+        "issuer": tx.signer,
+        "grantee_key": payload["grantee_key"],
+        "not_after": payload["not_after"],
+        "revoked": False,
+    }
+    return [StateChange(grant_state_key(payload["grant"]), value)]
+
+
+def _validate_grant_revoked(view: StateView, tx: Transaction) -> None:
+    """Only the key that issued a grant revokes it, and only once."""
+    current = view.get(grant_state_key(tx.payload["grant"]))
+    if current is None:
+        reject("no such grant")
+    if current["revoked"]:
+        reject("this grant is already revoked")
+    if current["issuer"] != tx.signer:
+        reject("only the patient who issued a grant revokes it")
+
+
+def _apply_grant_revoked(view: StateView, tx: Transaction) -> list[StateChange]:
+    key = grant_state_key(tx.payload["grant"])
+    return [StateChange(key, {**view.get(key), "revoked": True})]
+
+
+GRANT_ISSUED_TYPE = TxType(
+    name=GRANT_ISSUED,
+    schema={
+        "grant": Field(bytes, max_length=16),
+        "pseudonym": Field(bytes, max_length=32),
+        "grantee_key": Field(bytes, max_length=32),
+        "purpose": Field(str, max_length=GRANT_PURPOSE_MAX),
+        "not_before": Field(int),
+        "not_after": Field(int),
+        "scope_digest": Field(bytes, max_length=32),
+    },
+    validate=_validate_grant_issued,
+    apply=_apply_grant_issued,
+    description="A patient (under a per-relationship pseudonym) granted a key holder access.",
+)
+GRANT_REVOKED_TYPE = TxType(
+    name=GRANT_REVOKED,
+    schema={"grant": Field(bytes, max_length=16)},
+    validate=_validate_grant_revoked,
+    apply=_apply_grant_revoked,
+    description="The patient revoked a grant.",
+)
+
+
 def register() -> None:
     from chain.ledger_registry import register_tx_type
 
     register_tx_type(ANCHORED_TYPE)
     register_tx_type(SUPERSEDED_TYPE)
     register_tx_type(ACCESS_LOGGED_TYPE)
+    register_tx_type(GRANT_ISSUED_TYPE)
+    register_tx_type(GRANT_REVOKED_TYPE)

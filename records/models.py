@@ -214,6 +214,8 @@ class AccessEvent(models.Model):
         OPEN_VISIT = "open_visit", _("Opened a visit")
         CLOSE_VISIT = "close_visit", _("Closed a visit")
         VIEW_CHART = "view_chart", _("Viewed the chart")
+        GRANT = "grant", _("Granted access")
+        REVOKE = "revoke", _("Revoked access")
 
     class Outcome(models.TextChoices):
         ALLOWED = "allowed", _("Allowed")
@@ -250,3 +252,104 @@ class AccessEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action} {self.outcome}"
+
+
+class GrantScope(models.TextChoices):
+    ALL = "all", _("All my records")
+    KINDS = "kinds", _("Some kinds of record")
+    RECORDS = "records", _("Chosen records")
+
+
+class GrantPurpose(models.TextChoices):
+    TREATMENT = "treatment", _("Treatment")
+    SECOND_OPINION = "second_opinion", _("Second opinion")
+    RESEARCH = "research", _("Research")
+    OTHER = "other", _("Other")
+
+
+class Grant(models.Model):
+    """A patient's permission for one doctor or one institution to read some records.
+
+    The row is the projection the access helper reads; the ``records.grant_issued``
+    and ``records.grant_revoked`` transactions are the source of truth on chain.
+    Sensitive records are in scope only when the grant names them in ``records``
+    or the patient ticked ``include_sensitive``.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("Active")
+        REVOKED = "revoked", _("Revoked")
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # The grant's random handle on chain (unlinkable to its public id).
+    chain_id = models.BinaryField(max_length=16, editable=False)
+    patient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="grants_given")
+    grantee_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="grants_received"
+    )
+    grantee_institution = models.ForeignKey(
+        "accounts.Institution", on_delete=models.PROTECT, null=True, blank=True, related_name="grants_received"
+    )
+    scope = models.CharField(max_length=8, choices=GrantScope.choices)
+    kinds = models.JSONField(default=list, blank=True)
+    records = models.ManyToManyField(MedicalRecord, blank=True, related_name="grants")
+    include_sensitive = models.BooleanField(default=False)
+    purpose = models.CharField(max_length=32, choices=GrantPurpose.choices)
+    valid_from = models.DateTimeField()
+    valid_until = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    pseudonym = models.CharField(max_length=64)
+    issued_tx = models.CharField(max_length=80, blank=True)
+    # Empty while the revocation waits for the issuing transaction to be sealed (the outbox).
+    revoked_tx = models.CharField(max_length=80, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["patient", "status", "valid_until"]),
+            models.Index(fields=["grantee_user", "status"]),
+            models.Index(fields=["grantee_institution", "status"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(grantee_user__isnull=False, grantee_institution__isnull=True))
+                | (models.Q(grantee_user__isnull=True, grantee_institution__isnull=False)),
+                name="grant_has_one_grantee",
+            ),
+            models.CheckConstraint(condition=models.Q(valid_until__gt=models.F("valid_from")), name="grant_window"),
+        ]
+
+    def __str__(self) -> str:
+        return f"grant {self.public_id}"
+
+    @property
+    def grantee(self):
+        return self.grantee_user if self.grantee_user_id else self.grantee_institution
+
+    @property
+    def kinds_display(self) -> list[str]:
+        labels = dict(RecordKind.choices)
+        return [str(labels.get(kind, kind)) for kind in self.kinds or []]
+
+    def state_at(self, now) -> str:
+        """active, pending (not started), expired or revoked."""
+        if self.status == self.Status.REVOKED:
+            return "revoked"
+        if now >= self.valid_until:
+            return "expired"
+        if now < self.valid_from:
+            return "pending"
+        return "active"
+
+
+class PatientSecret(models.Model):
+    """A patient's pseudonym secret (32 random bytes), wrapped by the node KEK."""
+
+    patient = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    secret_wrapped = models.BinaryField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"pseudonym secret of {self.patient_id}"

@@ -66,10 +66,19 @@ def visit_close(*, clinician, visit: Visit) -> Visit:
 
 def _recipients(record: MedicalRecord, *, author):
     """Who gets the version key: the patient, the record's author, whoever wrote
-    this version, and the record's institution (its care team)."""
+    this version, the record's institution (its care team), and every grantee
+    of a current or pending grant whose scope covers the record (one query)."""
+    from records.sharing import grant_in_scope, grants_for_record
+
     users = [record.patient, record.author, author]
     institution = record.institution or (author.institution if author.institution_id else None)
     institutions = [institution] if institution is not None else []
+    for grant in grants_for_record(record):
+        if grant_in_scope(grant, record, named=grant.named):
+            if grant.grantee_user_id:
+                users.append(grant.grantee_user)
+            else:
+                institutions.append(grant.grantee_institution)
     return users, institutions
 
 

@@ -51,7 +51,9 @@ def unpin(root: str) -> None:
 def redrive() -> dict:
     """Re-queue spooled files and pending versions whose messages were lost; clean stale partial uploads."""
     from records.services import pending_too_long
+    from records.sharing import grants_redrive
 
+    grants_redrive()
     files, versions = pending_too_long()
     file_ids = list(files.values_list("pk", flat=True)[:500])
     version_ids = list(versions.values_list("pk", flat=True)[:500])

@@ -1,11 +1,14 @@
 from django.urls import path
 
-from records import views, views_footprint
+from records import views, views_footprint, views_sharing
 
 urlpatterns = [
     path("patient/", views.patient_home, name="patient_home"),
     path("patient/upload/", views.patient_upload, name="patient_upload"),
     path("patient/footprint/", views_footprint.patient_footprint, name="patient_footprint"),
+    path("patient/sharing/", views_sharing.patient_sharing, name="patient_sharing"),
+    path("patient/sharing/new/", views_sharing.patient_grant_new, name="patient_grant_new"),
+    path("patient/sharing/<uuid:grant_id>/revoke/", views_sharing.patient_grant_revoke, name="patient_grant_revoke"),
     path("records/<uuid:record_id>/", views.record_detail, name="record_detail"),
     path("records/<uuid:record_id>/status.json", views.record_status, name="record_status"),
     path("records/<uuid:record_id>/history/", views.record_history, name="record_history"),
@@ -17,6 +20,7 @@ urlpatterns = [
         name="record_file_preview",
     ),
     path("records/<uuid:record_id>/edit/", views.record_edit, name="record_edit"),
+    path("records/<uuid:record_id>/sensitive/", views_sharing.record_set_sensitive, name="record_set_sensitive"),
     path("records/<uuid:record_id>/upload/", views.record_file_upload, name="record_file_upload"),
     path("records/<uuid:record_id>/files/<uuid:file_id>/remove/", views.record_file_remove, name="record_file_remove"),
     path("records/<uuid:record_id>/finalize/", views.record_finalize, name="record_finalize"),

@@ -430,7 +430,10 @@ def clinic_patients(request):
         if visit.patient_id not in seen:
             seen.add(visit.patient_id)
             patients.append(visit)
-    return render(request, "clinic/patients.html", {"form": form, "patients": patients})
+    from records.sharing import grants_usable_by
+
+    shared = list(grants_usable_by(user).select_related("patient", "grantee_institution").order_by("valid_until")[:200])
+    return render(request, "clinic/patients.html", {"form": form, "patients": patients, "shared": shared})
 
 
 @role_required(Role.CLINICIAN)
@@ -441,7 +444,10 @@ def clinic_chart(request, patient_id):
     except RecordAccessDenied as exc:
         return _denied(request, exc)
     user = request.user
+    from records.sharing import granted_records_q, grants_usable_by
+
     visible = Q(author=user) | Q(institution_id=user.institution_id, visit__status=Visit.Status.OPEN)
+    visible |= granted_records_q(list(grants_usable_by(user).filter(patient=patient)))
     records_qs = MedicalRecord.objects.filter(patient=patient).filter(visible)
     page, filters = _timeline(records_qs, request)
     visits = Visit.objects.filter(patient=patient, institution_id=user.institution_id).select_related("opened_by")[:20]

@@ -1,0 +1,112 @@
+"""The grant wizard's form: who, what, why and for how long."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+
+from django import forms
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Institution, Role, User
+from records.models import GrantPurpose, GrantScope, MedicalRecord, RecordKind
+
+DEFAULT_DAYS = 30
+
+
+class GrantForm(forms.Form):
+    grantee_kind = forms.ChoiceField(
+        label=_("Share with"),
+        choices=[("user", _("A doctor")), ("institution", _("A whole institution"))],
+        widget=forms.RadioSelect,
+        initial="user",
+    )
+    grantee_email = forms.EmailField(
+        label=_("Doctor's email address"),
+        required=False,
+        help_text=_("The address your doctor signs in with. Only verified staff of an institution can be chosen."),
+    )
+    grantee_institution = forms.ModelChoiceField(
+        label=_("Institution"),
+        queryset=Institution.objects.order_by("code"),
+        to_field_name="code",
+        required=False,
+        help_text=_("Its verified staff with two-factor sign-in can read; researchers only for research."),
+    )
+    scope = forms.ChoiceField(
+        label=_("What to share"), choices=GrantScope.choices, widget=forms.RadioSelect, initial=GrantScope.ALL
+    )
+    kinds = forms.MultipleChoiceField(
+        label=_("Kinds of record"), choices=RecordKind.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    records = forms.MultipleChoiceField(
+        label=_("Records"), choices=(), required=False, widget=forms.CheckboxSelectMultiple
+    )
+    purpose = forms.ChoiceField(label=_("Purpose"), choices=GrantPurpose.choices, initial=GrantPurpose.TREATMENT)
+    valid_from = forms.DateField(label=_("From"), widget=forms.DateInput(attrs={"type": "date"}))
+    valid_until = forms.DateField(
+        label=_("Until (inclusive)"),
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text=_("Access ends by itself at the end of this day."),
+    )
+    include_sensitive = forms.BooleanField(
+        label=_("Also share records I marked sensitive"),
+        required=False,
+        help_text=_("Otherwise sensitive records are shared only when you choose them one by one below."),
+    )
+
+    def __init__(self, *args, patient, record_titles: list[tuple[MedicalRecord, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.patient = patient
+        self._records = {str(r.public_id): r for r, _title in record_titles}
+        self.fields["records"].choices = [
+            (
+                str(r.public_id),
+                f"{title or r.get_kind_display()} · {r.created_at:%Y-%m-%d}"
+                + (f" · {_('sensitive')}" if r.sensitive else ""),
+            )
+            for r, title in record_titles
+        ]
+        today = timezone.localdate()
+        self.fields["valid_from"].initial = today
+        self.fields["valid_until"].initial = today + timedelta(days=DEFAULT_DAYS)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("grantee_kind") == "user":
+            email = (data.get("grantee_email") or "").lower()
+            doctor = (
+                User.objects.filter(email=email, role__in=[Role.CLINICIAN, Role.RESEARCHER])
+                .select_related("institution")
+                .first()
+                if email
+                else None
+            )
+            if doctor is None or not doctor.is_verified_staff:
+                self.add_error("grantee_email", _("No verified doctor signs in with this email address."))
+            data["grantee_user"], data["grantee_institution"] = doctor, None
+        elif data.get("grantee_kind") == "institution":
+            if data.get("grantee_institution") is None:
+                self.add_error("grantee_institution", _("Choose an institution."))
+            data["grantee_user"] = None
+        scope = data.get("scope")
+        if scope == GrantScope.KINDS and not data.get("kinds"):
+            self.add_error("kinds", _("Choose at least one kind of record."))
+        if scope == GrantScope.RECORDS and not data.get("records"):
+            self.add_error("records", _("Choose at least one record."))
+        data["record_objects"] = [self._records[i] for i in data.get("records") or [] if i in self._records]
+        start, end = data.get("valid_from"), data.get("valid_until")
+        today = timezone.localdate()
+        if start and start < today:
+            self.add_error("valid_from", _("The start cannot be in the past."))
+        if start and end and end < start:
+            self.add_error("valid_until", _("The end must be on or after the start."))
+        elif end and end < today:
+            self.add_error("valid_until", _("The end cannot be in the past."))
+        if start and end and not self.errors:
+            tz = timezone.get_current_timezone()
+            now = timezone.now()
+            begin = datetime.combine(start, time.min, tzinfo=tz)
+            data["valid_from_at"] = now if start == today else begin
+            data["valid_until_at"] = datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)
+        return data

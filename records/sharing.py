@@ -1,0 +1,365 @@
+"""Patient-issued grants and their revocation: the one write path for sharing.
+
+A grant lets one doctor or one institution read some of a patient's records
+(all, some kinds, or chosen ones) for a purpose and a period. Issuing it, in
+one database transaction: the ``Grant`` row (what the access helper reads),
+the current data key of every in-scope record sealed to the grantee's X25519
+key (an institution grant to the institution's key, which its cleared staff
+open), an audit row, and the ``records.grant_issued`` transaction signed by
+the patient's own key. Records created later are sealed to in-scope grantees
+by ``records.services._recipients``.
+
+Revocation marks the row revoked, which the access helper checks on every
+request, so it takes effect on the very next request. Expiry needs no job:
+the helper compares the window with ``timezone.now()``. What a grantee
+already viewed cannot be recalled; re-keying of the records is separate work.
+
+On chain the patient appears only under a per-relationship pseudonym:
+``HMAC-SHA256(patient secret, grantee public id ‖ purpose)``, so two grants
+of one patient to different grantees or purposes are unlinkable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.keys import node_kek, signing_private_key
+from accounts.models import Role
+from chain.core import crypto
+from records.audit import audit
+from records.keys import open_dek, seal_for
+from records.ledger import GRANT_ISSUED, GRANT_REVOKED, grant_state_key
+from records.models import (
+    AccessEvent,
+    Grant,
+    GrantPurpose,
+    GrantScope,
+    MedicalRecord,
+    PatientSecret,
+    RecordKind,
+    WrappedKey,
+)
+
+log = logging.getLogger(__name__)
+
+
+# -- scope ---------------------------------------------------------------------------------
+def grant_in_scope(grant: Grant, record: MedicalRecord, *, named: bool | None = None) -> bool:
+    """Whether ``record`` falls inside ``grant``'s scope (not its window or status).
+
+    ``named``: whether the grant lists the record (pass it when known, e.g.
+    from an ``Exists`` annotation, to avoid a query). A sensitive record is
+    in scope only when the grant names it or the patient included sensitive
+    records explicitly.
+    """
+    if record.patient_id != grant.patient_id:
+        return False
+    if named is None:
+        named = grant.scope == GrantScope.RECORDS and grant.records.filter(pk=record.pk).exists()
+    if record.sensitive and not (named or grant.include_sensitive):
+        return False
+    if grant.scope == GrantScope.ALL:
+        return True
+    if grant.scope == GrantScope.KINDS:
+        return record.kind in (grant.kinds or [])
+    return bool(named)
+
+
+def grants_for_record(record: MedicalRecord, *, now=None):
+    """The patient's grants that are not revoked nor expired, annotated ``named`` for ``record``.
+
+    One query whatever the number of grants.
+    """
+    now = now or timezone.now()
+    named = Grant.records.through.objects.filter(grant_id=OuterRef("pk"), medicalrecord_id=record.pk)
+    return (
+        Grant.objects.filter(patient_id=record.patient_id, status=Grant.Status.ACTIVE, valid_until__gt=now)
+        .select_related("grantee_user", "grantee_institution")
+        .annotate(named=Exists(named))
+    )
+
+
+def scope_digest(grant: Grant, record_handles: list[bytes]) -> bytes:
+    """A commitment to the scope: what was granted, without saying it on chain."""
+    document = {
+        "scope": grant.scope,
+        "kinds": sorted(grant.kinds or []),
+        "records": sorted(h.hex() for h in record_handles),
+        "include_sensitive": grant.include_sensitive,
+        "nonce": bytes(grant.chain_id).hex(),
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+# -- pseudonyms ----------------------------------------------------------------------------
+def _pseudonym_secret(patient) -> bytes:
+    owner = f"user:{patient.public_id}/pseudonym"
+    row = PatientSecret.objects.filter(patient=patient).first()
+    if row is None:
+        secret = os.urandom(32)
+        PatientSecret.objects.create(
+            patient=patient, secret_wrapped=crypto.wrap_private_key(node_kek(), secret, owner=owner)
+        )
+        return secret
+    return crypto.unwrap_private_key(node_kek(), bytes(row.secret_wrapped), owner=owner)
+
+
+def pseudonym_for(patient, *, grantee_public_id, purpose: str) -> bytes:
+    """HMAC-SHA256(patient's secret, grantee public id ‖ purpose): one pseudonym per relationship."""
+    message = f"{grantee_public_id}|{purpose}".encode()
+    return hmac.new(_pseudonym_secret(patient), message, hashlib.sha256).digest()
+
+
+def _ms(value) -> int:
+    from chain.ledger_services import datetime_to_ms
+
+    return datetime_to_ms(value)
+
+
+# -- issue and revoke ----------------------------------------------------------------------
+@transaction.atomic
+def grant_issue(
+    *,
+    patient,
+    grantee_user=None,
+    grantee_institution=None,
+    scope: str,
+    kinds=(),
+    records=(),
+    purpose: str,
+    valid_from,
+    valid_until,
+    include_sensitive: bool = False,
+) -> Grant:
+    """Grant ``grantee_user`` or ``grantee_institution`` access to some of ``patient``'s records."""
+    from chain.ledger_services import tx_sign_and_submit
+
+    if patient.role != Role.PATIENT:
+        raise PermissionDenied(_("Only patients grant access to their records."))
+    if (grantee_user is None) == (grantee_institution is None):
+        raise ValidationError(_("Choose one doctor or one institution."))
+    if grantee_user is not None and not (grantee_user.is_verified_staff and grantee_user.pk != patient.pk):
+        raise ValidationError(_("Access can be granted only to verified staff of an institution."))
+    if scope not in GrantScope.values:
+        raise ValidationError(_("Choose what to share."))
+    if purpose not in GrantPurpose.values:
+        raise ValidationError(_("Choose a purpose."))
+    kinds = sorted(set(kinds))
+    if scope == GrantScope.KINDS and (not kinds or any(k not in RecordKind.values for k in kinds)):
+        raise ValidationError(_("Choose at least one kind of record."))
+    if valid_until <= valid_from:
+        raise ValidationError(_("The grant must end after it starts."))
+    if valid_until <= timezone.now():
+        raise ValidationError(_("The grant must end in the future."))
+    chosen = []
+    if scope == GrantScope.RECORDS:
+        chosen = list(MedicalRecord.objects.filter(patient=patient, pk__in=[r.pk for r in records]))
+        if not chosen or len(chosen) != len({r.pk for r in records}):
+            raise ValidationError(_("Choose at least one of your records."))
+    grantee = grantee_user or grantee_institution
+    grant = Grant(
+        chain_id=os.urandom(16),
+        patient=patient,
+        grantee_user=grantee_user,
+        grantee_institution=grantee_institution,
+        scope=scope,
+        kinds=kinds if scope == GrantScope.KINDS else [],
+        include_sensitive=include_sensitive,
+        purpose=purpose,
+        valid_from=valid_from,
+        valid_until=valid_until,
+    )
+    pseudonym = pseudonym_for(patient, grantee_public_id=grantee.public_id, purpose=purpose)
+    grant.pseudonym = pseudonym.hex()
+    grant.save()
+    if chosen:
+        grant.records.set(chosen)
+    _deliver_keys(grant, chosen)
+    entry = tx_sign_and_submit(
+        private_key=signing_private_key(patient),
+        type=GRANT_ISSUED,
+        payload={
+            "grant": bytes(grant.chain_id),
+            "pseudonym": pseudonym,
+            "grantee_key": bytes(grantee.sign_public),
+            "purpose": purpose,
+            "not_before": _ms(valid_from),
+            "not_after": _ms(valid_until),
+            "scope_digest": scope_digest(grant, [bytes(r.anchor_id) for r in chosen]),
+        },
+    )
+    grant.issued_tx = entry.cid
+    grant.save(update_fields=["issued_tx"])
+    audit(
+        actor=patient,
+        action=AccessEvent.Action.GRANT,
+        patient=patient,
+        purpose=purpose,
+        basis="patient",
+        detail=f"{grant.get_scope_display()} → {grantee.display_name}",
+    )
+    return grant
+
+
+def _deliver_keys(grant: Grant, chosen: list[MedicalRecord]) -> int:
+    """Seal the current data key of every in-scope, non-draft record to the grantee.
+
+    The patient's own envelope opens each key. Constant queries: the records,
+    the patient's envelopes and one bulk insert, whatever the number of records.
+    """
+    records = MedicalRecord.objects.filter(patient=grant.patient, current_version__isnull=False).exclude(
+        status=MedicalRecord.Status.DRAFT
+    )
+    if grant.scope == GrantScope.KINDS:
+        records = records.filter(kind__in=grant.kinds)
+    elif grant.scope == GrantScope.RECORDS:
+        records = records.filter(pk__in=[r.pk for r in chosen])
+    named = {r.pk for r in chosen}
+    in_scope = [r for r in records.select_related("current_version") if grant_in_scope(grant, r, named=r.pk in named)]
+    versions = [r.current_version for r in in_scope]
+    recipient = Q(user=grant.grantee_user) if grant.grantee_user_id else Q(institution=grant.grantee_institution)
+    have = set(WrappedKey.objects.filter(recipient, version__in=versions).values_list("version_id", flat=True))
+    own = {
+        w.version_id: w
+        for w in WrappedKey.objects.select_related("user").filter(version__in=versions, user=grant.patient)
+    }
+    rows = []
+    for version in versions:
+        if version.pk in have or version.pk not in own:
+            continue
+        dek = open_dek(version, own[version.pk])
+        rows.extend(
+            seal_for(
+                version,
+                dek,
+                users=[grant.grantee_user] if grant.grantee_user_id else [],
+                institutions=[grant.grantee_institution] if grant.grantee_institution_id else [],
+            )
+        )
+    WrappedKey.objects.bulk_create(rows, batch_size=500)
+    return len(rows)
+
+
+@transaction.atomic
+def grant_revoke(*, patient, grant: Grant) -> Grant:
+    """Revoke ``grant``: the grantee is denied from the very next request.
+
+    The ``records.grant_revoked`` transaction is submitted now if the grant's
+    own transaction is sealed; otherwise ``grants_redrive`` submits it once it
+    is (the validator checks the grant against sealed state).
+    """
+    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    if grant.patient_id != patient.pk:
+        raise PermissionDenied(_("Only the patient who granted access can revoke it."))
+    if grant.status == Grant.Status.REVOKED:
+        return grant
+    grant.status = Grant.Status.REVOKED
+    grant.revoked_at = timezone.now()
+    grant.save(update_fields=["status", "revoked_at"])
+    _submit_revocation(grant, patient)
+    audit(
+        actor=patient,
+        action=AccessEvent.Action.REVOKE,
+        patient=patient,
+        purpose=grant.purpose,
+        basis="patient",
+        detail=str(grant.grantee.display_name),
+    )
+    return grant
+
+
+def _submit_revocation(grant: Grant, patient) -> bool:
+    from chain.ledger_services import DbState, tx_sign_and_submit
+
+    if DbState().get(grant_state_key(bytes(grant.chain_id))) is None:
+        return False  # the issue is not sealed yet: the row is the outbox
+    entry = tx_sign_and_submit(
+        private_key=signing_private_key(patient), type=GRANT_REVOKED, payload={"grant": bytes(grant.chain_id)}
+    )
+    grant.revoked_tx = entry.cid
+    grant.save(update_fields=["revoked_tx"])
+    return True
+
+
+def grants_redrive(limit: int = 200) -> int:
+    """Submit revocations that waited for their grant's transaction to be sealed."""
+    from chain.ledger_services import TxRejected
+
+    submitted = 0
+    pending = Grant.objects.filter(status=Grant.Status.REVOKED, revoked_tx="").select_related("patient")[:limit]
+    for grant in pending:
+        try:
+            with transaction.atomic():
+                if _submit_revocation(grant, grant.patient):
+                    submitted += 1
+        except TxRejected as exc:  # already revoked on chain by another path: nothing to redo
+            log.warning("revocation of grant %s refused: %s", grant.public_id, exc)
+    if submitted:
+        log.info("submitted %d waiting grant revocations", submitted)
+    return submitted
+
+
+# -- the grantee's side ----------------------------------------------------------------------
+def grants_usable_by(user, *, now=None):
+    """Grants usable by ``user`` right now (to them or to their institution); a lazy queryset.
+
+    The caller checks the user is cleared (verified, 2FA). Researchers use
+    research grants only.
+    """
+    now = now or timezone.now()
+    to = Q(grantee_user_id=user.pk)
+    if user.institution_id is not None:
+        to |= Q(grantee_institution_id=user.institution_id)
+    grants = Grant.objects.filter(to, status=Grant.Status.ACTIVE, valid_from__lte=now, valid_until__gt=now)
+    if user.role == Role.RESEARCHER:
+        grants = grants.filter(purpose=GrantPurpose.RESEARCH)
+    return grants
+
+
+def granted_records_q(grants) -> Q:
+    """A filter for the (non-draft) records the given grants cover; mirrors ``grant_in_scope``."""
+    covered = Q(pk__in=[])
+    for grant in grants:
+        named = Q(pk__in=Grant.records.through.objects.filter(grant_id=grant.pk).values("medicalrecord_id"))
+        if grant.scope == GrantScope.RECORDS:
+            in_scope = named
+        else:
+            in_scope = Q() if grant.scope == GrantScope.ALL else Q(kind__in=grant.kinds or [])
+            if not grant.include_sensitive:
+                in_scope &= Q(sensitive=False)
+        covered |= Q(patient_id=grant.patient_id) & in_scope
+    return covered & ~Q(status=MedicalRecord.Status.DRAFT)
+
+
+@transaction.atomic
+def record_set_sensitive(*, patient, record: MedicalRecord, sensitive: bool) -> MedicalRecord:
+    """The patient marks one of their records sensitive (or not).
+
+    Effective on the next request: the access helper leaves a sensitive
+    record out of every grant that does not name it or include sensitive
+    records, whatever keys were delivered before.
+    """
+    if record.patient_id != patient.pk:
+        raise PermissionDenied(_("Only the patient marks their records sensitive."))
+    if record.sensitive != sensitive:
+        MedicalRecord.objects.filter(pk=record.pk).update(sensitive=sensitive)
+        record.sensitive = sensitive
+        audit(
+            actor=patient,
+            action=AccessEvent.Action.EDIT,
+            patient=patient,
+            record=record,
+            basis="patient",
+            detail="marked sensitive" if sensitive else "no longer sensitive",
+        )
+    return record

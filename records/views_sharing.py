@@ -1,0 +1,125 @@
+"""The patient's sharing page: grants listed, issued through the wizard, revoked.
+
+Thin views: the patient's own grants only (another patient's grant id is 404),
+the form, then ``records.sharing`` services.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from accounts.access import role_required
+from accounts.models import Role
+from chain.ledger_services import TxRejected
+from records import reading, sharing
+from records.forms_sharing import GrantForm
+from records.models import AccessEvent, Grant, MedicalRecord
+
+
+def _own_grant(user, grant_id) -> Grant:
+    grant = (
+        Grant.objects.select_related("grantee_user", "grantee_institution")
+        .filter(public_id=grant_id, patient=user)
+        .first()
+    )
+    if grant is None:
+        raise Http404("no such grant")
+    return grant
+
+
+@role_required(Role.PATIENT)
+def patient_sharing(request):
+    now = timezone.now()
+    grants = (
+        Grant.objects.filter(patient=request.user)
+        .select_related("grantee_user", "grantee_user__institution", "grantee_institution")
+        .annotate(record_count=Count("records"))
+        .order_by("-created_at")
+    )
+    groups = {"active": [], "pending": [], "past": []}
+    for grant in grants:
+        state = grant.state_at(now)
+        grant.state = state
+        groups["past" if state in ("expired", "revoked") else state].append(grant)
+    return render(request, "patient/sharing.html", {"groups": groups, "now": now})
+
+
+def _record_titles(patient) -> list[tuple[MedicalRecord, str]]:
+    records = list(
+        MedicalRecord.objects.filter(patient=patient, current_version__isnull=False)
+        .exclude(status=MedicalRecord.Status.DRAFT)
+        .select_related("current_version")
+        .order_by("-created_at")[:500]
+    )
+    titles = reading.titles_for(patient, [r.current_version for r in records])
+    return [(r, titles.get(r.current_version_id, "")) for r in records]
+
+
+@role_required(Role.PATIENT)
+def patient_grant_new(request):
+    form = GrantForm(request.POST or None, patient=request.user, record_titles=_record_titles(request.user))
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            grant = sharing.grant_issue(
+                patient=request.user,
+                grantee_user=data["grantee_user"],
+                grantee_institution=data["grantee_institution"],
+                scope=data["scope"],
+                kinds=data.get("kinds") or (),
+                records=data["record_objects"],
+                purpose=data["purpose"],
+                valid_from=data["valid_from_at"],
+                valid_until=data["valid_until_at"],
+                include_sensitive=data["include_sensitive"],
+            )
+        except (PermissionDenied, ValidationError) as exc:
+            form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
+        except TxRejected:
+            form.add_error(None, _("The grant could not be recorded on the chain yet; please try again in a minute."))
+        else:
+            messages.success(
+                request, _("%(name)s can now read what you shared.") % {"name": grant.grantee.display_name}
+            )
+            return redirect("patient_sharing")
+    return render(request, "patient/grant_form.html", {"form": form})
+
+
+@require_POST
+@role_required(Role.PATIENT)
+def patient_grant_revoke(request, grant_id):
+    grant = _own_grant(request.user, grant_id)
+    sharing.grant_revoke(patient=request.user, grant=grant)
+    messages.success(
+        request,
+        _("Access for %(name)s is revoked. They cannot open your records from now on.")
+        % {"name": grant.grantee.display_name},
+    )
+    return redirect("patient_sharing")
+
+
+@require_POST
+@role_required(Role.PATIENT)
+def record_set_sensitive(request, record_id):
+    from records.access import RecordAccessDenied, record_get_for_user
+
+    try:
+        access = record_get_for_user(request.user, record_id, action=AccessEvent.Action.EDIT, quiet=True)
+    except RecordAccessDenied:
+        raise Http404("no such record") from None
+    if not access.is_patient:
+        raise Http404("no such record")
+    sensitive = request.POST.get("sensitive") == "1"
+    sharing.record_set_sensitive(patient=request.user, record=access.record, sensitive=sensitive)
+    if sensitive:
+        messages.success(request, _("Marked sensitive: shared only with grants that name this record."))
+    else:
+        messages.success(request, _("No longer marked sensitive."))
+    return redirect("record_detail", record_id=access.record.public_id)
