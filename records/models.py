@@ -353,3 +353,61 @@ class PatientSecret(models.Model):
 
     def __str__(self) -> str:
         return f"pseudonym secret of {self.patient_id}"
+
+
+class RekeyJob(models.Model):
+    """Re-keying the records a revoked grant covered: one job per revocation.
+
+    Its ``RekeyItem`` rows are the outbox: ``records.sharing.grant_revoke``
+    writes them in the revocation's transaction; the store worker
+    (``records.rekey``) works through the pending ones, each in its own
+    transaction, so a killed run resumes where it stopped.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Waiting")
+        RUNNING = "running", _("Re-keying")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="rekey_jobs")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(default=0)
+    done_count = models.PositiveIntegerField(default=0)
+    error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "updated_at"])]
+
+    def __str__(self) -> str:
+        return f"rekey {self.public_id} ({self.done_count}/{self.total})"
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else int(100 * self.done_count / self.total)
+
+
+class RekeyItem(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Waiting")
+        DONE = "done", _("Done")
+
+    job = models.ForeignKey(RekeyJob, on_delete=models.CASCADE, related_name="items")
+    record = models.ForeignKey(MedicalRecord, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    new_version = models.ForeignKey(
+        RecordVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="rekeyed_by"
+    )
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "pk"]
+        constraints = [models.UniqueConstraint(fields=["job", "record"], name="one_rekey_item_per_record")]
+        indexes = [models.Index(fields=["job", "status"])]
+
+    def __str__(self) -> str:
+        return f"rekey item {self.record_id} ({self.status})"

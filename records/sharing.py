@@ -12,7 +12,10 @@ by ``records.services._recipients``.
 Revocation marks the row revoked, which the access helper checks on every
 request, so it takes effect on the very next request. Expiry needs no job:
 the helper compares the window with ``timezone.now()``. What a grantee
-already viewed cannot be recalled; re-keying of the records is separate work.
+already viewed cannot be recalled. In the same transaction the revocation
+writes a ``RekeyJob`` with one ``RekeyItem`` per record the grant covered (the
+outbox) and queues ``store.records_rekey`` on commit; ``records.rekey`` then
+re-encrypts each record under a fresh key the revoked grantee never held.
 
 On chain the patient appears only under a per-relationship pseudonym:
 ``HMAC-SHA256(patient secret, grantee public id ‖ purpose)``, so two grants
@@ -47,6 +50,8 @@ from records.models import (
     MedicalRecord,
     PatientSecret,
     RecordKind,
+    RekeyItem,
+    RekeyJob,
     WrappedKey,
 )
 
@@ -267,6 +272,7 @@ def grant_revoke(*, patient, grant: Grant) -> Grant:
     grant.revoked_at = timezone.now()
     grant.save(update_fields=["status", "revoked_at"])
     _submit_revocation(grant, patient)
+    rekey_job_create(grant)
     audit(
         actor=patient,
         action=AccessEvent.Action.REVOKE,
@@ -276,6 +282,50 @@ def grant_revoke(*, patient, grant: Grant) -> Grant:
         detail=str(grant.grantee.display_name),
     )
     return grant
+
+
+def records_to_rekey(grant: Grant) -> list[int]:
+    """Ids of the non-draft records the grant covered, or whose keys its grantee holds.
+
+    Two queries for the patient's records and the grantee's envelopes, plus
+    one for the named records, whatever their number.
+    """
+    records = (
+        MedicalRecord.objects.filter(patient=grant.patient, current_version__isnull=False)
+        .exclude(status=MedicalRecord.Status.DRAFT)
+        .only("pk", "patient_id", "kind", "sensitive")
+    )
+    named = set(grant.records.values_list("pk", flat=True)) if grant.scope == GrantScope.RECORDS else set()
+    covered = {r.pk for r in records if grant_in_scope(grant, r, named=r.pk in named)}
+    recipient = Q(user=grant.grantee_user_id) if grant.grantee_user_id else Q(institution=grant.grantee_institution_id)
+    held = WrappedKey.objects.filter(recipient, version__record__in=records).values_list(
+        "version__record_id", flat=True
+    )
+    return sorted(covered | set(held))
+
+
+def rekey_job_create(grant: Grant) -> RekeyJob:
+    """The outbox for re-keying after ``grant``'s revocation; queued when the transaction commits."""
+    record_ids = records_to_rekey(grant)
+    now = timezone.now()
+    job = RekeyJob.objects.create(
+        grant=grant,
+        total=len(record_ids),
+        status=RekeyJob.Status.PENDING if record_ids else RekeyJob.Status.DONE,
+        created_at=now,
+        updated_at=now,
+    )
+    RekeyItem.objects.bulk_create([RekeyItem(job=job, record_id=pk) for pk in record_ids], batch_size=500)
+    if record_ids:
+        job_id = job.pk
+        transaction.on_commit(lambda: _queue_rekey(job_id))
+    return job
+
+
+def _queue_rekey(job_id: int) -> None:
+    from records.tasks import rekey
+
+    rekey.delay(job_id)
 
 
 def _submit_revocation(grant: Grant, patient) -> bool:

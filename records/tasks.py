@@ -47,13 +47,42 @@ def unpin(root: str) -> None:
         store.unpin(CID.decode(root))
 
 
+@shared_task(
+    bind=True,
+    name="store.records_rekey",
+    soft_time_limit=3500,
+    time_limit=3600,
+    ignore_result=True,
+    max_retries=120,
+)
+def rekey(self, job_id: int) -> str:
+    """Re-key the records of a revoked grant (resumable: finished records are skipped)."""
+    from records.models import RecordVersion
+    from records.rekey import rekey_job_run
+
+    outcome = rekey_job_run(job_id)
+    # Re-keyed versions waiting for their predecessor's anchor to be sealed.
+    for version_id in RecordVersion.objects.filter(
+        storage=RecordVersion.Storage.PENDING, rekeyed_by__job_id=job_id
+    ).values_list("pk", flat=True):
+        store_version.delay(version_id)
+    if outcome == "waiting":
+        # A record's current version is still being stored: come back shortly.
+        raise self.retry(countdown=max(5.0, settings.CHAIN_BLOCK_INTERVAL * 2))
+    return outcome
+
+
 @shared_task(name="default.records_redrive", soft_time_limit=60, time_limit=70, ignore_result=True)
 def redrive() -> dict:
     """Re-queue spooled files and pending versions whose messages were lost; clean stale partial uploads."""
+    from records.rekey import rekey_jobs_stale
     from records.services import pending_too_long
     from records.sharing import grants_redrive
 
     grants_redrive()
+    job_ids = list(rekey_jobs_stale().values_list("pk", flat=True)[:100])
+    for job_id in job_ids:
+        rekey.delay(job_id)
     files, versions = pending_too_long()
     file_ids = list(files.values_list("pk", flat=True)[:500])
     version_ids = list(versions.values_list("pk", flat=True)[:500])
@@ -68,6 +97,8 @@ def redrive() -> dict:
             if entry.name.endswith(".part") and entry.stat().st_mtime < cutoff:
                 os.unlink(entry.path)
                 removed += 1
+    if job_ids:
+        log.info("redrive: %d re-keying jobs re-queued", len(job_ids))
     if file_ids or version_ids or removed:
         log.info(
             "redrive: %d files, %d versions re-queued; %d stale partial uploads removed",
@@ -75,7 +106,12 @@ def redrive() -> dict:
             len(version_ids),
             removed,
         )
-    return {"files": len(file_ids), "versions": len(version_ids), "partials_removed": removed}
+    return {
+        "files": len(file_ids),
+        "versions": len(version_ids),
+        "partials_removed": removed,
+        "rekey_jobs": len(job_ids),
+    }
 
 
 @shared_task(name="store.records_log_accesses", soft_time_limit=8, time_limit=10, ignore_result=True)

@@ -20,7 +20,7 @@ from accounts.models import Role
 from chain.ledger_services import TxRejected
 from records import reading, sharing
 from records.forms_sharing import GrantForm
-from records.models import AccessEvent, Grant, MedicalRecord
+from records.models import AccessEvent, Grant, MedicalRecord, RekeyJob
 
 
 def _own_grant(user, grant_id) -> Grant:
@@ -43,12 +43,20 @@ def patient_sharing(request):
         .annotate(record_count=Count("records"))
         .order_by("-created_at")
     )
+    # The latest re-keying job of each revoked grant (one query).
+    jobs = {}
+    for job in RekeyJob.objects.filter(grant__patient=request.user).order_by("created_at"):
+        jobs[job.grant_id] = job
     groups = {"active": [], "pending": [], "past": []}
+    rekeying = False
     for grant in grants:
         state = grant.state_at(now)
         grant.state = state
+        grant.rekey_job = jobs.get(grant.pk)
+        if grant.rekey_job is not None and grant.rekey_job.status in (RekeyJob.Status.PENDING, RekeyJob.Status.RUNNING):
+            rekeying = True
         groups["past" if state in ("expired", "revoked") else state].append(grant)
-    return render(request, "patient/sharing.html", {"groups": groups, "now": now})
+    return render(request, "patient/sharing.html", {"groups": groups, "now": now, "rekeying": rekeying})
 
 
 def _record_titles(patient) -> list[tuple[MedicalRecord, str]]:

@@ -1,0 +1,285 @@
+"""Re-keying after a revocation (DESIGN section 5): the store worker's side.
+
+``records.sharing.grant_revoke`` writes a ``RekeyJob`` and one ``RekeyItem``
+per record the grant covered, in the revocation's own transaction, and queues
+``store.records_rekey`` on commit. Here every pending item is processed in its
+own database transaction:
+
+1. the record's current version is opened with the patient's envelope;
+2. a fresh data key encrypts its content (marked ``rekeyed_after_revocation``)
+   as a new version; each file gets a fresh file key and stream id, and its
+   ciphertext is stream-decrypted from the DAG and stream-encrypted into a
+   spool file, one segment at a time, then added to the DAG (memory stays
+   bounded whatever the file size);
+3. the new version is sealed to the *current* recipients only (patient,
+   author, the record's institution, grantees of grants still in force), so
+   the revoked grantee gets no envelope; their envelopes on the older versions
+   of the record are deleted (the rows stay for history);
+4. the item is marked done and the job's counter moves, in the same transaction.
+
+After the commit the old version's manifest and file roots are unpinned (the
+next ``dag gc`` drops the old ciphertext) and the new version is stored and
+anchored as ``records.superseded`` by ``records.storage.version_store``, which
+waits while the previous anchor is unsealed.
+
+Resumable and idempotent: a run killed midway leaves its finished items done
+and the current one rolled back (its new DAG roots are unpinned when the
+failure is seen), so the next run (the task's retry or ``records_redrive``)
+takes only the pending ones; a rerun of a finished job does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from chain.core import stream
+from chain.core.blockstore import add_file
+from chain.core.cid import CID
+from chain.core.errors import CryptoError
+from records.keys import decrypt_content, encrypt_content, open_dek, seal_for, unwrap_file_key, wrap_file_key
+from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+
+
+class RekeyWaiting(Exception):
+    """The record's current version is still being stored; try again later."""
+
+
+def _dag():
+    from chain.stores import dag_writer
+
+    return dag_writer()
+
+
+def _after_item(item_id: int) -> None:
+    """A hook between items (tests use it to simulate a worker killed midway)."""
+
+
+# -- one file --------------------------------------------------------------------------------
+def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new_key: bytes) -> tuple[CID, int]:
+    """Stream ``old``'s plaintext from the DAG into a new encrypted stream, added to the DAG.
+
+    Memory: one ciphertext segment read, one plaintext segment, one sealed
+    segment. Returns the new root (pinned) and the new ciphertext size.
+    """
+    from records.reading import _SequentialReader
+
+    reader = _SequentialReader(CID.decode(old.root_cid))
+    reader.store = store
+    plaintext = stream.decrypt_range(
+        old_key,
+        reader,
+        associated_data=old.stream_associated_data(),
+        ciphertext_total=old.ciphertext_size,
+    )
+    os.makedirs(settings.SPOOL_DIR, exist_ok=True)
+    path = os.path.join(settings.SPOOL_DIR, f"{new.stream_id}.rekey.part")
+    encryptor = stream.Encryptor(new_key, associated_data=new.stream_associated_data())
+    written = 0
+    try:
+        with open(path, "w+b") as spool:
+            spool.write(encryptor.header)
+            written += len(encryptor.header)
+            size = 0
+            for piece in plaintext:
+                size += len(piece)
+                sealed = encryptor.update(piece)
+                spool.write(sealed)
+                written += len(sealed)
+            last = encryptor.finalize()
+            spool.write(last)
+            written += len(last)
+            if size != old.size:
+                raise CryptoError(f"file {old.public_id}: decrypted {size} bytes, expected {old.size}")
+            spool.flush()
+            spool.seek(0)
+            result = add_file(
+                store, spool, chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
+            )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return result.root, written
+
+
+def _unpin_once(store, roots) -> int:
+    dropped = 0
+    for root in dict.fromkeys(r for r in roots if r):
+        cid = CID.decode(root)
+        if store.pin_count(cid):
+            store.unpin(cid)
+            dropped += 1
+    return dropped
+
+
+# -- one record ------------------------------------------------------------------------------
+def rekey_item(item_id: int) -> str:
+    """Re-key one record; ``done``, ``skipped`` (already done) or raises :class:`RekeyWaiting`."""
+    from records.services import _recipients
+
+    store = _dag()
+    new_roots: list[CID] = []
+    try:
+        with transaction.atomic():
+            item = RekeyItem.objects.select_for_update().select_related("job__grant").get(pk=item_id)
+            if item.status == RekeyItem.Status.DONE:
+                return "skipped"
+            record = (
+                MedicalRecord.objects.select_for_update()
+                .select_related("patient", "author", "institution")
+                .get(pk=item.record_id)
+            )
+            current = RecordVersion.objects.select_for_update().get(pk=record.current_version_id)
+            old_files = list(current.files.select_related("version", "uploaded_by"))
+            if current.storage != RecordVersion.Storage.STORED or any(
+                f.status != RecordFile.Status.STORED for f in old_files
+            ):
+                raise RekeyWaiting(f"record {record.public_id}: version {current.number} is not stored yet")
+            envelope = WrappedKey.objects.select_related("user").get(version=current, user=record.patient)
+            old_dek = open_dek(current, envelope)
+            content = decrypt_content(old_dek, current)
+
+            now = timezone.now()
+            number = (record.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+            dek = stream.new_data_key()
+            version = RecordVersion(
+                record=record,
+                number=number,
+                created_by=record.patient,
+                storage=RecordVersion.Storage.PENDING,
+                finalized_at=now,
+                content_ciphertext=b"",
+            )
+            version.save()
+            ids = {}
+            for old in old_files:
+                new = RecordFile(
+                    version=version,
+                    stream_id=uuid.uuid4(),
+                    media_type=old.media_type,
+                    size=old.size,
+                    ciphertext_size=0,
+                    status=RecordFile.Status.STORED,
+                    uploaded_by=old.uploaded_by,
+                    uploaded_at=old.uploaded_at,
+                    stored_at=now,
+                    position=old.position,
+                )
+                file_key = stream.new_data_key()
+                root, size = _reencrypt_file(store, old, unwrap_file_key(old_dek, old), new, file_key)
+                new_roots.append(root)
+                new.root_cid = str(root)
+                new.ciphertext_size = size
+                new.key_wrapped = wrap_file_key(dek, file_key, new)
+                new.save()
+                ids[str(old.public_id)] = str(new.public_id)
+            content["files"] = [{**f, "id": ids.get(f["id"], f["id"])} for f in content.get("files", [])]
+            content["rekeyed_after_revocation"] = True
+            version.content_ciphertext = encrypt_content(dek, version, content)
+            version.content_size = len(version.content_ciphertext)
+            version.save(update_fields=["content_ciphertext", "content_size"])
+
+            users, institutions = _recipients(record, author=record.patient)
+            WrappedKey.objects.bulk_create(seal_for(version, dek, users=users, institutions=institutions))
+            grant = item.job.grant
+            older = WrappedKey.objects.filter(version__record=record).exclude(version=version)
+            if grant.grantee_user_id and grant.grantee_user_id not in {u.pk for u in users}:
+                older.filter(user_id=grant.grantee_user_id).delete()
+            if grant.grantee_institution_id and grant.grantee_institution_id not in {i.pk for i in institutions}:
+                older.filter(institution_id=grant.grantee_institution_id).delete()
+
+            MedicalRecord.objects.filter(pk=record.pk).update(current_version=version, updated_at=now)
+            item.status = RekeyItem.Status.DONE
+            item.new_version = version
+            item.done_at = now
+            item.save(update_fields=["status", "new_version", "done_at"])
+            RekeyJob.objects.filter(pk=item.job_id).update(
+                done_count=F("done_count") + 1, updated_at=now, status=RekeyJob.Status.RUNNING, error=""
+            )
+            old_roots = [current.root_cid] + [f.root_cid for f in old_files]
+    except BaseException:
+        for root in new_roots:  # the rows rolled back: drop the orphan ciphertext's pins
+            with contextlib.suppress(Exception):
+                store.unpin(root)
+        raise
+    # Committed: the old ciphertext is no longer referenced by any current version.
+    _unpin_once(store, old_roots)
+    return "done"
+
+
+# -- one job -----------------------------------------------------------------------------------
+def rekey_job_run(job_id: int) -> str:
+    """Work through a job's pending items; ``done``, ``waiting``, ``failed`` or ``gone``.
+
+    Each item commits on its own; an unexpected error is recorded on the job
+    (which stays ``running``, so the redrive re-queues it) and re-raised.
+    """
+    from records.storage import version_store
+
+    job = RekeyJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return "gone"
+    if job.status == RekeyJob.Status.DONE:
+        return "done"
+    RekeyJob.objects.filter(pk=job_id).exclude(status=RekeyJob.Status.DONE).update(
+        status=RekeyJob.Status.RUNNING, updated_at=timezone.now()
+    )
+    waiting = False
+    failed = False
+    for item_id in list(job.items.filter(status=RekeyItem.Status.PENDING).values_list("pk", flat=True)):
+        try:
+            outcome = rekey_item(item_id)
+        except RekeyWaiting as exc:
+            waiting = True
+            RekeyJob.objects.filter(pk=job_id).update(error=str(exc)[:300], updated_at=timezone.now())
+            continue
+        except (CryptoError, WrappedKey.DoesNotExist) as exc:
+            # Cannot be fixed by retrying (no patient envelope, damaged ciphertext): a person must look.
+            failed = True
+            log.error("re-keying item %s of job %s failed: %s", item_id, job_id, exc)
+            RekeyJob.objects.filter(pk=job_id).update(error=str(exc)[:300] or "crypto error")
+            continue
+        except Exception as exc:
+            RekeyJob.objects.filter(pk=job_id).update(error=str(exc)[:300], updated_at=timezone.now())
+            raise
+        if outcome == "done":
+            new_version_id = RekeyItem.objects.filter(pk=item_id).values_list("new_version_id", flat=True).first()
+            if new_version_id:
+                try:
+                    version_store(new_version_id)  # "waiting-previous" is left to the store task / redrive
+                except Exception:  # the pending version is the outbox; the redrive stores it later
+                    log.exception("storing re-keyed version %s failed; the redrive retries", new_version_id)
+        _after_item(item_id)
+    remaining = job.items.filter(status=RekeyItem.Status.PENDING).count()
+    done = job.items.filter(status=RekeyItem.Status.DONE).count()
+    if remaining == 0:
+        status, result = RekeyJob.Status.DONE, "done"
+    elif failed and not waiting:
+        status, result = RekeyJob.Status.FAILED, "failed"
+    else:
+        status, result = RekeyJob.Status.RUNNING, "waiting"
+    fields = {"status": status, "done_count": done, "updated_at": timezone.now()}
+    if status == RekeyJob.Status.DONE:
+        fields["error"] = ""
+    RekeyJob.objects.filter(pk=job_id).update(**fields)
+    if result == "done":
+        log.info("re-keying job %s finished: %d records", job.public_id, done)
+    return result
+
+
+def rekey_jobs_stale(minutes: int = 5):
+    """Jobs pending or running with no progress for ``minutes`` (lost message, killed worker)."""
+    cutoff = timezone.now() - timedelta(minutes=minutes)
+    return RekeyJob.objects.filter(status__in=[RekeyJob.Status.PENDING, RekeyJob.Status.RUNNING], updated_at__lt=cutoff)

@@ -1,0 +1,295 @@
+"""Re-keying after a revocation: new keys the revoked grantee never held, resumable, idempotent."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+
+from chain.core import stream
+from chain.core.cid import CID
+from chain.core.errors import CryptoError
+from chain.ledger_services import chain_seal
+from chain.models import Transaction as TxRow
+from chain.stores import dag_writer
+from records import rekey, storage
+from records.access import record_get_for_user
+from records.keys import decrypt_content, open_dek, unwrap_file_key
+from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
+from records.reading import _SequentialReader, file_chunks
+from records.services import record_attach_file, record_create, record_finalize
+from records.sharing import grant_revoke
+from records.uploads import SpooledUpload
+from tests.records.conftest import login
+from tests.records.test_sharing import issue, keys_sealed, write  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.django_db
+
+
+def ingest_all():
+    for record_file in RecordFile.objects.filter(status="spooled"):
+        storage.file_ingest(record_file.pk)
+    for version in RecordVersion.objects.filter(storage="pending").order_by("number"):
+        storage.version_store(version.pk)
+
+
+def spooled(data: bytes, name: str = "scan.bin") -> SpooledUpload:
+    stream_id = uuid.uuid4()
+    key = stream.new_data_key()
+    os.makedirs(settings.SPOOL_DIR, exist_ok=True)
+    path = os.path.join(settings.SPOOL_DIR, f"{stream_id}.enc")
+    with open(path, "wb") as out:
+        stream.encrypt_stream(key, io.BytesIO(data), out, associated_data=f"yilian/record-file/v1/{stream_id}".encode())
+    return SpooledUpload(
+        stream_id=stream_id,
+        name=name,
+        media_type="application/octet-stream",
+        size=len(data),
+        ciphertext_size=os.path.getsize(path),
+        path=path,
+        file_key=key,
+    )
+
+
+def write_with_files(patient, author, visit, blobs, title="MRI brain"):
+    record = record_create(patient=patient, author=author, kind="imaging", content={"title": title}, visit=visit)
+    for index, blob in enumerate(blobs):
+        access = record_get_for_user(author, record.public_id, action="upload")
+        record_attach_file(access=access, upload=spooled(blob, f"part-{index}.bin"))
+    ingest_all()
+    record_finalize(access=record_get_for_user(author, record.public_id, action="finalize"))
+    return record
+
+
+def read_all(user, record):
+    access = record_get_for_user(user, record.public_id)
+    content = decrypt_content(access.dek, access.version)
+    files = [b"".join(file_chunks(access, f)) for f in access.version.files.order_by("position")]
+    return access, content, files
+
+
+@pytest.fixture
+def shared(keys_sealed, alice, carol, dave, visit):  # noqa: F811
+    """Three records of Alice's (one with two files), stored, anchored, shared with Dave."""
+    blobs = [os.urandom(300_000), b"small report " * 100]
+    scan = write_with_files(alice, carol, visit, blobs)
+    plain = [write(alice, carol, visit, title=f"Rx {i}") for i in range(2)]
+    ingest_all()
+    chain_seal()
+    grant = issue(alice, grantee_user=dave)
+    records = [scan, *plain]
+    for record in records:
+        record.refresh_from_db()
+        assert record.current_version.storage == "stored"
+    before = {r.pk: read_all(alice, r) for r in records}
+    dave_keys = {}
+    for record in records:
+        access = record_get_for_user(dave, record.public_id)
+        assert access.basis == "grant"
+        dave_keys[record.pk] = open_dek(access.version, access.wrapped)  # what Dave's node keeps
+    return {"grant": grant, "records": records, "scan": scan, "blobs": blobs, "before": before, "dave": dave_keys}
+
+
+def test_revocation_rekeys_every_record_and_the_old_key_opens_nothing_new(shared, alice, carol, dave):
+    grant, records = shared["grant"], shared["records"]
+    old_versions = {r.pk: r.current_version for r in records}
+    old_roots = [v.root_cid for v in old_versions.values()]
+    old_roots += list(RecordFile.objects.filter(version__in=old_versions.values()).values_list("root_cid", flat=True))
+    store = dag_writer()
+    assert all(store.pin_count(CID.decode(root)) for root in old_roots)
+
+    grant_revoke(patient=alice, grant=grant)
+    job = RekeyJob.objects.get(grant=grant)
+    assert (job.status, job.total, job.done_count) == ("pending", 3, 0)
+    assert rekey.rekey_job_run(job.pk) == "done"
+    job.refresh_from_db()
+    assert (job.status, job.done_count) == ("done", 3)
+
+    for record in records:
+        record.refresh_from_db()
+        new = record.current_version
+        old = old_versions[record.pk]
+        assert new.number == old.number + 1 and new.created_by == alice
+        # Sealed to the current recipients only: never to Dave.
+        assert not WrappedKey.objects.filter(version=new, user=dave).exists()
+        assert set(WrappedKey.objects.filter(version=new).values_list("user_id", flat=True)) >= {alice.pk, carol.pk}
+        # Dave's old envelopes are gone from the history rows too.
+        assert not WrappedKey.objects.filter(version__record=record, user=dave).exists()
+        # The key Dave's node held opens nothing written after the revocation.
+        old_dek = shared["dave"][record.pk]
+        with pytest.raises(CryptoError):
+            decrypt_content(old_dek, new)
+        for new_file, old_file in zip(new.files.order_by("position"), old.files.order_by("position"), strict=True):
+            assert new_file.stream_id != old_file.stream_id and new_file.root_cid != old_file.root_cid
+            with pytest.raises(CryptoError):
+                unwrap_file_key(old_dek, new_file)
+            old_file_key = unwrap_file_key(old_dek, old_file)
+            with pytest.raises(CryptoError):
+                b"".join(
+                    stream.decrypt_range(
+                        old_file_key,
+                        _SequentialReader(CID.decode(new_file.root_cid)),
+                        associated_data=new_file.stream_associated_data(),
+                        ciphertext_total=new_file.ciphertext_size,
+                    )
+                )
+        # Patient and author still read everything, byte for byte.
+        _access, content_before, files_before = shared["before"][record.pk]
+        for reader in (alice, carol):
+            access, content, files = read_all(reader, record)
+            assert access.version.pk == new.pk
+            assert content.pop("rekeyed_after_revocation") is True
+            assert content["title"] == content_before["title"]
+            assert files == files_before
+    assert read_all(alice, shared["scan"])[2] == shared["blobs"]
+    # Dave is denied, and has no key left anywhere.
+    assert not WrappedKey.objects.filter(user=dave).exists()
+
+    # Old ciphertext unpinned; new roots stored and anchored once sealed.
+    assert all(store.pin_count(CID.decode(root)) == 0 for root in old_roots)
+    chain_seal()
+    for record in records:
+        record.refresh_from_db()
+        new = record.current_version
+        assert new.storage == "stored" and new.root_cid and new.root_cid not in old_roots
+        assert TxRow.objects.filter(cid=new.anchor_tx).exists()
+        assert store.pin_count(CID.decode(new.root_cid)) == 1
+        for new_file in new.files.all():
+            assert store.pin_count(CID.decode(new_file.root_cid)) == 1
+    # History stays.
+    assert RecordVersion.objects.filter(pk__in=[v.pk for v in old_versions.values()]).count() == 3
+
+
+def test_job_resumes_after_being_killed_midway_and_reruns_do_nothing(shared, alice, monkeypatch):
+    grant, records = shared["grant"], shared["records"]
+    versions_before = RecordVersion.objects.count()
+    grant_revoke(patient=alice, grant=grant)
+    job = RekeyJob.objects.get(grant=grant)
+
+    processed = []
+    real = rekey.rekey_item
+
+    def counting(item_id):
+        outcome = real(item_id)
+        if outcome == "done":
+            processed.append(item_id)
+        return outcome
+
+    class Killed(Exception):
+        pass
+
+    def kill(item_id):
+        raise Killed(item_id)
+
+    monkeypatch.setattr(rekey, "rekey_item", counting)
+    monkeypatch.setattr(rekey, "_after_item", kill)
+    with pytest.raises(Killed):
+        rekey.rekey_job_run(job.pk)
+    job.refresh_from_db()
+    assert job.status == "running" and job.done_count == 1
+    assert RekeyItem.objects.filter(job=job, status="done").count() == 1
+
+    monkeypatch.setattr(rekey, "_after_item", lambda item_id: None)
+    assert rekey.rekey_job_run(job.pk) == "done"
+    job.refresh_from_db()
+    assert (job.status, job.done_count, job.total) == ("done", 3, 3)
+    assert sorted(processed) == sorted(RekeyItem.objects.filter(job=job).values_list("pk", flat=True))
+    assert len(processed) == len(set(processed)) == 3
+    assert RecordVersion.objects.count() == versions_before + 3
+    for record in records:
+        assert record.versions.filter(number=2).count() == 1
+
+    # Idempotent: a rerun (duplicate message, redrive) changes nothing.
+    assert rekey.rekey_job_run(job.pk) == "done"
+    for item in RekeyItem.objects.filter(job=job):
+        assert rekey.rekey_item(item.pk) == "skipped"
+    assert RecordVersion.objects.count() == versions_before + 3
+    assert len(processed) == 3
+
+
+def test_a_killed_item_rolls_back_and_drops_its_new_pins(shared, alice, monkeypatch):
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    scan_item = RekeyItem.objects.get(job=job, record=shared["scan"])
+    store = dag_writer()
+    pins_before = dict(store.pins())
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr("records.rekey.seal_for", boom)
+    with pytest.raises(RuntimeError):
+        rekey.rekey_item(scan_item.pk)
+    scan_item.refresh_from_db()
+    assert scan_item.status == "pending" and scan_item.new_version is None
+    assert dict(store.pins()) == pins_before  # the re-encrypted files' pins were dropped
+    assert shared["scan"].versions.count() == 1
+    monkeypatch.undo()
+    assert rekey.rekey_job_run(job.pk) == "done"
+
+
+def test_rekey_waits_for_a_version_still_being_stored(shared, alice, carol):
+    from records.services import record_amend
+
+    scan = shared["scan"]
+    access = record_get_for_user(carol, scan.public_id, action="amend")
+    record_amend(access=access, content={"title": "MRI brain (corrected)"}, reason="typo")  # pending storage
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    assert rekey.rekey_job_run(job.pk) == "waiting"
+    job.refresh_from_db()
+    assert job.status == "running" and job.done_count == 2
+    ingest_all()
+    chain_seal()
+    ingest_all()
+    assert rekey.rekey_job_run(job.pk) == "done"
+    scan.refresh_from_db()
+    assert scan.current_version.number == 3
+    assert read_all(alice, scan)[2] == shared["blobs"]
+
+
+def test_redrive_requeues_stale_jobs(shared, alice, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from records import tasks
+
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    queued = []
+    monkeypatch.setattr(tasks.rekey, "delay", lambda job_id: queued.append(job_id))
+    monkeypatch.setattr(tasks.ingest_file, "delay", lambda *a: None)
+    monkeypatch.setattr(tasks.store_version, "delay", lambda *a: None)
+    assert tasks.redrive()["rekey_jobs"] == 0
+    RekeyJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timedelta(minutes=10))
+    assert tasks.redrive()["rekey_jobs"] == 1 and queued == [job.pk]
+
+
+def test_revocation_queues_the_job_on_commit(shared, alice, django_capture_on_commit_callbacks, monkeypatch):
+    from records import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.rekey, "delay", lambda job_id: queued.append(job_id))
+    with django_capture_on_commit_callbacks(execute=True):
+        grant_revoke(patient=alice, grant=shared["grant"])
+    assert queued == [RekeyJob.objects.get(grant=shared["grant"]).pk]
+
+
+def test_sharing_page_shows_progress_and_the_honest_note(client, shared, alice):
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    RekeyJob.objects.filter(pk=job.pk).update(status="running", done_count=1)
+    login(client, alice)
+    body = client.get(reverse("patient_sharing")).content.decode()
+    assert "1 of 3 records re-encrypted" in body
+    assert 'aria-valuenow="1"' in body and 'http-equiv="refresh"' in body
+    assert "cannot be recalled" in body
+    rekey.rekey_job_run(job.pk)
+    body = client.get(reverse("patient_sharing")).content.decode()
+    assert "all 3 records now use new keys" in body and 'http-equiv="refresh"' not in body
+    assert MedicalRecord.objects.filter(patient=alice).count() == 3
