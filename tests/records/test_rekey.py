@@ -285,11 +285,11 @@ def test_sharing_page_shows_progress_and_the_honest_note(client, shared, alice):
     job = RekeyJob.objects.get(grant=shared["grant"])
     RekeyJob.objects.filter(pk=job.pk).update(status="running", done_count=1)
     login(client, alice)
-    body = client.get(reverse("patient_sharing")).content.decode()
+    body = client.get(reverse("patient_sharing"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "1 of 3 records re-encrypted" in body
     assert 'aria-valuenow="1"' in body and 'http-equiv="refresh"' in body
     assert "cannot be recalled" in body
     rekey.rekey_job_run(job.pk)
-    body = client.get(reverse("patient_sharing")).content.decode()
+    body = client.get(reverse("patient_sharing"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "all 3 records now use new keys" in body and 'http-equiv="refresh"' not in body
     assert MedicalRecord.objects.filter(patient=alice).count() == 3
