@@ -1,4 +1,4 @@
-"""The grant wizard's form: who, what, why and for how long."""
+"""The grant wizard's form, the doctor's access request and the patient's approval."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Institution, Role, User
+from records.forms import VisitOpenForm
 from records.models import GrantPurpose, GrantScope, MedicalRecord, RecordKind
 
 DEFAULT_DAYS = 30
@@ -110,3 +111,56 @@ class GrantForm(forms.Form):
             data["valid_from_at"] = now if start == today else begin
             data["valid_until_at"] = datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)
         return data
+
+
+class AccessRequestForm(forms.Form):
+    """A doctor asks a patient for access (the clinic's Patients page)."""
+
+    patient = forms.CharField(
+        label=_("Patient"),
+        max_length=254,
+        help_text=_("The patient's Yilian ID or their email address."),
+    )
+    scope = forms.ChoiceField(
+        label=_("What you ask to see"),
+        choices=[(GrantScope.ALL, _("All their records")), (GrantScope.KINDS, _("Some kinds of record"))],
+        widget=forms.RadioSelect,
+        initial=GrantScope.ALL,
+    )
+    kinds = forms.MultipleChoiceField(
+        label=_("Kinds of record"), choices=RecordKind.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    purpose = forms.ChoiceField(label=_("Purpose"), choices=GrantPurpose.choices, initial=GrantPurpose.TREATMENT)
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_("Only the patient and you can read it; it is stored encrypted."),
+    )
+    days = forms.IntegerField(label=_("For how many days"), min_value=1, max_value=365, initial=DEFAULT_DAYS)
+
+    clean_patient = VisitOpenForm.clean_patient
+
+    def clean(self):
+        data = super().clean()
+        if data.get("scope") == GrantScope.KINDS and not data.get("kinds"):
+            self.add_error("kinds", _("Choose at least one kind of record."))
+        return data
+
+
+class RequestApproveForm(forms.Form):
+    valid_until = forms.DateField(
+        label=_("Until (inclusive)"),
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text=_("Access ends by itself at the end of this day."),
+    )
+
+    def clean_valid_until(self):
+        end = self.cleaned_data["valid_until"]
+        if end < timezone.localdate():
+            raise forms.ValidationError(_("The end cannot be in the past."))
+        return end
+
+    def valid_until_at(self):
+        tz = timezone.get_current_timezone()
+        return datetime.combine(self.cleaned_data["valid_until"] + timedelta(days=1), time.min, tzinfo=tz)

@@ -1,4 +1,4 @@
-"""The records app's transaction types: anchors, access logs, grants issued and revoked.
+"""The records app's transaction types: anchors, access logs, grants issued and revoked, requests.
 
 No personal data goes on chain: a record appears under its random
 ``anchor_id`` (16 bytes, unrelated to its public id or its patient), a
@@ -205,6 +205,50 @@ GRANT_REVOKED_TYPE = TxType(
 )
 
 
+# -- access requested: a doctor asks, signed by the doctor's own key ----------------------------
+ACCESS_REQUESTED = "records.access_requested"
+REQUEST_PREFIX = "request/"
+
+
+def request_state_key(request: bytes) -> str:
+    return REQUEST_PREFIX + request.hex()
+
+
+def _validate_access_requested(view: StateView, tx: Transaction) -> None:
+    """A registered person's key asks, once per random request id.
+
+    The patient appears only as the relationship's pseudonym (the same HMAC
+    a grant for this requester and purpose carries), never by any identifier.
+    """
+    payload = tx.payload
+    if len(payload["request"]) != 16:
+        reject("a request id is 16 bytes")
+    if len(payload["pseudonym"]) != 32:
+        reject("a pseudonym is 32 bytes")
+    signer = _registered(view, tx.signer)
+    if signer is None or signer.get("kind") != "user":
+        reject("only a registered person's key requests access")
+    if view.get(request_state_key(payload["request"])) is not None:
+        reject("this request id already exists")
+
+
+def _apply_access_requested(view: StateView, tx: Transaction) -> list[StateChange]:
+    return [StateChange(request_state_key(tx.payload["request"]), {"requester": tx.signer})]
+
+
+ACCESS_REQUESTED_TYPE = TxType(
+    name=ACCESS_REQUESTED,
+    schema={
+        "request": Field(bytes, max_length=16),
+        "pseudonym": Field(bytes, max_length=32),
+        "purpose": Field(str, max_length=GRANT_PURPOSE_MAX),
+    },
+    validate=_validate_access_requested,
+    apply=_apply_access_requested,
+    description="A key holder asked a patient (under a per-relationship pseudonym) for access.",
+)
+
+
 def register() -> None:
     from chain.ledger_registry import register_tx_type
 
@@ -213,3 +257,4 @@ def register() -> None:
     register_tx_type(ACCESS_LOGGED_TYPE)
     register_tx_type(GRANT_ISSUED_TYPE)
     register_tx_type(GRANT_REVOKED_TYPE)
+    register_tx_type(ACCESS_REQUESTED_TYPE)

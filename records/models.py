@@ -216,6 +216,8 @@ class AccessEvent(models.Model):
         VIEW_CHART = "view_chart", _("Viewed the chart")
         GRANT = "grant", _("Granted access")
         REVOKE = "revoke", _("Revoked access")
+        REQUEST = "request", _("Requested access")
+        DECLINE = "decline", _("Declined a request")
 
     class Outcome(models.TextChoices):
         ALLOWED = "allowed", _("Allowed")
@@ -411,3 +413,106 @@ class RekeyItem(models.Model):
 
     def __str__(self) -> str:
         return f"rekey item {self.record_id} ({self.status})"
+
+
+class AccessRequest(models.Model):
+    """A verified doctor asks a patient for access; the patient approves (a grant) or declines.
+
+    The reason is a message between two people and may be clinical, so it
+    exists only encrypted: AES-256-GCM under a random key, that key sealed to
+    the patient's and the requester's X25519 keys (``records.requests``). The
+    ``records.access_requested`` transaction names the request by its random
+    ``chain_id`` and the patient by the relationship's pseudonym.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Waiting for the patient")
+        APPROVED = "approved", _("Approved")
+        DECLINED = "declined", _("Declined")
+        WITHDRAWN = "withdrawn", _("Withdrawn")
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    chain_id = models.BinaryField(max_length=16, editable=False)
+    patient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="access_requests")
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="access_requests_made"
+    )
+    requester_institution = models.ForeignKey(
+        "accounts.Institution", on_delete=models.PROTECT, related_name="access_requests"
+    )
+    scope = models.CharField(max_length=8, choices=GrantScope.choices)
+    kinds = models.JSONField(default=list, blank=True)
+    purpose = models.CharField(max_length=32, choices=GrantPurpose.choices)
+    reason_ciphertext = models.BinaryField(editable=False)
+    reason_key_patient = models.BinaryField(editable=False)
+    reason_key_requester = models.BinaryField(editable=False)
+    requested_days = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    pseudonym = models.CharField(max_length=64)
+    requested_tx = models.CharField(max_length=80, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["patient", "status", "-created_at"]),
+            models.Index(fields=["requester", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"access request {self.public_id} ({self.status})"
+
+    @property
+    def kinds_display(self) -> list[str]:
+        labels = dict(RecordKind.choices)
+        return [str(labels.get(kind, kind)) for kind in self.kinds or []]
+
+    def associated_data(self) -> bytes:
+        """Binds the reason's ciphertext and key envelopes to this request."""
+        return f"yilian/access-request/v1/{self.public_id}".encode()
+
+
+class Notification(models.Model):
+    """An in-portal notice. Never clinical: a kind, names and a link; the text is built when shown."""
+
+    class Kind(models.TextChoices):
+        REQUEST_RECEIVED = "request_received", _("Access requested")
+        REQUEST_APPROVED = "request_approved", _("Request approved")
+        REQUEST_DECLINED = "request_declined", _("Request declined")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    params = models.JSONField(default=dict, blank=True)
+    link = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "read_at"]), models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.user_id}"
+
+    @property
+    def text(self) -> str:
+        """The message in the reader's language (names only, never clinical content)."""
+        return notification_text(self.kind, self.params)
+
+
+def notification_text(kind: str, params: dict) -> str:
+    from django.utils.translation import gettext
+
+    name, institution = params.get("name", ""), params.get("institution", "")
+    if kind == Notification.Kind.REQUEST_RECEIVED:
+        return gettext("%(name)s at %(institution)s asks to see your records.") % {
+            "name": name,
+            "institution": institution,
+        }
+    if kind == Notification.Kind.REQUEST_APPROVED:
+        return gettext("%(name)s approved your access request.") % {"name": name}
+    if kind == Notification.Kind.REQUEST_DECLINED:
+        return gettext("%(name)s declined your access request.") % {"name": name}
+    return gettext("You have a new notification.")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from records import views, views_footprint, views_sharing
+from records import views, views_footprint, views_requests, views_sharing
 
 urlpatterns = [
     path("patient/", views.patient_home, name="patient_home"),
@@ -9,6 +9,17 @@ urlpatterns = [
     path("patient/sharing/", views_sharing.patient_sharing, name="patient_sharing"),
     path("patient/sharing/new/", views_sharing.patient_grant_new, name="patient_grant_new"),
     path("patient/sharing/<uuid:grant_id>/revoke/", views_sharing.patient_grant_revoke, name="patient_grant_revoke"),
+    path(
+        "patient/sharing/requests/<uuid:request_id>/approve/",
+        views_requests.patient_request_approve,
+        name="patient_request_approve",
+    ),
+    path(
+        "patient/sharing/requests/<uuid:request_id>/decline/",
+        views_requests.patient_request_decline,
+        name="patient_request_decline",
+    ),
+    path("notifications/", views_requests.notifications, name="notifications"),
     path("records/<uuid:record_id>/", views.record_detail, name="record_detail"),
     path("records/<uuid:record_id>/status.json", views.record_status, name="record_status"),
     path("records/<uuid:record_id>/history/", views.record_history, name="record_history"),
@@ -26,6 +37,7 @@ urlpatterns = [
     path("records/<uuid:record_id>/finalize/", views.record_finalize, name="record_finalize"),
     path("clinic/", views.clinic_home, name="clinic_home"),
     path("clinic/patients/", views.clinic_patients, name="clinic_patients"),
+    path("clinic/requests/new/", views_requests.clinic_request_new, name="clinic_request_new"),
     path("clinic/patients/<uuid:patient_id>/", views.clinic_chart, name="clinic_chart"),
     path("clinic/visits/<uuid:visit_id>/", views.clinic_visit, name="clinic_visit"),
     path("clinic/visits/<uuid:visit_id>/close/", views.clinic_visit_close, name="clinic_visit_close"),

@@ -420,6 +420,15 @@ def clinic_patients(request):
         else:
             messages.success(request, _("Visit opened for %(name)s.") % {"name": visit.patient.display_name})
             return redirect("clinic_visit", visit_id=visit.public_id)
+    return render(request, "clinic/patients.html", clinic_patients_context(user, form=form))
+
+
+def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
+    """The Patients page: seen here, shared with the doctor, their access requests; constant queries."""
+    from records.forms_sharing import AccessRequestForm
+    from records.sharing import grants_usable_by
+    from records.views_requests import doctor_requests
+
     visits = (
         Visit.objects.filter(institution_id=user.institution_id)
         .select_related("patient", "opened_by")
@@ -430,10 +439,14 @@ def clinic_patients(request):
         if visit.patient_id not in seen:
             seen.add(visit.patient_id)
             patients.append(visit)
-    from records.sharing import grants_usable_by
-
     shared = list(grants_usable_by(user).select_related("patient", "grantee_institution").order_by("valid_until")[:200])
-    return render(request, "clinic/patients.html", {"form": form, "patients": patients, "shared": shared})
+    return {
+        "form": form or VisitOpenForm(),
+        "request_form": request_form or AccessRequestForm(),
+        "patients": patients,
+        "shared": shared,
+        "my_requests": doctor_requests(user),
+    }
 
 
 @role_required(Role.CLINICIAN)

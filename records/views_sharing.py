@@ -56,7 +56,10 @@ def patient_sharing(request):
         if grant.rekey_job is not None and grant.rekey_job.status in (RekeyJob.Status.PENDING, RekeyJob.Status.RUNNING):
             rekeying = True
         groups["past" if state in ("expired", "revoked") else state].append(grant)
-    return render(request, "patient/sharing.html", {"groups": groups, "now": now, "rekeying": rekeying})
+    from records.views_requests import pending_requests_for
+
+    context = {"groups": groups, "now": now, "rekeying": rekeying, "requests": pending_requests_for(request.user)}
+    return render(request, "patient/sharing.html", context)
 
 
 def _record_titles(patient) -> list[tuple[MedicalRecord, str]]:

@@ -1,0 +1,237 @@
+"""Access requests: a verified doctor asks, the patient approves (a grant) or declines.
+
+- Only cleared clinicians (verified by their institution, 2FA on) ask; at
+  most one pending request per doctor and patient.
+- The reason may be clinical, so it is never stored in plaintext: AES-256-GCM
+  under a random 32-byte key, with the request's associated data; that key is
+  sealed (``chain.core.crypto.seal_key``) to the patient and to the requester,
+  the only two people who can read it.
+- The ``records.access_requested`` transaction, signed by the requester's key,
+  goes out in the request's database transaction: a request id (16 random
+  bytes), the relationship's pseudonym and the purpose — nothing personal.
+- Notifications (in the portal and by email) carry names and a link, never
+  clinical content; emails leave only once the transaction commits.
+- Only the patient decides; approving issues a grant through ``grant_issue``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import send_mail
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from accounts.keys import encryption_private_key, signing_private_key
+from accounts.models import Role, User
+from chain.core import crypto
+from chain.core.errors import CryptoError
+from records.access import staff_cleared
+from records.audit import audit
+from records.ledger import ACCESS_REQUESTED
+from records.models import AccessEvent, AccessRequest, GrantPurpose, GrantScope, Notification, RecordKind
+
+REASON_MAX = 1000
+DAYS_MAX = 365
+_REASON_VERSION = b"\x01"
+
+
+# -- the sealed reason ---------------------------------------------------------------------------
+def _seal_reason(request: AccessRequest, reason: str) -> None:
+    key = os.urandom(32)
+    nonce = os.urandom(12)
+    aad = request.associated_data()
+    request.reason_ciphertext = _REASON_VERSION + nonce + AESGCM(key).encrypt(nonce, reason.encode(), aad)
+    request.reason_key_patient = crypto.seal_key(bytes(request.patient.enc_public), key, context=aad)
+    request.reason_key_requester = crypto.seal_key(bytes(request.requester.enc_public), key, context=aad)
+
+
+def access_request_reason(request: AccessRequest, *, user) -> str:
+    """The reason, opened with ``user``'s own key: the patient's or the requester's only."""
+    if user.pk == request.patient_id:
+        envelope = bytes(request.reason_key_patient)
+    elif user.pk == request.requester_id:
+        envelope = bytes(request.reason_key_requester)
+    else:
+        raise PermissionDenied(_("Only the patient and the requester read a request's reason."))
+    aad = request.associated_data()
+    key = crypto.open_key(encryption_private_key(user), envelope, context=aad)
+    blob = bytes(request.reason_ciphertext)
+    if len(blob) < 1 + 12 + 16 or blob[:1] != _REASON_VERSION:
+        raise CryptoError("malformed request reason")
+    try:
+        return AESGCM(key).decrypt(blob[1:13], blob[13:], aad).decode()
+    except Exception:  # cryptography raises InvalidTag
+        raise CryptoError("the request's reason does not open") from None
+
+
+# -- notifications ---------------------------------------------------------------------------------
+def _notify(*, user: User, kind: str, params: dict, link: str, subject: str, body: str) -> Notification:
+    """An in-portal notice plus an email once the transaction commits; names only, never clinical."""
+    notice = Notification.objects.create(user=user, kind=kind, params=params, link=link)
+    address = user.email
+    transaction.on_commit(lambda: send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address], fail_silently=True))
+    return notice
+
+
+def _site_link(path: str) -> str:
+    base = getattr(settings, "SITE_URL", "") or ""
+    return f"{base.rstrip('/')}{path}" if base else path
+
+
+def _notify_patient(request: AccessRequest) -> None:
+    requester, patient = request.requester, request.patient
+    params = {"name": requester.display_name, "institution": request.requester_institution.display_name}
+    link = reverse("patient_sharing") + "#requests"
+    with translation.override(settings.LANGUAGE_CODE):
+        subject = _("%(name)s asks to see your records") % params
+        body = _(
+            "%(name)s at %(institution)s asks to see your records.\n\n"
+            "Open Yilian to read the request and decide: %(link)s\n\n"
+            "Nothing is shared until you approve."
+        ) % {**params, "link": _site_link(link)}
+    _notify(user=patient, kind=Notification.Kind.REQUEST_RECEIVED, params=params, link=link, subject=subject, body=body)
+
+
+def _notify_requester(request: AccessRequest, *, approved: bool) -> None:
+    params = {"name": request.patient.display_name}
+    link = reverse("clinic_patients") + "#my-requests"
+    with translation.override(settings.LANGUAGE_CODE):
+        if approved:
+            subject = _("Your access request was approved")
+            body = _("%(name)s approved your access request. Open Yilian to see the records shared with you: %(link)s")
+        else:
+            subject = _("Your access request was declined")
+            body = _("%(name)s declined your access request. Open Yilian for details: %(link)s")
+        body = body % {**params, "link": _site_link(link)}
+    kind = Notification.Kind.REQUEST_APPROVED if approved else Notification.Kind.REQUEST_DECLINED
+    _notify(user=request.requester, kind=kind, params=params, link=link, subject=subject, body=body)
+
+
+def notifications_mark_read(*, user, notifications) -> int:
+    """Mark ``user``'s given unread notifications read; returns how many."""
+    ids = [n.pk for n in notifications if n.read_at is None and n.user_id == user.pk]
+    if not ids:
+        return 0
+    return Notification.objects.filter(pk__in=ids, user=user).update(read_at=timezone.now())
+
+
+# -- create, approve, decline ----------------------------------------------------------------------
+@transaction.atomic
+def access_request_create(
+    *, requester, patient, scope: str, kinds=(), purpose: str, reason: str, days: int
+) -> AccessRequest:
+    """A cleared clinician asks ``patient`` for access; the patient is notified."""
+    from chain.ledger_services import tx_sign_and_submit
+    from records.sharing import pseudonym_for
+
+    if not staff_cleared(requester):
+        raise PermissionDenied(_("Only verified doctors with two-factor sign-in can request access."))
+    if patient.role != Role.PATIENT or not patient.is_active or patient.pk == requester.pk:
+        raise ValidationError(_("No patient with this Yilian ID or email address."))
+    if scope not in (GrantScope.ALL, GrantScope.KINDS):
+        raise ValidationError(_("Choose what you ask to see."))
+    kinds = sorted(set(kinds or ()))
+    if scope == GrantScope.KINDS and (not kinds or any(k not in RecordKind.values for k in kinds)):
+        raise ValidationError(_("Choose at least one kind of record."))
+    if purpose not in GrantPurpose.values:
+        raise ValidationError(_("Choose a purpose."))
+    reason = (reason or "").strip()
+    if not reason or len(reason) > REASON_MAX:
+        raise ValidationError(_("Give a reason of at most %(n)d characters.") % {"n": REASON_MAX})
+    if not 1 <= int(days) <= DAYS_MAX:
+        raise ValidationError(_("Ask for between 1 and %(n)d days.") % {"n": DAYS_MAX})
+    # The requester's row lock serialises their requests: two pending ones cannot race in.
+    User.objects.select_for_update().filter(pk=requester.pk).first()
+    if AccessRequest.objects.filter(requester=requester, patient=patient, status=AccessRequest.Status.PENDING).exists():
+        raise ValidationError(
+            _("You already have a request waiting for this patient. Wait for their answer before asking again.")
+        )
+    request = AccessRequest(
+        chain_id=os.urandom(16),
+        patient=patient,
+        requester=requester,
+        requester_institution=requester.institution,
+        scope=scope,
+        kinds=kinds if scope == GrantScope.KINDS else [],
+        purpose=purpose,
+        requested_days=int(days),
+    )
+    _seal_reason(request, reason)
+    pseudonym = pseudonym_for(patient, grantee_public_id=requester.public_id, purpose=purpose)
+    request.pseudonym = pseudonym.hex()
+    request.save()
+    entry = tx_sign_and_submit(
+        private_key=signing_private_key(requester),
+        type=ACCESS_REQUESTED,
+        payload={"request": bytes(request.chain_id), "pseudonym": pseudonym, "purpose": purpose},
+    )
+    request.requested_tx = entry.cid
+    request.save(update_fields=["requested_tx"])
+    audit(
+        actor=requester,
+        action=AccessEvent.Action.REQUEST,
+        patient=patient,
+        purpose=purpose,
+        basis="request",
+        detail=request.get_scope_display(),
+    )
+    _notify_patient(request)
+    return request
+
+
+def _pending_for_patient(patient, request: AccessRequest) -> AccessRequest:
+    locked = AccessRequest.objects.select_for_update().select_related("requester", "patient").get(pk=request.pk)
+    if locked.patient_id != patient.pk:
+        raise PermissionDenied(_("Only the patient decides on a request for their records."))
+    if locked.status != AccessRequest.Status.PENDING:
+        raise ValidationError(_("This request has already been answered."))
+    return locked
+
+
+@transaction.atomic
+def access_request_approve(*, patient, request: AccessRequest, valid_until=None) -> AccessRequest:
+    """Grant the requester what they asked for, until ``valid_until`` (default: the requested days)."""
+    from records.sharing import grant_issue
+
+    request = _pending_for_patient(patient, request)
+    now = timezone.now()
+    grant = grant_issue(
+        patient=patient,
+        grantee_user=request.requester,
+        scope=request.scope,
+        kinds=request.kinds,
+        purpose=request.purpose,
+        valid_from=now,
+        valid_until=valid_until or now + timedelta(days=request.requested_days),
+    )
+    request.status = AccessRequest.Status.APPROVED
+    request.decided_at = now
+    request.grant = grant
+    request.save(update_fields=["status", "decided_at", "grant"])
+    _notify_requester(request, approved=True)
+    return request
+
+
+@transaction.atomic
+def access_request_decline(*, patient, request: AccessRequest) -> AccessRequest:
+    request = _pending_for_patient(patient, request)
+    request.status = AccessRequest.Status.DECLINED
+    request.decided_at = timezone.now()
+    request.save(update_fields=["status", "decided_at"])
+    audit(
+        actor=patient,
+        action=AccessEvent.Action.DECLINE,
+        patient=patient,
+        purpose=request.purpose,
+        basis="patient",
+        detail=str(request.requester.display_name),
+    )
+    _notify_requester(request, approved=False)
+    return request

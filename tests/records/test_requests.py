@@ -1,0 +1,214 @@
+"""Access requests and notifications: the doctor asks, only the patient decides, both are told."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+
+from chain.ledger_services import chain_seal
+from chain.models import Transaction as TxRow
+from records.ledger import ACCESS_REQUESTED
+from records.models import AccessEvent, AccessRequest, Grant, Notification
+from records.requests import (
+    access_request_approve,
+    access_request_create,
+    access_request_decline,
+    access_request_reason,
+)
+from tests.factories import UserFactory, enable_totp
+from tests.records.conftest import login
+from tests.records.test_sharing import can_read, write
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _english(settings):
+    """These tests read English messages; the portal's default language is Chinese."""
+    from django.utils import translation
+
+    settings.LANGUAGE_CODE = "en"
+    with translation.override("en"):
+        yield
+
+
+REASON = "Suspected HIV seroconversion; need prior viral load results"
+
+
+@pytest.fixture
+def keys_sealed(node, alice, bob, carol, dave, erin, hospital, other_hospital, institute):
+    chain_seal()
+
+
+def ask(requester, patient, **kwargs):
+    defaults = {"scope": "all", "kinds": (), "purpose": "treatment", "reason": REASON, "days": 14}
+    return access_request_create(requester=requester, patient=patient, **{**defaults, **kwargs})
+
+
+def test_request_notifies_approve_grants_and_tells_the_doctor(
+    client, keys_sealed, alice, carol, dave, visit, django_capture_on_commit_callbacks
+):
+    record = write(alice, carol, visit)
+    assert not can_read(dave, record)
+    with django_capture_on_commit_callbacks(execute=True):
+        request = ask(dave, alice, scope="kinds", kinds=["prescription"])
+    assert request.status == "pending"
+    notice = Notification.objects.get(user=alice)
+    assert notice.kind == "request_received" and dave.display_name in notice.text
+    assert len(mail.outbox) == 1
+    email = mail.outbox[0]
+    assert email.to == [alice.email]
+    assert dave.display_name in email.subject + email.body
+    for clinical in ("HIV", "viral", "seroconversion", "prescription", "Amoxicillin"):
+        assert clinical not in email.subject + email.body
+    assert AccessEvent.objects.filter(actor=dave, action="request", patient=alice).exists()
+
+    # The patient sees it with the reason decrypted, and the badge counts it.
+    login(client, alice)
+    page = client.get(reverse("patient_sharing")).content.decode()
+    assert str(request.public_id) in page and "seroconversion" in page
+    assert "data-notification-count>1<" in page
+    listing = client.get(reverse("notifications")).content.decode()
+    assert dave.display_name in listing
+    assert Notification.objects.get(user=alice).read_at is not None
+    assert "data-notification-count" not in client.get(reverse("patient_sharing")).content.decode()
+
+    until = timezone.localdate() + timedelta(days=7)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("patient_request_approve", args=[request.public_id]), {"valid_until": until.isoformat()}
+        )
+    assert response.status_code == 302
+    request.refresh_from_db()
+    assert request.status == "approved" and request.grant is not None and request.decided_at
+    grant = request.grant
+    assert (grant.grantee_user, grant.scope, grant.kinds, grant.purpose) == (
+        dave,
+        "kinds",
+        ["prescription"],
+        "treatment",
+    )
+    assert timezone.localtime(grant.valid_until).date() == until + timedelta(days=1)
+    assert can_read(dave, record)
+    event = AccessEvent.objects.filter(actor=dave, record=record, outcome="allowed").latest("at")
+    assert event.basis == "grant"
+    assert Notification.objects.filter(user=dave, kind="request_approved").exists()
+    assert mail.outbox[-1].to == [dave.email]
+    assert "HIV" not in mail.outbox[-1].body
+
+    login(client, dave)
+    page = client.get(reverse("clinic_patients")).content.decode()
+    assert str(request.public_id) in page and "Approved" in page
+
+
+def test_decline(client, keys_sealed, alice, carol, dave, visit):
+    record = write(alice, carol, visit)
+    request = ask(dave, alice)
+    login(client, alice)
+    assert client.post(reverse("patient_request_decline", args=[request.public_id])).status_code == 302
+    request.refresh_from_db()
+    assert request.status == "declined" and request.grant is None
+    assert not can_read(dave, record)
+    assert Notification.objects.filter(user=dave, kind="request_declined").exists()
+    assert AccessEvent.objects.filter(actor=alice, action="decline").exists()
+    # Answered once: no second decision.
+    with pytest.raises(ValidationError):
+        access_request_approve(patient=alice, request=request)
+    assert not Grant.objects.exists()
+
+
+def test_another_patient_cannot_see_or_decide(client, keys_sealed, alice, bob, dave):
+    request = ask(dave, alice)
+    login(client, bob)
+    page = client.get(reverse("patient_sharing")).content.decode()
+    assert str(request.public_id) not in page and "seroconversion" not in page
+    assert (
+        client.post(
+            reverse("patient_request_approve", args=[request.public_id]),
+            {"valid_until": timezone.localdate().isoformat()},
+        ).status_code
+        == 404
+    )
+    assert client.post(reverse("patient_request_decline", args=[request.public_id])).status_code == 404
+    with pytest.raises(PermissionDenied):
+        access_request_approve(patient=bob, request=request)
+    with pytest.raises(PermissionDenied):
+        access_request_decline(patient=bob, request=request)
+    with pytest.raises(PermissionDenied):
+        access_request_reason(request, user=bob)
+    request.refresh_from_db()
+    assert request.status == "pending" and not Grant.objects.exists()
+    # The doctor cannot decide for the patient either.
+    login(client, dave)
+    assert client.post(reverse("patient_request_decline", args=[request.public_id])).status_code == 403
+
+
+def test_only_cleared_doctors_request(client, keys_sealed, alice, bob, erin, other_hospital):
+    unverified = UserFactory(email="jo@example.org", role="clinician", institution=other_hospital)
+    enable_totp(unverified)
+    no_2fa = UserFactory(email="kim@example.org", role="clinician", institution=other_hospital, verified=True)
+    for user in (unverified, no_2fa, erin, bob):
+        with pytest.raises(PermissionDenied):
+            ask(user, alice)
+    assert not AccessRequest.objects.exists()
+    login(client, erin)
+    response = client.post(reverse("clinic_request_new"), {"patient": alice.email})
+    assert response.status_code == 403
+    login(client, bob)
+    assert client.post(reverse("clinic_request_new"), {"patient": alice.email}).status_code == 403
+    assert not AccessRequest.objects.exists()
+
+
+def test_duplicate_pending_request_is_refused_with_a_message(client, keys_sealed, alice, dave):
+    login(client, dave)
+    data = {"patient": alice.email, "scope": "all", "purpose": "treatment", "reason": REASON, "days": "10"}
+    assert client.post(reverse("clinic_request_new"), data).status_code == 302
+    response = client.post(reverse("clinic_request_new"), {**data, "patient": str(alice.public_id)})
+    assert response.status_code == 400
+    assert "already have a request waiting" in " ".join(response.context["request_form"].non_field_errors())
+    assert AccessRequest.objects.count() == 1
+    # Answered, a new one may be sent.
+    access_request_decline(patient=alice, request=AccessRequest.objects.get())
+    assert client.post(reverse("clinic_request_new"), data).status_code == 302
+    assert AccessRequest.objects.count() == 2
+
+
+def test_unknown_patient_is_a_form_error(client, keys_sealed, dave):
+    login(client, dave)
+    data = {"patient": "nobody@example.org", "scope": "all", "purpose": "treatment", "reason": "x", "days": "10"}
+    response = client.post(reverse("clinic_request_new"), data)
+    assert response.status_code == 400
+    assert response.context["request_form"].has_error("patient", "not_found")
+    assert not AccessRequest.objects.exists()
+
+
+def test_requested_tx_is_sealed_and_carries_no_personal_data(keys_sealed, alice, dave):
+    request = ask(dave, alice)
+    chain_seal()
+    row = TxRow.objects.get(cid=request.requested_tx, type=ACCESS_REQUESTED)
+    payload = row.payload
+    assert set(payload) == {"request", "pseudonym", "purpose"}
+    text = str(payload)
+    for personal in (alice.email, str(alice.public_id), alice.display_name, dave.email, str(request.public_id)):
+        assert personal not in text
+    assert "seroconversion" not in text
+    # The pseudonym is the one a grant for this relationship carries.
+    grant = access_request_approve(patient=alice, request=request).grant
+    assert grant.pseudonym == request.pseudonym
+
+
+def test_reason_is_not_stored_in_plaintext(keys_sealed, alice, dave):
+    request = ask(dave, alice)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM records_accessrequest WHERE id = %s", [request.pk])
+        row = cursor.fetchone()
+    blob = b"".join(bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode() for v in row)
+    assert b"seroconversion" not in blob and b"HIV" not in blob
+    assert access_request_reason(request, user=alice) == REASON
+    assert access_request_reason(request, user=dave) == REASON
