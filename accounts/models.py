@@ -39,7 +39,12 @@ class KeyHolder(models.Model):
         abstract = True
 
     def key_owner(self) -> str:
-        raise NotImplementedError
+        """The label bound into every wrapped key of this holder (``user:<uuid>``, …).
+
+        Each concrete holder (User, Institution) defines it; this abstract model
+        never has rows of its own.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define key_owner()")
 
     @property
     def has_keys(self) -> bool:
