@@ -112,6 +112,12 @@ class UserManager(BaseUserManager["User"]):
         return user
 
 
+class Sex(models.TextChoices):
+    FEMALE = "female", _("Female")
+    MALE = "male", _("Male")
+    OTHER = "other", _("Other")
+
+
 class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     email = models.EmailField(_("email address"), unique=True)
@@ -127,6 +133,9 @@ class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
         related_name="staff",
     )
     staff_title = models.CharField(_("title"), max_length=100, blank=True)
+    # A patient's demographics: shown to those they share with, and (generalised) in research datasets.
+    birth_date = models.DateField(_("date of birth"), null=True, blank=True)
+    sex = models.CharField(_("sex"), max_length=8, choices=Sex.choices, blank=True)
     verified_at = models.DateTimeField(_("verified at"), null=True, blank=True)
     verified_by = models.ForeignKey(
         "self",

@@ -218,6 +218,9 @@ class AccessEvent(models.Model):
         REVOKE = "revoke", _("Revoked access")
         REQUEST = "request", _("Requested access")
         DECLINE = "decline", _("Declined a request")
+        BREAK_GLASS = "break_glass", _("Opened emergency access")
+        BREAK_GLASS_CLOSE = "break_glass_end", _("Closed emergency access")
+        EXPORT = "export", _("Exported for research")
 
     class Outcome(models.TextChoices):
         ALLOWED = "allowed", _("Allowed")
@@ -481,6 +484,7 @@ class Notification(models.Model):
         REQUEST_RECEIVED = "request_received", _("Access requested")
         REQUEST_APPROVED = "request_approved", _("Request approved")
         REQUEST_DECLINED = "request_declined", _("Request declined")
+        BREAK_GLASS = "break_glass", _("Emergency access to your records")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=24, choices=Kind.choices)
@@ -515,4 +519,131 @@ def notification_text(kind: str, params: dict) -> str:
         return gettext("%(name)s approved your access request.") % {"name": name}
     if kind == Notification.Kind.REQUEST_DECLINED:
         return gettext("%(name)s declined your access request.") % {"name": name}
+    if kind == Notification.Kind.BREAK_GLASS:
+        return gettext("%(name)s at %(institution)s opened your records in an emergency.") % {
+            "name": name,
+            "institution": institution,
+        }
     return gettext("You have a new notification.")
+
+
+class BreakGlassReason(models.TextChoices):
+    UNCONSCIOUS = "unconscious", _("Patient unconscious or unable to consent")
+    LIFE_THREATENING = "life_threatening", _("Life-threatening emergency")
+    URGENT_TREATMENT = "urgent_treatment", _("Urgent treatment decision (allergies, medication)")
+    TRANSFER = "transfer", _("Emergency transfer from another facility")
+    OTHER = "other", _("Other emergency")
+
+
+class BreakGlass(models.Model):
+    """Emergency access: a cleared clinician opens a patient's records without a grant.
+
+    Time-boxed (``expires_at``), announced to the patient, every read audited
+    with basis ``break-glass``, and reviewed and closed by an administrator of
+    the clinician's institution. The free-text reason may be clinical, so it
+    exists only encrypted to the patient, the clinician and the institution
+    (``records.breakglass``). On chain: ``records.break_glass_opened`` signed by
+    the clinician, ``records.break_glass_closed`` by the reviewer.
+    """
+
+    class Review(models.TextChoices):
+        JUSTIFIED = "justified", _("Justified")
+        NOT_JUSTIFIED = "not_justified", _("Not justified")
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    chain_id = models.BinaryField(max_length=16, editable=False)
+    clinician = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="break_glasses")
+    institution = models.ForeignKey("accounts.Institution", on_delete=models.PROTECT, related_name="break_glasses")
+    patient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="break_glassed")
+    reason = models.CharField(max_length=20, choices=BreakGlassReason.choices)
+    detail_ciphertext = models.BinaryField(editable=False)
+    detail_keys = models.JSONField(default=dict, editable=False)  # recipient label -> hex envelope
+    opened_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    review = models.CharField(max_length=16, choices=Review.choices, blank=True)
+    review_note = models.CharField(max_length=500, blank=True)
+    pseudonym = models.CharField(max_length=64)
+    opened_tx = models.CharField(max_length=80, blank=True)
+    # Empty while the closing waits for the opening transaction to be sealed (the outbox).
+    closed_tx = models.CharField(max_length=80, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        indexes = [
+            models.Index(fields=["clinician", "patient", "closed_at", "expires_at"]),
+            models.Index(fields=["institution", "closed_at", "-opened_at"]),
+            models.Index(fields=["patient", "-opened_at"]),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(expires_at__gt=models.F("opened_at")), name="break_glass_window")
+        ]
+
+    def __str__(self) -> str:
+        return f"break-glass {self.public_id}"
+
+    def state_at(self, now) -> str:
+        """active, expired (awaiting review) or closed."""
+        if self.closed_at is not None:
+            return "closed"
+        return "active" if now < self.expires_at else "expired"
+
+    def associated_data(self) -> bytes:
+        return f"yilian/break-glass/v1/{self.public_id}".encode()
+
+
+class ResearchDataset(models.Model):
+    """A researcher's definition of a de-identified dataset: which kinds of record.
+
+    Rows are built at export time from the records whose patients granted
+    research use to the researcher or their institute (``records.research``).
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    institution = models.ForeignKey("accounts.Institution", on_delete=models.PROTECT, related_name="datasets")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="datasets")
+    title = models.CharField(_("title"), max_length=200)
+    kinds = models.JSONField(default=list)
+    # Keys the per-dataset subject pseudonyms (wrapped by the node KEK).
+    secret_wrapped = models.BinaryField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["institution", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def kinds_display(self) -> list[str]:
+        labels = dict(RecordKind.choices)
+        return [str(labels.get(kind, kind)) for kind in self.kinds or []]
+
+
+class ResearchExport(models.Model):
+    """One audited export of a dataset (each record used is also an ``AccessEvent``)."""
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        FHIR = "fhir", "FHIR R4 (JSON)"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    dataset = models.ForeignKey(ResearchDataset, on_delete=models.PROTECT, related_name="exports")
+    exported_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    format = models.CharField(max_length=8, choices=Format.choices)
+    at = models.DateTimeField(default=timezone.now)
+    row_count = models.PositiveIntegerField(default=0)
+    patient_count = models.PositiveIntegerField(default=0)
+    suppressed_patients = models.PositiveIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["dataset", "-at"])]
+
+    def __str__(self) -> str:
+        return f"export {self.public_id} ({self.format})"
