@@ -12,7 +12,10 @@ material the user may open. Rules for now (the sharing issue extends them):
   patient to this user, or to this user's institution (verified staff with
   2FA; researchers only under research-purpose grants), through the key
   sealed for the grant's recipient. Revocation and expiry are checked here on
-  every request, so they take effect on the very next one.
+  every request, so they take effect on the very next one;
+- break-glass: a cleared clinician's open, unexpired emergency session for
+  the patient (``records.breakglass``), through the patient's own envelope
+  (no key is delivered, so nothing outlives the session). Drafts stay out.
 
 Everyone else is denied, and the denial is an audit row. The decision costs a
 constant number of queries whatever the number of records or keys.
@@ -110,15 +113,24 @@ def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
     if user.role not in (Role.CLINICIAN, Role.RESEARCHER) or record.status == MedicalRecord.Status.DRAFT:
         return None, []
     grants = _grants_for(user, record)
-    return ("grant", grants) if grants else (None, [])
+    if grants:
+        return "grant", grants
+    if user.role == Role.CLINICIAN:
+        from records.breakglass import break_glass_active
+
+        if break_glass_active(user, record.patient_id) is not None:
+            return "break-glass", []
+    return None, []
 
 
 def _basis(user, record: MedicalRecord) -> str | None:
     return _decide(user, record)[0]
 
 
-def _key_for(user, version: RecordVersion, basis: str, grants=()) -> WrappedKey | None:
+def _key_for(user, version: RecordVersion, basis: str, grants=(), *, patient_id=None) -> WrappedKey | None:
     qs = WrappedKey.objects.select_related("user", "institution").filter(version=version)
+    if basis == "break-glass":
+        return qs.filter(user_id=patient_id).first()
     if basis == "care-team":
         return qs.filter(institution_id=user.institution_id).first()
     if basis == "grant":
@@ -168,9 +180,15 @@ def record_get_for_user(
     version = record.current_version
     if version_number is not None and version is not None and version.number != version_number:
         version = record.versions.filter(number=version_number).first()
-    wrapped = _key_for(user, version, basis, grants) if (basis and version is not None) else None
+    wrapped = (
+        _key_for(user, version, basis, grants, patient_id=record.patient_id)
+        if (basis and version is not None)
+        else None
+    )
     if wrapped is not None and basis == "grant":
         purpose = _grant_of(wrapped, grants).purpose
+    elif basis == "break-glass":
+        purpose = "emergency"
     if wrapped is None:
         audit(
             actor=user,
@@ -218,7 +236,8 @@ def visit_get_for_user(user, visit_id, *, action: str = AccessEvent.Action.VIEW_
 
 def chart_patient_for_user(user, patient_id):
     """The patient whose chart a clinician may open: one with a visit at their
-    institution, or one who granted them or their institution access.
+    institution, one who granted them or their institution access, or one
+    whose records they opened under break-glass (while it lasts).
 
     Returns ``(patient, open_visit_or_None)``; denial is audited.
     """
@@ -245,6 +264,17 @@ def chart_patient_for_user(user, patient_id):
         if grant is not None:
             audit(
                 actor=user, action=AccessEvent.Action.VIEW_CHART, patient=patient, basis="grant", purpose=grant.purpose
+            )
+            return patient, None
+        from records.breakglass import break_glass_active
+
+        if break_glass_active(user, patient.pk) is not None:
+            audit(
+                actor=user,
+                action=AccessEvent.Action.VIEW_CHART,
+                patient=patient,
+                basis="break-glass",
+                purpose="emergency",
             )
             return patient, None
     audit(

@@ -64,6 +64,8 @@ BASES = {
     "care-team": gettext_lazy("Care team during an open visit"),
     "grant": gettext_lazy("Your grant"),
     "break-glass": gettext_lazy("Emergency access (break-glass)"),
+    "request": gettext_lazy("Access request"),
+    "review": gettext_lazy("Review by the institution"),
 }
 
 
@@ -341,6 +343,7 @@ class Filters:
     institution: str = ""  # an institution code, or "" for all
     action: str = ""
     outcome: str = ""
+    basis: str = ""  # "" for every basis, or a key of BASES (e.g. "break-glass")
     date_from: date | None = None
     date_to: date | None = None
     include_own: bool = False
@@ -361,6 +364,8 @@ def footprint_base(patient, filters: Filters) -> QuerySet[AccessEvent]:
         qs = qs.filter(action=filters.action)
     if filters.outcome:
         qs = qs.filter(outcome=filters.outcome)
+    if filters.basis:
+        qs = qs.filter(basis=filters.basis)
     return qs
 
 

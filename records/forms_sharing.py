@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Institution, Role, User
 from records.forms import VisitOpenForm
-from records.models import GrantPurpose, GrantScope, MedicalRecord, RecordKind
+from records.models import BreakGlass, BreakGlassReason, GrantPurpose, GrantScope, MedicalRecord, RecordKind
 
 DEFAULT_DAYS = 30
 
@@ -164,3 +164,55 @@ class RequestApproveForm(forms.Form):
     def valid_until_at(self):
         tz = timezone.get_current_timezone()
         return datetime.combine(self.cleaned_data["valid_until"] + timedelta(days=1), time.min, tzinfo=tz)
+
+
+class BreakGlassForm(forms.Form):
+    """Emergency access: who, why (a kind plus the clinician's own words), how long, and re-authentication."""
+
+    patient = forms.CharField(
+        label=_("Patient"),
+        max_length=254,
+        help_text=_("The patient's Yilian ID or their email address."),
+    )
+    reason = forms.ChoiceField(label=_("Kind of emergency"), choices=BreakGlassReason.choices, widget=forms.RadioSelect)
+    detail = forms.CharField(
+        label=_("What is happening"),
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_("Read by the patient and by your institution's reviewers; stored encrypted."),
+    )
+    hours = forms.IntegerField(
+        label=_("For how many hours"),
+        min_value=1,
+        max_value=12,
+        initial=4,
+        help_text=_("Access ends by itself after this time. Four hours unless you need longer."),
+    )
+    credential = forms.CharField(
+        label=_("Your password or authenticator code"),
+        max_length=128,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text=_("Confirm it is you: enter your password, or the 6-digit code from your authenticator app."),
+    )
+
+    clean_patient = VisitOpenForm.clean_patient
+
+
+class BreakGlassReviewForm(forms.Form):
+    review = forms.ChoiceField(
+        label=_("Was the access justified?"), choices=BreakGlass.Review.choices, widget=forms.RadioSelect
+    )
+    note = forms.CharField(
+        label=_("Review note"),
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_("Required when the access was not justified. Do not write clinical details here."),
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("review") == BreakGlass.Review.NOT_JUSTIFIED and not (data.get("note") or "").strip():
+            self.add_error("note", _("Say what was wrong: the note is required when access was not justified."))
+        return data

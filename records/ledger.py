@@ -1,4 +1,4 @@
-"""The records app's transaction types: anchors, access logs, grants issued and revoked, requests.
+"""The records app's transaction types: anchors, access logs, grants, requests, break-glass.
 
 No personal data goes on chain: a record appears under its random
 ``anchor_id`` (16 bytes, unrelated to its public id or its patient), a
@@ -249,6 +249,89 @@ ACCESS_REQUESTED_TYPE = TxType(
 )
 
 
+# -- break-glass: a clinician opens emergency access; a reviewer closes it ----------------------------
+BREAK_GLASS_OPENED = "records.break_glass_opened"
+BREAK_GLASS_CLOSED = "records.break_glass_closed"
+BREAK_GLASS_PREFIX = "breakglass/"
+BREAK_GLASS_MAX_MS = 12 * 3600 * 1000
+BREAK_GLASS_REASONS = frozenset({"unconscious", "life_threatening", "urgent_treatment", "transfer", "other"})
+BREAK_GLASS_OUTCOMES = frozenset({"justified", "not_justified"})
+
+
+def break_glass_state_key(session: bytes) -> str:
+    return BREAK_GLASS_PREFIX + session.hex()
+
+
+def _validate_break_glass_opened(view: StateView, tx: Transaction) -> None:
+    """A registered person's key opens a session once, for at most 12 hours from the transaction's time.
+
+    The patient appears only under the pseudonym of the (clinician, break-glass)
+    relationship; the reason is a code from a fixed list, the free text never
+    goes on chain.
+    """
+    payload = tx.payload
+    if len(payload["session"]) != 16:
+        reject("a break-glass session id is 16 bytes")
+    if len(payload["pseudonym"]) != 32:
+        reject("a pseudonym is 32 bytes")
+    if payload["reason"] not in BREAK_GLASS_REASONS:
+        reject("unknown break-glass reason")
+    if not 0 < payload["not_after"] - tx.timestamp <= BREAK_GLASS_MAX_MS:
+        reject("break-glass access ends after it starts and lasts at most 12 hours")
+    signer = _registered(view, tx.signer)
+    if signer is None or signer.get("kind") != "user":
+        reject("only a registered person's key opens break-glass access")
+    if view.get(break_glass_state_key(payload["session"])) is not None:
+        reject("this break-glass session already exists")
+
+
+def _apply_break_glass_opened(view: StateView, tx: Transaction) -> list[StateChange]:
+    value = {"opener": tx.signer, "not_after": tx.payload["not_after"], "closed": False}
+    return [StateChange(break_glass_state_key(tx.payload["session"]), value)]
+
+
+def _validate_break_glass_closed(view: StateView, tx: Transaction) -> None:
+    """A registered person other than the opener closes a session, once, with a review outcome."""
+    current = view.get(break_glass_state_key(tx.payload["session"]))
+    if current is None:
+        reject("no such break-glass session")
+    if current["closed"]:
+        reject("this break-glass session is already closed")
+    if tx.payload["outcome"] not in BREAK_GLASS_OUTCOMES:
+        reject("unknown review outcome")
+    if current["opener"] == tx.signer:
+        reject("the clinician who broke the glass does not review it")
+    signer = _registered(view, tx.signer)
+    if signer is None or signer.get("kind") != "user":
+        reject("only a registered person's key closes break-glass access")
+
+
+def _apply_break_glass_closed(view: StateView, tx: Transaction) -> list[StateChange]:
+    key = break_glass_state_key(tx.payload["session"])
+    return [StateChange(key, {**view.get(key), "closed": True, "outcome": tx.payload["outcome"]})]
+
+
+BREAK_GLASS_OPENED_TYPE = TxType(
+    name=BREAK_GLASS_OPENED,
+    schema={
+        "session": Field(bytes, max_length=16),
+        "pseudonym": Field(bytes, max_length=32),
+        "reason": Field(str, max_length=20),
+        "not_after": Field(int),
+    },
+    validate=_validate_break_glass_opened,
+    apply=_apply_break_glass_opened,
+    description="A clinician opened time-boxed emergency access to a patient (under a pseudonym).",
+)
+BREAK_GLASS_CLOSED_TYPE = TxType(
+    name=BREAK_GLASS_CLOSED,
+    schema={"session": Field(bytes, max_length=16), "outcome": Field(str, max_length=16)},
+    validate=_validate_break_glass_closed,
+    apply=_apply_break_glass_closed,
+    description="An institution's administrator reviewed and closed emergency access.",
+)
+
+
 def register() -> None:
     from chain.ledger_registry import register_tx_type
 
@@ -258,3 +341,5 @@ def register() -> None:
     register_tx_type(GRANT_ISSUED_TYPE)
     register_tx_type(GRANT_REVOKED_TYPE)
     register_tx_type(ACCESS_REQUESTED_TYPE)
+    register_tx_type(BREAK_GLASS_OPENED_TYPE)
+    register_tx_type(BREAK_GLASS_CLOSED_TYPE)

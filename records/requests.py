@@ -72,7 +72,7 @@ def access_request_reason(request: AccessRequest, *, user) -> str:
 
 
 # -- notifications ---------------------------------------------------------------------------------
-def _notify(*, user: User, kind: str, params: dict, link: str, subject: str, body: str) -> Notification:
+def notify(*, user: User, kind: str, params: dict, link: str, subject: str, body: str) -> Notification:
     """An in-portal notice plus an email once the transaction commits; names only, never clinical."""
     notice = Notification.objects.create(user=user, kind=kind, params=params, link=link)
     address = user.email
@@ -80,7 +80,7 @@ def _notify(*, user: User, kind: str, params: dict, link: str, subject: str, bod
     return notice
 
 
-def _site_link(path: str) -> str:
+def site_link(path: str) -> str:
     base = getattr(settings, "SITE_URL", "") or ""
     return f"{base.rstrip('/')}{path}" if base else path
 
@@ -95,8 +95,8 @@ def _notify_patient(request: AccessRequest) -> None:
             "%(name)s at %(institution)s asks to see your records.\n\n"
             "Open Yilian to read the request and decide: %(link)s\n\n"
             "Nothing is shared until you approve."
-        ) % {**params, "link": _site_link(link)}
-    _notify(user=patient, kind=Notification.Kind.REQUEST_RECEIVED, params=params, link=link, subject=subject, body=body)
+        ) % {**params, "link": site_link(link)}
+    notify(user=patient, kind=Notification.Kind.REQUEST_RECEIVED, params=params, link=link, subject=subject, body=body)
 
 
 def _notify_requester(request: AccessRequest, *, approved: bool) -> None:
@@ -109,9 +109,9 @@ def _notify_requester(request: AccessRequest, *, approved: bool) -> None:
         else:
             subject = _("Your access request was declined")
             body = _("%(name)s declined your access request. Open Yilian for details: %(link)s")
-        body = body % {**params, "link": _site_link(link)}
+        body = body % {**params, "link": site_link(link)}
     kind = Notification.Kind.REQUEST_APPROVED if approved else Notification.Kind.REQUEST_DECLINED
-    _notify(user=request.requester, kind=kind, params=params, link=link, subject=subject, body=body)
+    notify(user=request.requester, kind=kind, params=params, link=link, subject=subject, body=body)
 
 
 def notifications_mark_read(*, user, notifications) -> int:

@@ -75,11 +75,13 @@ def rekey(self, job_id: int) -> str:
 @shared_task(name="default.records_redrive", soft_time_limit=60, time_limit=70, ignore_result=True)
 def redrive() -> dict:
     """Re-queue spooled files and pending versions whose messages were lost; clean stale partial uploads."""
+    from records.breakglass import break_glass_redrive
     from records.rekey import rekey_jobs_stale
     from records.services import pending_too_long
     from records.sharing import grants_redrive
 
     grants_redrive()
+    break_glass_redrive()
     job_ids = list(rekey_jobs_stale().values_list("pk", flat=True)[:100])
     for job_id in job_ids:
         rekey.delay(job_id)

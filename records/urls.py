@@ -1,6 +1,6 @@
 from django.urls import path
 
-from records import views, views_footprint, views_requests, views_sharing
+from records import views, views_breakglass, views_footprint, views_requests, views_sharing
 
 urlpatterns = [
     path("patient/", views.patient_home, name="patient_home"),
@@ -38,6 +38,13 @@ urlpatterns = [
     path("clinic/", views.clinic_home, name="clinic_home"),
     path("clinic/patients/", views.clinic_patients, name="clinic_patients"),
     path("clinic/requests/new/", views_requests.clinic_request_new, name="clinic_request_new"),
+    path("clinic/break-glass/", views_breakglass.clinic_break_glass, name="clinic_break_glass"),
+    path("institution/break-glass/", views_breakglass.institution_break_glass, name="institution_break_glass"),
+    path(
+        "institution/break-glass/<uuid:session_id>/",
+        views_breakglass.institution_break_glass_detail,
+        name="institution_break_glass_detail",
+    ),
     path("clinic/patients/<uuid:patient_id>/", views.clinic_chart, name="clinic_chart"),
     path("clinic/visits/<uuid:visit_id>/", views.clinic_visit, name="clinic_visit"),
     path("clinic/visits/<uuid:visit_id>/close/", views.clinic_visit_close, name="clinic_visit_close"),

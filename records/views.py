@@ -457,10 +457,14 @@ def clinic_chart(request, patient_id):
     except RecordAccessDenied as exc:
         return _denied(request, exc)
     user = request.user
+    from records.breakglass import break_glass_active
     from records.sharing import granted_records_q, grants_usable_by
 
     visible = Q(author=user) | Q(institution_id=user.institution_id, visit__status=Visit.Status.OPEN)
     visible |= granted_records_q(list(grants_usable_by(user).filter(patient=patient)))
+    emergency = break_glass_active(user, patient.pk)
+    if emergency is not None:
+        visible |= ~Q(status=MedicalRecord.Status.DRAFT)
     records_qs = MedicalRecord.objects.filter(patient=patient).filter(visible)
     page, filters = _timeline(records_qs, request)
     visits = Visit.objects.filter(patient=patient, institution_id=user.institution_id).select_related("opened_by")[:20]
@@ -471,6 +475,7 @@ def clinic_chart(request, patient_id):
         "filters": filters,
         "kinds": RecordKind.choices,
         "visits": visits,
+        "emergency": emergency,
     }
     return render(request, "clinic/chart.html", context)
 

@@ -32,6 +32,11 @@ class FootprintFilterForm(forms.Form):
         required=False,
         choices=[("", gettext_lazy("Allowed and denied")), *AccessEvent.Outcome.choices],
     )
+    basis = forms.ChoiceField(
+        label=gettext_lazy("Basis"),
+        required=False,
+        choices=[("", gettext_lazy("Every basis")), *footprint.BASES.items()],
+    )
     date_from = forms.DateField(
         label=gettext_lazy("From"), required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
@@ -52,6 +57,7 @@ class FootprintFilterForm(forms.Form):
             institution=data.get("institution") or "",
             action=data.get("action") or "",
             outcome=data.get("outcome") or "",
+            basis=data.get("basis") or "",
             date_from=data.get("date_from"),
             date_to=data.get("date_to"),
             include_own=bool(data.get("mine")),
@@ -94,10 +100,23 @@ def patient_footprint(request):
     context = {
         "form": form,
         "filters": filters,
-        "filtered": any([filters.institution, filters.action, filters.outcome, filters.date_from, filters.date_to]),
+        "filtered": any(
+            [filters.institution, filters.action, filters.outcome, filters.basis, filters.date_from, filters.date_to]
+        ),
         "page": page,
         "rows": rows,
         "chart": footprint.footprint_chart(counts, last=today),
         "selected": selected,
+        "emergencies": _emergencies(user),
+        "now": timezone.now(),
     }
     return render(request, "patient/footprint.html", context)
+
+
+def _emergencies(patient) -> list[dict]:
+    """The patient's break-glass sessions (newest first) with the clinician's own words, opened with their key."""
+    from records.breakglass import break_glass_detail
+    from records.models import BreakGlass
+
+    sessions = BreakGlass.objects.filter(patient=patient).select_related("clinician", "institution")[:10]
+    return [{"session": s, "detail": break_glass_detail(s, user=patient)} for s in sessions]

@@ -108,3 +108,74 @@ def test_patient_grants_doctor_reads_patient_revokes(browser, live_server, story
     assert grant.status == "revoked" and grant.revoked_tx  # the grant was sealed: revocation on chain at once
     doc_ctx.close()
     pat_ctx.close()
+
+
+def test_break_glass_doctor_opens_patient_sees_admin_closes(browser, live_server, story, artifacts_dir):
+    from accounts.demo import DEMO_PASSWORD
+    from records.models import AccessEvent, BreakGlass
+
+    patient, doctor, secret, record = story
+    admin = UserFactory(
+        email="admin.west@example.org", role="institution_admin", institution=doctor.institution, verified=True
+    )
+    admin_secret = enable_totp(admin)
+    base = live_server.url
+    record_url = f"{base}/records/{record.public_id}/"
+
+    doc_ctx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    doc = doc_ctx.new_page()
+    sign_in(doc, base, doctor.email, secret)
+    doc.wait_for_url(f"{base}/clinic/")
+    assert doc.goto(record_url).status == 403
+    doc.goto(f"{base}/clinic/patients/")
+    doc.click("text=Emergency access")
+    doc.wait_for_url(f"{base}/clinic/break-glass/")
+    doc.fill("input[name=patient]", patient.email)
+    doc.check("input[name=reason][value=unconscious]")
+    doc.fill("textarea[name=detail]", "Brought in unconscious; checking anticoagulants before surgery")
+    doc.fill("input[name=credential]", "not my password")
+    doc.click("text=Break the glass")
+    assert doc.locator(".field.has-error").get_by_text("not your password").count() == 1
+    doc.fill("input[name=credential]", DEMO_PASSWORD)
+    doc.screenshot(path=artifacts_dir / "break-glass-form.png", full_page=True)
+    doc.click("text=Break the glass")
+    doc.wait_for_url(f"{base}/clinic/patients/{patient.public_id}/")
+    assert doc.locator(".bg-banner").count() == 1
+    doc.screenshot(path=artifacts_dir / "break-glass-chart.png", full_page=True)
+    doc.locator(f"a[href='/records/{record.public_id}/']").click()
+    doc.wait_for_url(record_url)
+    assert "Full blood count" in doc.content()
+    read = AccessEvent.objects.filter(actor=doctor, record=record, outcome="allowed").latest("at")
+    assert (read.basis, read.purpose) == ("break-glass", "emergency")
+
+    # The patient sees it, in red, at the top of the footprint.
+    pat_ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    pat = pat_ctx.new_page()
+    sign_in(pat, base, patient.email)
+    pat.wait_for_url(f"{base}/patient/")
+    pat.goto(f"{base}/patient/footprint/")
+    assert pat.locator("#emergency-access").count() == 1
+    assert pat.locator(".fp-entry.fp-breakglass").count() >= 1
+    pat.screenshot(path=artifacts_dir / "break-glass-footprint-zh-CN.png", full_page=True)
+
+    # The west hospital's administrator reviews and closes it; the doctor's next request is refused.
+    adm_ctx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    adm = adm_ctx.new_page()
+    sign_in(adm, base, admin.email, admin_secret)
+    adm.wait_for_url(f"{base}/accounts/institution/")
+    adm.click("a[href='/institution/break-glass/']")
+    adm.wait_for_url(f"{base}/institution/break-glass/")
+    adm.screenshot(path=artifacts_dir / "break-glass-review-list.png", full_page=True)
+    adm.locator("tr[data-session] a").first.click()
+    adm.wait_for_url("**/institution/break-glass/**/")
+    assert "checking anticoagulants" in adm.content()
+    adm.check("input[name=review][value=justified]")
+    adm.fill("textarea[name=note]", "Confirmed with the emergency department log")
+    adm.screenshot(path=artifacts_dir / "break-glass-review.png", full_page=True)
+    adm.click("text=Record the review and close")
+    adm.wait_for_url(f"{base}/institution/break-glass/")
+    session = BreakGlass.objects.get()
+    assert session.review == "justified" and session.closed_by == admin
+    assert doc.goto(record_url).status == 403
+    for ctx in (doc_ctx, pat_ctx, adm_ctx):
+        ctx.close()

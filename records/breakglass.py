@@ -1,0 +1,363 @@
+"""Break-glass: time-boxed emergency access without the patient's grant.
+
+A verified clinician with 2FA, facing an emergency, opens a patient's records
+after re-entering their password or a fresh authenticator code, giving a
+reason from a fixed list and in their own words. In one database transaction:
+
+- the ``BreakGlass`` row (what the access helper reads: an open session of
+  this clinician for this patient, not yet expired nor closed);
+- the free-text reason, encrypted (AES-256-GCM under a random key sealed to
+  the patient, the clinician and the clinician's institution — it may be
+  clinical);
+- ``records.break_glass_opened`` signed by the clinician's key, naming the
+  patient only by the (clinician, break-glass) pseudonym;
+- an audit row (basis ``break-glass``), which the patient's footprint shows in
+  red, and a notification to the patient in the portal and by email.
+
+No data key is delivered: while the session is open the node opens the
+record's key through the patient's own envelope (the node holds every
+private key wrapped by its KEK), so the moment the session ends there is
+nothing left behind to revoke. An administrator of the clinician's
+institution reviews the session (seeing every read made under it), records
+whether it was justified and closes it (``records.break_glass_closed``, signed
+by the reviewer's key); closing ends access at once if it is still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from datetime import timedelta
+
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.keys import encryption_private_key, signing_private_key
+from accounts.models import Role, User
+from chain.core import crypto
+from chain.core.errors import CryptoError
+from records.access import staff_cleared
+from records.audit import audit
+from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED, break_glass_state_key
+from records.models import AccessEvent, BreakGlass, BreakGlassReason, Notification
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOURS = 4
+MAX_HOURS = 12
+DETAIL_MAX = 1000
+NOTE_MAX = 500
+PURPOSE = "emergency"
+PSEUDONYM_PURPOSE = "break-glass"
+REAUTH_FAILURES_MAX = 5
+REAUTH_WINDOW = 15 * 60
+_DETAIL_VERSION = b"\x01"
+_TOTP_CODE = re.compile(r"^\d{6}$")
+
+
+class ReauthenticationFailed(PermissionDenied):
+    pass
+
+
+# -- re-authentication ---------------------------------------------------------------------------
+def _failures_key(user) -> str:
+    return f"break-glass-reauth:{user.pk}"
+
+
+def reauthenticate(user, credential: str) -> None:
+    """Check ``credential`` is ``user``'s password or a fresh code from their authenticator app.
+
+    A TOTP code is accepted once (allauth records it as used). After five
+    failures in fifteen minutes every attempt is refused until the window
+    passes, whatever is typed.
+    """
+    failures = cache.get(_failures_key(user), 0)
+    if failures >= REAUTH_FAILURES_MAX:
+        raise ReauthenticationFailed(_("Too many wrong attempts. Wait fifteen minutes, or ask a colleague."))
+    credential = (credential or "").strip()
+    ok = False
+    if _TOTP_CODE.match(credential):
+        authenticator = Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).first()
+        ok = authenticator is not None and TOTP(authenticator).validate_code(credential)
+    if not ok and credential:
+        ok = user.check_password(credential)
+    if not ok:
+        cache.set(_failures_key(user), failures + 1, REAUTH_WINDOW)
+        raise ReauthenticationFailed(_("That is not your password or a current authenticator code."))
+    cache.delete(_failures_key(user))
+
+
+# -- the sealed free-text reason -------------------------------------------------------------------
+def _seal_detail(session: BreakGlass, detail: str) -> None:
+    key = os.urandom(32)
+    nonce = os.urandom(12)
+    aad = session.associated_data()
+    session.detail_ciphertext = _DETAIL_VERSION + nonce + AESGCM(key).encrypt(nonce, detail.encode(), aad)
+    holders = {"patient": session.patient, "clinician": session.clinician, "institution": session.institution}
+    session.detail_keys = {
+        label: crypto.seal_key(bytes(holder.enc_public), key, context=aad).hex() for label, holder in holders.items()
+    }
+
+
+def break_glass_detail(session: BreakGlass, *, user) -> str:
+    """The clinician's own words, opened with the reader's key: the patient, the clinician or a reviewer."""
+    if user.pk == session.patient_id:
+        label, holder = "patient", user
+    elif user.pk == session.clinician_id:
+        label, holder = "clinician", user
+    elif may_review(user, session):
+        label, holder = "institution", session.institution
+    else:
+        raise PermissionDenied(_("Only the patient, the clinician and their institution's reviewers read this."))
+    aad = session.associated_data()
+    key = crypto.open_key(encryption_private_key(holder), bytes.fromhex(session.detail_keys[label]), context=aad)
+    blob = bytes(session.detail_ciphertext)
+    if len(blob) < 1 + 12 + 16 or blob[:1] != _DETAIL_VERSION:
+        raise CryptoError("malformed break-glass reason")
+    try:
+        return AESGCM(key).decrypt(blob[1:13], blob[13:], aad).decode()
+    except Exception:  # cryptography raises InvalidTag
+        raise CryptoError("the break-glass reason does not open") from None
+
+
+# -- open ----------------------------------------------------------------------------------------------
+def break_glass_active(clinician, patient_id: int, *, now=None) -> BreakGlass | None:
+    """The clinician's open, unexpired session for this patient; one query."""
+    now = now or timezone.now()
+    return (
+        BreakGlass.objects.filter(
+            clinician_id=clinician.pk, patient_id=patient_id, closed_at__isnull=True, expires_at__gt=now
+        )
+        .order_by("-expires_at")
+        .first()
+    )
+
+
+def break_glass_open(
+    *, clinician, patient, reason: str, detail: str, credential: str, hours: int = DEFAULT_HOURS
+) -> BreakGlass:
+    """Open emergency access to ``patient``'s records for ``hours`` (default 4, at most 12).
+
+    The input is checked and the clinician re-authenticated first; a failed
+    re-authentication is audited (the patient sees the attempt) and nothing
+    else is written. Returns the clinician's session already open for this
+    patient, if any, instead of a second one.
+    """
+    if not staff_cleared(clinician):
+        raise PermissionDenied(_("Only verified clinicians with two-factor sign-in can use emergency access."))
+    if patient is None or patient.role != Role.PATIENT or not patient.is_active or patient.pk == clinician.pk:
+        raise ValidationError(_("No patient with this Yilian ID or email address."))
+    if reason not in BreakGlassReason.values:
+        raise ValidationError(_("Choose the kind of emergency."))
+    detail = (detail or "").strip()
+    if not detail or len(detail) > DETAIL_MAX:
+        raise ValidationError(_("Describe the emergency in at most %(n)d characters.") % {"n": DETAIL_MAX})
+    try:
+        hours = int(hours)
+    except (TypeError, ValueError):
+        hours = 0
+    if not 1 <= hours <= MAX_HOURS:
+        raise ValidationError(_("Emergency access lasts between 1 and %(n)d hours.") % {"n": MAX_HOURS})
+    try:
+        reauthenticate(clinician, credential)
+    except ReauthenticationFailed:
+        with transaction.atomic():
+            audit(
+                actor=clinician,
+                action=AccessEvent.Action.BREAK_GLASS,
+                outcome=AccessEvent.Outcome.DENIED,
+                patient=patient,
+                purpose=PURPOSE,
+                basis="break-glass",
+                detail="re-authentication failed",
+            )
+        raise
+    return _open(clinician=clinician, patient=patient, reason=reason, detail=detail, hours=hours)
+
+
+@transaction.atomic
+def _open(*, clinician, patient, reason: str, detail: str, hours: int) -> BreakGlass:
+    from chain.ledger_services import tx_sign_and_submit
+    from records.sharing import pseudonym_for
+
+    # The clinician's row lock serialises their sessions: two cannot race in for one patient.
+    User.objects.select_for_update().filter(pk=clinician.pk).first()
+    current = break_glass_active(clinician, patient.pk)
+    if current is not None:
+        return current
+    now = timezone.now()
+    session = BreakGlass(
+        chain_id=os.urandom(16),
+        clinician=clinician,
+        institution=clinician.institution,
+        patient=patient,
+        reason=reason,
+        opened_at=now,
+        expires_at=now + timedelta(hours=hours),
+    )
+    _seal_detail(session, detail)
+    pseudonym = pseudonym_for(patient, grantee_public_id=clinician.public_id, purpose=PSEUDONYM_PURPOSE)
+    session.pseudonym = pseudonym.hex()
+    session.save()
+    entry = tx_sign_and_submit(
+        private_key=signing_private_key(clinician),
+        type=BREAK_GLASS_OPENED,
+        payload={
+            "session": bytes(session.chain_id),
+            "pseudonym": pseudonym,
+            "reason": reason,
+            "not_after": _ms(session.expires_at),
+        },
+    )
+    session.opened_tx = entry.cid
+    session.save(update_fields=["opened_tx"])
+    audit(
+        actor=clinician,
+        action=AccessEvent.Action.BREAK_GLASS,
+        patient=patient,
+        purpose=PURPOSE,
+        basis="break-glass",
+        detail=session.get_reason_display(),
+    )
+    _notify_patient(session)
+    return session
+
+
+def _ms(value) -> int:
+    from chain.ledger_services import datetime_to_ms
+
+    return datetime_to_ms(value)
+
+
+def _notify_patient(session: BreakGlass) -> None:
+    from django.conf import settings
+    from django.utils import translation
+
+    from records.requests import notify, site_link
+
+    params = {"name": session.clinician.display_name, "institution": session.institution.display_name}
+    link = reverse("patient_footprint") + "?basis=break-glass"
+    with translation.override(settings.LANGUAGE_CODE):
+        subject = _("Emergency access to your records")
+        body = _(
+            "%(name)s at %(institution)s opened your records in an emergency (break-glass).\n\n"
+            "The access ends by itself and is reviewed by the institution. Every record they open "
+            "appears in your footprint: %(link)s"
+        ) % {**params, "link": site_link(link)}
+    notify(
+        user=session.patient, kind=Notification.Kind.BREAK_GLASS, params=params, link=link, subject=subject, body=body
+    )
+
+
+# -- review and close -----------------------------------------------------------------------------------
+def may_review(user, session: BreakGlass) -> bool:
+    """A verified administrator of the session's institution, 2FA on, who is not the clinician."""
+    from allauth.mfa.utils import is_mfa_enabled
+
+    return (
+        user.is_authenticated
+        and user.role == Role.INSTITUTION_ADMIN
+        and user.is_verified_staff
+        and user.institution_id == session.institution_id
+        and user.pk != session.clinician_id
+        and is_mfa_enabled(user)
+    )
+
+
+def sessions_for_review(admin):
+    """The admin's institution's sessions, awaiting review first; a lazy queryset."""
+    return (
+        BreakGlass.objects.filter(institution_id=admin.institution_id)
+        .select_related("clinician", "patient", "closed_by", "institution")
+        .order_by("closed_at", "-opened_at")
+    )
+
+
+def session_reads(session: BreakGlass):
+    """Every access the clinician made to the patient's data under this session."""
+    end = session.closed_at or session.expires_at
+    if session.closed_at is not None:
+        end = min(session.closed_at, session.expires_at)
+    return (
+        AccessEvent.objects.filter(
+            actor_id=session.clinician_id,
+            patient_id=session.patient_id,
+            basis="break-glass",
+            at__gte=session.opened_at,
+            at__lte=end,
+        )
+        .select_related("record")
+        .order_by("at")
+    )
+
+
+@transaction.atomic
+def break_glass_close(*, reviewer, session: BreakGlass, review: str, note: str = "") -> BreakGlass:
+    """Record the review and close the session; access ends now if it was still running."""
+    session = BreakGlass.objects.select_for_update().select_related("clinician", "patient").get(pk=session.pk)
+    if not may_review(reviewer, session):
+        raise PermissionDenied(_("Only a verified administrator of the clinician's institution reviews this."))
+    if session.closed_at is not None:
+        raise ValidationError(_("This emergency access has already been reviewed and closed."))
+    if review not in BreakGlass.Review.values:
+        raise ValidationError(_("Say whether the emergency access was justified."))
+    note = (note or "").strip()
+    if len(note) > NOTE_MAX:
+        raise ValidationError(_("Keep the review note under %(n)d characters.") % {"n": NOTE_MAX})
+    if review == BreakGlass.Review.NOT_JUSTIFIED and not note:
+        raise ValidationError(_("Say what was wrong: the note is required when access was not justified."))
+    now = timezone.now()
+    session.closed_at = now
+    session.closed_by = reviewer
+    session.review = review
+    session.review_note = note
+    session.save(update_fields=["closed_at", "closed_by", "review", "review_note"])
+    _submit_closing(session, reviewer)
+    audit(
+        actor=reviewer,
+        action=AccessEvent.Action.BREAK_GLASS_CLOSE,
+        patient=session.patient,
+        purpose=PURPOSE,
+        basis="review",
+        detail=session.get_review_display(),
+    )
+    return session
+
+
+def _submit_closing(session: BreakGlass, reviewer) -> bool:
+    from chain.ledger_services import DbState, tx_sign_and_submit
+
+    if DbState().get(break_glass_state_key(bytes(session.chain_id))) is None:
+        return False  # the opening is not sealed yet: the row is the outbox
+    entry = tx_sign_and_submit(
+        private_key=signing_private_key(reviewer),
+        type=BREAK_GLASS_CLOSED,
+        payload={"session": bytes(session.chain_id), "outcome": session.review},
+    )
+    session.closed_tx = entry.cid
+    session.save(update_fields=["closed_tx"])
+    return True
+
+
+def break_glass_redrive(limit: int = 200) -> int:
+    """Submit closings that waited for their session's opening to be sealed."""
+    from chain.ledger_services import TxRejected
+
+    submitted = 0
+    pending = BreakGlass.objects.filter(closed_at__isnull=False, closed_tx="").select_related("closed_by")[:limit]
+    for session in pending:
+        try:
+            with transaction.atomic():
+                if _submit_closing(session, session.closed_by):
+                    submitted += 1
+        except TxRejected as exc:
+            log.warning("closing of break-glass %s refused: %s", session.public_id, exc)
+    return submitted

@@ -1,0 +1,121 @@
+"""Break-glass pages: the clinician opens emergency access; the institution admin reviews and closes it.
+
+Thin views over ``records.breakglass``. A session of another institution is
+404 for an admin; the clinician sees only their own sessions.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, Q
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.access import mfa_required, patient_data_gate, role_required
+from accounts.models import Role
+from chain.ledger_services import TxRejected
+from records import breakglass as services
+from records.forms_sharing import BreakGlassForm, BreakGlassReviewForm
+from records.models import AccessEvent, BreakGlass
+
+SESSIONS_SHOWN = 50
+
+
+def _errors(exc) -> str:
+    return " ".join(getattr(exc, "messages", [str(exc)]))
+
+
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_break_glass(request):
+    form = BreakGlassForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            session = services.break_glass_open(
+                clinician=request.user,
+                patient=data["patient"],
+                reason=data["reason"],
+                detail=data["detail"],
+                credential=data["credential"],
+                hours=data["hours"],
+            )
+        except services.ReauthenticationFailed as exc:
+            form.add_error("credential", _errors(exc))
+        except (PermissionDenied, ValidationError, TxRejected) as exc:
+            form.add_error(None, _errors(exc))
+        else:
+            messages.warning(
+                request,
+                _("Emergency access is open until %(until)s. Every record you open is shown to the patient.")
+                % {"until": timezone.localtime(session.expires_at).strftime("%H:%M")},
+            )
+            return redirect("clinic_chart", patient_id=session.patient.public_id)
+    sessions = (
+        BreakGlass.objects.filter(clinician=request.user)
+        .select_related("patient", "closed_by")
+        .order_by("-opened_at")[:SESSIONS_SHOWN]
+    )
+    status = 400 if request.method == "POST" else 200
+    context = {"form": form, "sessions": sessions, "now": timezone.now()}
+    return render(request, "clinic/break_glass.html", context, status=status)
+
+
+@role_required(Role.INSTITUTION_ADMIN)
+@mfa_required
+def institution_break_glass(request):
+    now = timezone.now()
+    sessions = list(
+        services.sessions_for_review(request.user)
+        .annotate(reads=Count("patient__footprint", filter=_reads_filter()))
+        .order_by("closed_at", "-opened_at")[:SESSIONS_SHOWN]
+    )
+    awaiting = [s for s in sessions if s.closed_at is None]
+    context = {"sessions": sessions, "awaiting": awaiting, "now": now}
+    return render(request, "accounts/break_glass_list.html", context)
+
+
+def _reads_filter() -> Q:
+    """Reads of the session's patient by its clinician under break-glass, within its window (an annotation)."""
+    from django.db.models import F
+
+    return Q(
+        patient__footprint__actor_id=F("clinician_id"),
+        patient__footprint__basis="break-glass",
+        patient__footprint__at__gte=F("opened_at"),
+        patient__footprint__at__lte=F("expires_at"),
+        patient__footprint__action__in=[AccessEvent.Action.VIEW, AccessEvent.Action.DOWNLOAD],
+    )
+
+
+@role_required(Role.INSTITUTION_ADMIN)
+@mfa_required
+def institution_break_glass_detail(request, session_id):
+    session = services.sessions_for_review(request.user).filter(public_id=session_id).first()
+    if session is None or not services.may_review(request.user, session):
+        raise Http404("no such session")
+    form = BreakGlassReviewForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.break_glass_close(
+                reviewer=request.user,
+                session=session,
+                review=form.cleaned_data["review"],
+                note=form.cleaned_data["note"],
+            )
+        except (PermissionDenied, ValidationError, TxRejected) as exc:
+            form.add_error(None, _errors(exc))
+        else:
+            messages.success(request, _("The review is recorded and the emergency access is closed."))
+            return redirect("institution_break_glass")
+    context = {
+        "session": session,
+        "detail": services.break_glass_detail(session, user=request.user),
+        "reads": services.session_reads(session),
+        "form": form,
+        "state": session.state_at(timezone.now()),
+    }
+    return render(request, "accounts/break_glass_detail.html", context, status=400 if request.method == "POST" else 200)
