@@ -218,6 +218,7 @@ class AccessEvent(models.Model):
         REVOKE = "revoke", _("Revoked access")
         REQUEST = "request", _("Requested access")
         DECLINE = "decline", _("Declined a request")
+        WITHDRAW = "withdraw", _("Withdrew a request")
         BREAK_GLASS = "break_glass", _("Opened emergency access")
         BREAK_GLASS_CLOSE = "break_glass_end", _("Closed emergency access")
         EXPORT = "export", _("Exported for research")

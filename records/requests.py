@@ -87,7 +87,11 @@ def site_link(path: str) -> str:
 
 def _notify_patient(request: AccessRequest) -> None:
     requester, patient = request.requester, request.patient
-    params = {"name": requester.display_name, "institution": request.requester_institution.display_name}
+    params = {
+        "name": requester.display_name,
+        "institution": request.requester_institution.display_name,
+        "request": str(request.public_id),
+    }
     link = reverse("patient_sharing") + "#requests"
     with translation.override(settings.LANGUAGE_CODE):
         subject = _("%(name)s asks to see your records") % params
@@ -235,3 +239,31 @@ def access_request_decline(*, patient, request: AccessRequest) -> AccessRequest:
     )
     _notify_requester(request, approved=False)
     return request
+
+
+@transaction.atomic
+def access_request_withdraw(*, requester, request: AccessRequest) -> AccessRequest:
+    """The doctor takes back a request the patient has not answered; the patient's notice goes too."""
+    locked = AccessRequest.objects.select_for_update().select_related("patient").get(pk=request.pk)
+    if locked.requester_id != requester.pk:
+        raise PermissionDenied(_("Only the doctor who asked can withdraw a request."))
+    if locked.status != AccessRequest.Status.PENDING:
+        raise ValidationError(_("This request has already been answered."))
+    locked.status = AccessRequest.Status.WITHDRAWN
+    locked.decided_at = timezone.now()
+    locked.save(update_fields=["status", "decided_at"])
+    Notification.objects.filter(
+        user=locked.patient,
+        kind=Notification.Kind.REQUEST_RECEIVED,
+        read_at__isnull=True,
+        params__request=str(locked.public_id),
+    ).delete()
+    audit(
+        actor=requester,
+        action=AccessEvent.Action.WITHDRAW,
+        patient=locked.patient,
+        purpose=locked.purpose,
+        basis="request",
+        detail=locked.get_scope_display(),
+    )
+    return locked

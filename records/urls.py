@@ -38,6 +38,11 @@ urlpatterns = [
     path("clinic/", views.clinic_home, name="clinic_home"),
     path("clinic/patients/", views.clinic_patients, name="clinic_patients"),
     path("clinic/requests/new/", views_requests.clinic_request_new, name="clinic_request_new"),
+    path(
+        "clinic/requests/<uuid:request_id>/withdraw/",
+        views_requests.clinic_request_withdraw,
+        name="clinic_request_withdraw",
+    ),
     path("clinic/break-glass/", views_breakglass.clinic_break_glass, name="clinic_break_glass"),
     path("institution/break-glass/", views_breakglass.institution_break_glass, name="institution_break_glass"),
     path(

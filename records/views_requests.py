@@ -13,6 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -124,6 +125,22 @@ def patient_request_decline(request, request_id):
     else:
         messages.success(request, _("Request from %(name)s declined.") % {"name": item.requester.display_name})
     return redirect("patient_sharing")
+
+
+@require_POST
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_request_withdraw(request, request_id):
+    item = AccessRequest.objects.filter(public_id=request_id, requester=request.user).first()
+    if item is None:
+        raise Http404("no such request")
+    try:
+        item = services.access_request_withdraw(requester=request.user, request=item)
+    except (PermissionDenied, ValidationError) as exc:
+        messages.error(request, _errors(exc))
+    else:
+        messages.success(request, _("Your request to %(name)s is withdrawn.") % {"name": item.patient.display_name})
+    return redirect(reverse("clinic_patients") + "#my-requests")
 
 
 @login_required

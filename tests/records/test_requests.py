@@ -212,3 +212,30 @@ def test_reason_is_not_stored_in_plaintext(keys_sealed, alice, dave):
     assert b"seroconversion" not in blob and b"HIV" not in blob
     assert access_request_reason(request, user=alice) == REASON
     assert access_request_reason(request, user=dave) == REASON
+
+
+def test_doctor_withdraws_a_pending_request_and_the_patient_notice_goes(client, keys_sealed, alice, bob, carol, dave):
+    request = ask(dave, alice)
+    assert Notification.objects.filter(user=alice, kind="request_received").count() == 1
+    url = reverse("clinic_request_withdraw", args=[request.public_id])
+    # Nobody else withdraws it: another doctor gets 404, a patient 403.
+    client.force_login(carol)
+    assert client.post(url).status_code == 404
+    client.force_login(alice)
+    assert client.post(url).status_code == 403
+    request.refresh_from_db()
+    assert request.status == "pending"
+
+    client.force_login(dave)
+    response = client.post(url)
+    assert response.status_code == 302
+    request.refresh_from_db()
+    assert request.status == "withdrawn" and request.decided_at is not None
+    assert not Notification.objects.filter(user=alice, kind="request_received").exists()
+    assert AccessEvent.objects.filter(actor=dave, action="withdraw", patient=alice).exists()
+    # An answered request cannot be withdrawn, nor approved afterwards.
+    follow = client.post(url, follow=True)
+    assert "already been answered" in follow.content.decode()
+    with pytest.raises(ValidationError):
+        access_request_approve(patient=alice, request=request)
+    assert not Grant.objects.exists()
