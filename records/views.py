@@ -681,12 +681,3 @@ def record_amend(request, record_id):
             messages.success(request, _("Amendment saved as a new version. The previous version stays in the history."))
             return redirect("record_detail", record_id=record.public_id)
     return render(request, "records/form.html", _record_form_context(form, record, amending=True))
-
-
-# -- research portal --------------------------------------------------------------------------
-
-
-@role_required(Role.RESEARCHER)
-def research_home(request):
-    context = {"can_open_patient_data": staff_may_open_patient_data(request.user)}
-    return render(request, "research/home.html", context)
