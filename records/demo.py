@@ -7,6 +7,7 @@ finalised, and left for the store worker to store and anchor.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.utils import timezone
@@ -14,6 +15,8 @@ from django.utils import timezone
 from accounts.models import User
 from records.models import MedicalRecord, Visit
 from records.services import record_create, record_finalize_imported, visit_open
+
+log = logging.getLogger(__name__)
 
 DEMO_RECORDS = [
     # (doctor email, visit kind, days ago, kind, content)
@@ -133,5 +136,198 @@ def seed_demo_records(patient_email: str = "patient@demo.yilian") -> int:
         )
         MedicalRecord.objects.filter(pk=record.pk).update(created_at=timezone.now() - timedelta(days=days_ago))
         record_finalize_imported(record=record)
+        made += 1
+    return made
+
+
+# -- research: consenting patients and one dataset ----------------------------------------------
+RESEARCH_INSTITUTE = "dongyue"
+RESEARCHER = "researcher@demo.yilian"
+DEMO_DATASET_TITLE = "血常规与处方（成人） Blood counts and prescriptions in adults"
+# The demo patients' demographics: (email, years old, sex).
+DEMO_DEMOGRAPHICS = [
+    ("patient@demo.yilian", 42, "female"),
+    ("patient2@demo.yilian", 63, "male"),
+    ("patient3@demo.yilian", 29, "female"),
+    ("patient4@demo.yilian", 51, "male"),
+]
+# Fictional patients who grant the research institute research use: (email, name, name_en, years old, sex).
+# Six women in their early forties and five men in their early sixties form groups of at least k = 5;
+# the young woman is alone in her group, so the dataset shows one suppressed patient.
+RESEARCH_PATIENTS = [
+    ("cohort01@demo.yilian", "林慧敏", "Lin Huimin", 41, "female"),
+    ("cohort02@demo.yilian", "黄佳琪", "Huang Jiaqi", 42, "female"),
+    ("cohort03@demo.yilian", "吴晓燕", "Wu Xiaoyan", 43, "female"),
+    ("cohort04@demo.yilian", "徐丽萍", "Xu Liping", 41, "female"),
+    ("cohort05@demo.yilian", "朱红霞", "Zhu Hongxia", 42, "female"),
+    ("cohort06@demo.yilian", "胡春燕", "Hu Chunyan", 43, "female"),
+    ("cohort07@demo.yilian", "郭建华", "Guo Jianhua", 61, "male"),
+    ("cohort08@demo.yilian", "何国强", "He Guoqiang", 62, "male"),
+    ("cohort09@demo.yilian", "罗志刚", "Luo Zhigang", 63, "male"),
+    ("cohort10@demo.yilian", "梁永明", "Liang Yongming", 61, "male"),
+    ("cohort11@demo.yilian", "宋德胜", "Song Desheng", 62, "male"),
+    ("cohort12@demo.yilian", "唐雨欣", "Tang Yuxin", 27, "female"),
+]
+
+
+def _birth_date(years: int, index: int):
+    """A birth date ``years`` ago, spread over the first months so no two patients share one."""
+    today = timezone.localdate()
+    return today.replace(year=today.year - years, month=1 + index % 6, day=1 + index)
+
+
+def _cohort_records(index: int) -> list[tuple[int, str, dict]]:
+    """(days ago, kind, content) for one cohort patient: a blood count and, later, a prescription."""
+    wbc = f"{5.2 + (index * 0.7) % 5:.1f}"
+    hb = str(118 + (index * 7) % 40)
+    return [
+        (
+            150 - index * 5,
+            "lab_report",
+            {
+                "title": "血常规 Complete blood count",
+                "specimen": "静脉血 venous blood",
+                "comment": "",
+                "observations": [
+                    {
+                        "name": "白细胞 WBC",
+                        "value": wbc,
+                        "unit": "10^9/L",
+                        "reference_range": "3.5–9.5",
+                        "flag": "high" if float(wbc) > 9.5 else "normal",
+                    },
+                    {
+                        "name": "血红蛋白 Hemoglobin",
+                        "value": hb,
+                        "unit": "g/L",
+                        "reference_range": "115–150",
+                        "flag": "normal",
+                    },
+                ],
+            },
+        ),
+        (
+            60 - index * 3,
+            "prescription",
+            {
+                "title": "处方 Prescription",
+                "instructions": "",
+                "medications": [
+                    {
+                        "name": "二甲双胍 Metformin" if index % 2 else "氨氯地平 Amlodipine",
+                        "dose": "500 mg" if index % 2 else "5 mg",
+                        "route": "oral",
+                        "frequency": "每日两次 twice daily" if index % 2 else "每日一次 once daily",
+                        "duration": "30 天 days",
+                    }
+                ],
+            },
+        ),
+    ]
+
+
+def _seed_cohort_records(patient, doctor, index: int) -> int:
+    made = 0
+    for days_ago, kind, content in _cohort_records(index):
+        visit = visit_open(clinician=doctor, patient=patient, imported=True)
+        when = timezone.now() - timedelta(days=days_ago)
+        Visit.objects.filter(pk=visit.pk).update(opened_at=when)
+        record = record_create(patient=patient, author=doctor, kind=kind, content=content, visit=visit, imported=True)
+        MedicalRecord.objects.filter(pk=record.pk).update(created_at=when)
+        record_finalize_imported(record=record)
+        Visit.objects.filter(pk=visit.pk).update(status="closed", closed_at=when + timedelta(hours=1))
+        made += 1
+    return made
+
+
+def _seal_now() -> bool:
+    """Seal pending key registrations when no node is running (grants are validated against sealed state)."""
+    from django.db import transaction
+
+    from chain import chainstore
+    from chain.ledger_services import chain_seal
+
+    held = chainstore.holds_primary()
+    try:
+        store = chainstore.primary()
+    except chainstore.StoreError:
+        return False  # the store worker holds the chain: it seals within seconds; the next seed grants
+    try:
+        with transaction.atomic():
+            chain_seal(store=store)
+    except Exception:  # a chain store out of step with this database: the grants wait, the demo goes on
+        log.warning("could not seal the demo's key registrations; research grants wait for the next seed")
+        return False
+    finally:
+        if not held:
+            chainstore.close_all()  # leave the store to the node that starts next
+    return True
+
+
+def _grant_research(patient, institute) -> bool:
+    from django.db import transaction
+
+    from chain.ledger_services import TxRejected
+    from records.sharing import grant_issue
+
+    try:
+        with transaction.atomic():
+            grant_issue(
+                patient=patient,
+                grantee_institution=institute,
+                scope="all",
+                purpose="research",
+                valid_from=timezone.now() - timedelta(minutes=1),
+                valid_until=timezone.now() + timedelta(days=730),
+            )
+    except TxRejected:
+        return False
+    return True
+
+
+def seed_demo_research() -> int:
+    """Demographics for the demo patients, a consenting cohort, its research grants and one dataset.
+
+    Idempotent: existing patients, records, grants and the dataset are left
+    as they are. Grants need the patients' keys sealed on chain: with no node
+    running, this seals them first; otherwise the grants wait for the next run.
+    """
+    from accounts.models import Institution
+    from accounts.services import user_create
+    from records.models import Grant, ResearchDataset
+    from records.research import dataset_create
+
+    institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
+    doctor = User.objects.filter(email="doctor@demo.yilian").first()
+    if institute is None or doctor is None:
+        return 0
+    made = 0
+    for index, (email, years, sex) in enumerate(DEMO_DEMOGRAPHICS):
+        User.objects.filter(email=email, birth_date__isnull=True).update(birth_date=_birth_date(years, index), sex=sex)
+    cohort = []
+    for index, (email, name, name_en, years, sex) in enumerate(RESEARCH_PATIENTS):
+        patient = User.objects.filter(email=email).first()
+        if patient is None:
+            patient = user_create(email=email, password=None, role="patient", name=name, name_en=name_en)
+            User.objects.filter(pk=patient.pk).update(birth_date=_birth_date(years, index), sex=sex)
+            made += 1
+        if not MedicalRecord.objects.filter(patient=patient).exists():
+            made += _seed_cohort_records(patient, doctor, index)
+        cohort.append(patient)
+    granted = set(
+        Grant.objects.filter(
+            grantee_institution=institute, purpose="research", status=Grant.Status.ACTIVE, patient__in=cohort
+        ).values_list("patient_id", flat=True)
+    )
+    waiting = [p for p in cohort if p.pk not in granted]
+    if waiting:
+        waiting = [p for p in waiting if not _grant_research(p, institute)]
+        if waiting and _seal_now():
+            waiting = [p for p in waiting if not _grant_research(p, institute)]
+        made += len(cohort) - len(granted) - len(waiting)
+    researcher = User.objects.filter(email=RESEARCHER, institution=institute).first()
+    exists = ResearchDataset.objects.filter(institution=institute, title=DEMO_DATASET_TITLE).exists()
+    if researcher is not None and researcher.is_verified_staff and not exists:
+        dataset_create(user=researcher, title=DEMO_DATASET_TITLE, kinds=["lab_report", "prescription"], imported=True)
         made += 1
     return made

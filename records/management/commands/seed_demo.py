@@ -57,9 +57,10 @@ class Command(BaseCommand):
                 user.verified_at = timezone.now()
                 user.verified_by = admins.get(item.institution) if item.role != "institution_admin" else None
                 user.save(update_fields=["verified_at", "verified_by"])
-        from records.demo import seed_demo_records
+        from records.demo import seed_demo_records, seed_demo_research
 
         created += seed_demo_records()
+        created += seed_demo_research()
         self.stdout.write(f"Demo data ready ({created} new objects).")
         if not quiet_logins:
             self.stdout.write(f"Demo logins (password for all: {demo.DEMO_PASSWORD}):")
