@@ -306,7 +306,7 @@ def band_chart(counts: dict[str, int], *, width: int = 640, height: int = 200) -
     plot_w, plot_h = width - left - right, height - top - bottom
     bands = sorted(counts, key=_band_key)
     scale_max = _nice_max(max(counts.values(), default=0))
-    slot = plot_w / max(len(bands), 1)
+    slot = plot_w / max(len(bands), 10)  # at most a tenth of the width each: one band is not a wall
     bars = []
     for i, band in enumerate(bands):
         value = counts[band]
