@@ -185,6 +185,13 @@ def record_get_for_user(
         if (basis and version is not None)
         else None
     )
+    if wrapped is None and basis == "grant" and user.role == Role.CLINICIAN and version is not None:
+        # A grant without a key for this version must not hide an emergency session.
+        from records.breakglass import break_glass_active
+
+        if break_glass_active(user, record.patient_id) is not None:
+            basis, grants = "break-glass", []
+            wrapped = _key_for(user, version, basis, patient_id=record.patient_id)
     if wrapped is not None and basis == "grant":
         purpose = _grant_of(wrapped, grants).purpose
     elif basis == "break-glass":

@@ -25,6 +25,7 @@ from records.access import RecordAccess, staff_cleared
 from records.audit import audit
 from records.keys import encrypt_content, seal_for, unwrap_file_key, wrap_file_key
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordKind, RecordVersion, Visit, WrappedKey
+from records.sharing import deliver_to_grantees
 from records.uploads import SpooledUpload
 
 
@@ -144,6 +145,7 @@ def record_finalize_imported(*, record: MedicalRecord) -> MedicalRecord:
     record.save(update_fields=["status"])
     version_id = record.current_version_id
     RecordVersion.objects.filter(pk=version_id).update(storage=RecordVersion.Storage.PENDING, finalized_at=now)
+    deliver_to_grantees(record)
     audit(
         actor=record.author,
         action=AccessEvent.Action.FINALIZE,
@@ -296,6 +298,7 @@ def record_finalize(*, access: RecordAccess) -> MedicalRecord:
     record.updated_at = now
     record.save(update_fields=["status", "updated_at"])
     RecordVersion.objects.filter(pk=access.version.pk).update(storage=RecordVersion.Storage.PENDING, finalized_at=now)
+    deliver_to_grantees(record)
     audit(actor=access.user, action=AccessEvent.Action.FINALIZE, patient=record.patient, record=record)
     version_id = access.version.pk
     transaction.on_commit(lambda: _queue_store(version_id))

@@ -255,6 +255,39 @@ def _deliver_keys(grant: Grant, chosen: list[MedicalRecord]) -> int:
     return len(rows)
 
 
+def deliver_to_grantees(record: MedicalRecord) -> int:
+    """Seal ``record``'s current data key to every current grantee whose scope now covers it.
+
+    For records that enter a grant's scope after the grant was issued: a draft
+    signed later, a record no longer marked sensitive. Opens the key through
+    the patient's own envelope; constant queries whatever the number of grants.
+    Returns how many envelopes were added.
+    """
+    version = record.current_version
+    if version is None or record.status == MedicalRecord.Status.DRAFT:
+        return 0
+    users, institutions = [], []
+    for grant in grants_for_record(record):
+        if grant_in_scope(grant, record, named=grant.named):
+            if grant.grantee_user_id:
+                users.append(grant.grantee_user)
+            else:
+                institutions.append(grant.grantee_institution)
+    if not users and not institutions:
+        return 0
+    held = WrappedKey.objects.filter(version=version).values_list("user_id", "institution_id")
+    held_users = {u for u, _i in held if u}
+    held_institutions = {i for _u, i in held if i}
+    users = [u for u in users if u.pk not in held_users]
+    institutions = [i for i in institutions if i.pk not in held_institutions]
+    own = WrappedKey.objects.select_related("user").filter(version=version, user_id=record.patient_id).first()
+    if own is None or not (users or institutions):
+        return 0
+    rows = seal_for(version, open_dek(version, own), users=users, institutions=institutions)
+    WrappedKey.objects.bulk_create(rows)
+    return len(rows)
+
+
 @transaction.atomic
 def grant_revoke(*, patient, grant: Grant) -> Grant:
     """Revoke ``grant``: the grantee is denied from the very next request.
@@ -404,6 +437,8 @@ def record_set_sensitive(*, patient, record: MedicalRecord, sensitive: bool) -> 
     if record.sensitive != sensitive:
         MedicalRecord.objects.filter(pk=record.pk).update(sensitive=sensitive)
         record.sensitive = sensitive
+        if not sensitive:
+            deliver_to_grantees(record)
         audit(
             actor=patient,
             action=AccessEvent.Action.EDIT,

@@ -176,7 +176,6 @@ def world(node):
 class SharingMachine(RuleBasedStateMachine):
     world: dict = {}
     clock: list = []  # one datetime, shared with the patched clocks
-    gaps: list = []  # disagreements of the known kind, across examples
     start: datetime
 
     def __init__(self):
@@ -232,10 +231,6 @@ class SharingMachine(RuleBasedStateMachine):
     def expect(self, user: str, record: MRecord) -> None:
         expected = predicted_basis(user, record, self.grants, self.sessions, self.now)
         got = self.read(user, record)
-        if expected == "grant" and got is None and self.denial(user, record) == "no key for this version":
-            # KNOWN_KEY_GAP (see the tests at the end): the rule holds, the code misses the key.
-            self.gaps.append(f"{user} reading {record.name}\n{self.state()}")
-            return
         assert got == expected, (
             f"{user} reading {record.name}: the model says {expected or 'denied'}, the code says {got or 'denied'}"
             f"\n{self.state()}"
@@ -488,7 +483,7 @@ def frozen_machine(world):
     class Machine(SharingMachine):
         pass
 
-    Machine.world, Machine.clock, Machine.start, Machine.gaps = world, clock, start, []
+    Machine.world, Machine.clock, Machine.start = world, clock, start
 
     def frozen_now() -> datetime:
         return clock[0]
@@ -516,23 +511,10 @@ def test_sharing_agrees_with_the_model(world):
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
             ),
         )
-    if Machine.gaps:
-        # Every other disagreement has failed the test above; this one is reported and waits for its fix.
-        pytest.xfail(f"KNOWN_KEY_GAP hit {len(Machine.gaps)} times; first:\n{Machine.gaps[0]}")
 
 
-# -- KNOWN_KEY_GAP ----------------------------------------------------------------------------------
-# Keys reach a grantee at two moments only: when the grant is issued (the current keys of the signed,
-# in-scope records) and when a version is written (to the grantees in scope then). A record that
-# enters an existing grant's scope later (a draft signed after the grant, a record no longer marked
-# sensitive) has no key for the grantee, so the read is denied ("no key for this version") although
-# the grant covers it. The model keeps the rule; the machine counts these denials and the test above
-# xfails when it meets one. Once fixed, these two fail as XPASS (strict): remove their marks, the
-# branch in ``SharingMachine.expect`` and the xfail above.
-KNOWN_KEY_GAP = pytest.mark.xfail(strict=True, reason="KNOWN_KEY_GAP: no key for a record entering a grant's scope")
-
-
-@KNOWN_KEY_GAP
+# -- records entering a grant's scope after it was issued --------------------------------------------
+# Sequences the machine found when keys reached grantees only at grant time and at version writes.
 def test_a_draft_signed_after_the_grant_is_readable_by_the_grantee(world):
     with frozen_machine(world) as Machine:
         machine = Machine()
@@ -545,7 +527,6 @@ def test_a_draft_signed_after_the_grant_is_readable_by_the_grantee(world):
             machine.teardown()
 
 
-@KNOWN_KEY_GAP
 def test_a_record_no_longer_sensitive_is_readable_by_the_grantee(world):
     with frozen_machine(world) as Machine:
         machine = Machine()
