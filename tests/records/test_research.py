@@ -9,9 +9,9 @@ from collections import defaultdict
 from datetime import date, timedelta
 
 import pytest
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -410,7 +410,7 @@ def test_researcher_creates_a_dataset_with_clear_errors(client, node, erin):
         erin.pk,
         ["lab_report"],
     )
-    with pytest.raises(Exception, match="1 to 200"):
+    with translation.override("en"), pytest.raises(ValidationError, match="1 to 200"):
         research.dataset_create(user=erin, title="x" * 201, kinds=["note"])
 
 
