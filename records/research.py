@@ -15,8 +15,8 @@ What leaves the node (``records.deid`` holds the pure rules and their argument):
   e-mail, public id or birth date;
 - quasi-identifiers are an age band and sex, k-anonymous with k = 5 (small
   groups generalised, then suppressed);
-- no exact date: the record's year and the days since the subject's first
-  record in the dataset;
+- no exact date: the year of the subject's first record in the dataset and
+  each record's days since it;
 - only analysable fields per kind, every free-text field scrubbed of the
   patient's names, IDs, phone numbers, e-mail, web addresses, dates and long
   numbers.
@@ -72,10 +72,11 @@ from records.models import (
     ResearchExport,
     WrappedKey,
 )
-from records.sharing import grant_in_scope, granted_records_q, grants_usable_by
+from records.sharing import grant_in_scope, grants_usable_by
 
 FHIR_BASE = "https://yilian.example/fhir/StructureDefinition/"
 AGE_BAND_URL = FHIR_BASE + "age-band"
+FIRST_YEAR_URL = FHIR_BASE + "first-record-year"
 DAY_OFFSET_URL = FHIR_BASE + "day-offset"
 SPECIMEN_URL = FHIR_BASE + "specimen"
 BODY_SITE_URL = FHIR_BASE + "body-site"
@@ -85,7 +86,7 @@ CSV_COLUMNS = (
     "sex",
     "record",
     "kind",
-    "year",
+    "first_year",
     "day_offset",
     "item",
     "field",
@@ -123,21 +124,51 @@ def research_grants(user) -> list[Grant]:
     return list(grants_usable_by(user).filter(purpose=GrantPurpose.RESEARCH))
 
 
-def research_records(user, kinds, *, grants: list[Grant] | None = None):
+def research_records(user, kinds, *, grants: list[Grant] | None = None) -> list[MedicalRecord]:
     """The non-draft, stored records of ``kinds`` that research grants usable by ``user`` cover.
 
-    A lazy queryset; ``PermissionDenied`` unless ``user`` is a cleared researcher.
+    Oldest first. ``PermissionDenied`` unless ``user`` is a cleared researcher.
+    The query filters by the grants' patients and the kinds only (one OR per
+    grant would overflow SQL expression limits at a thousand grants); scope
+    and sensitivity are then decided by ``grant_in_scope``, as for every read.
     """
     _require_cleared(user)
     grants = research_grants(user) if grants is None else grants
     kinds = [k for k in kinds if k in RecordKind.values]
     if not grants or not kinds:
-        return MedicalRecord.objects.none()
-    return MedicalRecord.objects.filter(
-        granted_records_q(grants),
-        kind__in=kinds,
-        current_version__storage=RecordVersion.Storage.STORED,
+        return []
+    candidates = (
+        MedicalRecord.objects.filter(
+            patient_id__in={g.patient_id for g in grants},
+            kind__in=kinds,
+            current_version__storage=RecordVersion.Storage.STORED,
+        )
+        .exclude(status=MedicalRecord.Status.DRAFT)
+        .select_related("patient", "current_version")
+        .order_by("created_at", "pk")
     )
+    covering = _covering(grants)
+    return [r for r in candidates if covering(r)]
+
+
+def _covering(grants: list[Grant]):
+    """A predicate: the grants (of any of their patients) that cover a record; one query for named records."""
+    by_patient: dict[int, list[Grant]] = defaultdict(list)
+    for grant in grants:
+        by_patient[grant.patient_id].append(grant)
+    named_grants = [g.pk for g in grants if g.scope == GrantScope.RECORDS]
+    named = set(
+        Grant.records.through.objects.filter(grant_id__in=named_grants).values_list("grant_id", "medicalrecord_id")
+    )
+
+    def covering(record: MedicalRecord) -> list[Grant]:
+        return [
+            g
+            for g in by_patient.get(record.patient_id, ())
+            if grant_in_scope(g, record, named=(g.pk, record.pk) in named)
+        ]
+
+    return covering
 
 
 # -- datasets -------------------------------------------------------------------------------
@@ -214,10 +245,16 @@ def dataset_get_for_user(user, dataset_id, *, action: str = AccessEvent.Action.V
 # -- the plan: which records, which subjects, what is released ---------------------------------
 @dataclass
 class Plan:
-    """What an export of a dataset would contain right now, decided without decrypting anything."""
+    """What an export of a dataset would contain right now, decided without decrypting anything.
+
+    Only records the researcher holds a key for are eligible, and k-anonymity
+    is computed over exactly those, so the page and the file always agree.
+    """
 
     grants: list[Grant]
     records: list[MedicalRecord]  # every eligible record, oldest first
+    keys: dict[int, WrappedKey]  # record pk -> the envelope the researcher opens
+    missing_keys: list[MedicalRecord]  # covered by a grant but no envelope for the current version
     first_day: dict[int, date]  # patient pk -> day of their first eligible record
     release: deid.Release  # keyed by str(patient pk)
 
@@ -239,18 +276,24 @@ def _day(record: MedicalRecord) -> date:
 
 def dataset_plan(user, dataset: ResearchDataset) -> Plan:
     grants = research_grants(user) if research_cleared(user) else []
-    records = list(
-        research_records(user, dataset.kinds, grants=grants)
-        .select_related("patient", "current_version")
-        .order_by("created_at", "pk")
-    )
+    covered = research_records(user, dataset.kinds, grants=grants) if grants else []
+    keys = _keys_for(user, grants, covered)
+    records = [r for r in covered if r.pk in keys]
+    missing = [r for r in covered if r.pk not in keys]
     first_day = deid.day_offsets((r.patient_id, _day(r)) for r in records)
     patients = {r.patient_id: r.patient for r in records}
     subjects = {
         str(pk): {"age": deid.age_on(patients[pk].birth_date, day), "sex": patients[pk].sex}
         for pk, day in first_day.items()
     }
-    return Plan(grants=grants, records=records, first_day=first_day, release=deid.k_anonymise(subjects))
+    return Plan(
+        grants=grants,
+        records=records,
+        keys=keys,
+        missing_keys=missing,
+        first_day=first_day,
+        release=deid.k_anonymise(subjects),
+    )
 
 
 # -- the summary page -------------------------------------------------------------------------
@@ -384,7 +427,7 @@ class Row:
     sex: str
     record: str
     kind: str
-    year: int
+    first_year: int  # the year of the subject's first record in the dataset (the same on all their rows)
     day_offset: int
     item: int
     field: str
@@ -457,20 +500,14 @@ def record_rows(content: dict, *, kind: str, base: dict, names: list[str]) -> li
     return rows
 
 
-def _keys_for(user, plan: Plan, records: list[MedicalRecord]) -> dict[int, WrappedKey]:
+def _keys_for(user, grants: list[Grant], records: list[MedicalRecord]) -> dict[int, WrappedKey]:
     """The envelope the researcher may open for each record's current version, by record pk.
 
     The rules of ``records.access._decide`` / ``_key_for`` for a cleared
     researcher, in bulk: the research grants in scope of the record, then a
     personal envelope (if a grant names the user) before the institute's.
     """
-    by_patient: dict[int, list[Grant]] = defaultdict(list)
-    for grant in plan.grants:
-        by_patient[grant.patient_id].append(grant)
-    named_grants = [g.pk for g in plan.grants if g.scope == GrantScope.RECORDS]
-    named = set(
-        Grant.records.through.objects.filter(grant_id__in=named_grants).values_list("grant_id", "medicalrecord_id")
-    )
+    covering = _covering(grants)
     envelopes: dict[int, dict] = defaultdict(dict)
     recipients = Q(user_id=user.pk)
     if user.institution_id is not None:
@@ -483,15 +520,11 @@ def _keys_for(user, plan: Plan, records: list[MedicalRecord]) -> dict[int, Wrapp
     for record in records:
         if record.status == MedicalRecord.Status.DRAFT:
             continue
-        covering = [
-            g
-            for g in by_patient.get(record.patient_id, ())
-            if grant_in_scope(g, record, named=(g.pk, record.pk) in named)
-        ]
+        grants_here = covering(record)
         held = envelopes.get(record.current_version_id, {})
-        if any(g.grantee_user_id == user.pk for g in covering) and "user" in held:
+        if any(g.grantee_user_id == user.pk for g in grants_here) and "user" in held:
             keys[record.pk] = held["user"]
-        elif any(g.grantee_institution_id == user.institution_id for g in covering) and "institution" in held:
+        elif any(g.grantee_institution_id == user.institution_id for g in grants_here) and "institution" in held:
             keys[record.pk] = held["institution"]
     return keys
 
@@ -507,15 +540,11 @@ class Extract:
 def _extract(user, dataset: ResearchDataset, plan: Plan) -> Extract:
     secret = _dataset_secret(dataset)
     released = plan.released_records
-    keys = _keys_for(user, plan, released)
     rows: list[Row] = []
     subjects: dict[str, tuple[str, str]] = {}
-    exported, missing = [], []
+    exported = []
     for record in released:
-        wrapped = keys.get(record.pk)
-        if wrapped is None:
-            missing.append(record)
-            continue
+        wrapped = plan.keys[record.pk]
         version = record.current_version
         content = decrypt_content(open_dek(version, wrapped), version)
         patient = record.patient
@@ -529,14 +558,14 @@ def _extract(user, dataset: ResearchDataset, plan: Plan) -> Extract:
             "sex": sex,
             "record": _tag(secret, "record", record.public_id).hex()[:16],
             "kind": record.kind,
-            "year": day.year,
+            "first_year": plan.first_day[record.patient_id].year,
             "day_offset": (day - plan.first_day[record.patient_id]).days,
         }
         names = [patient.name, patient.name_en, patient.email, patient.email.split("@")[0]]
         rows.extend(record_rows(content, kind=record.kind, base=base, names=names))
         exported.append(record)
     rows.sort(key=lambda r: (r.subject, r.day_offset, r.record, r.item, r.field))
-    return Extract(rows=rows, subjects=subjects, records=exported, missing_keys=missing)
+    return Extract(rows=rows, subjects=subjects, records=exported, missing_keys=plan.missing_keys)
 
 
 # -- formats -----------------------------------------------------------------------------------
@@ -580,11 +609,14 @@ def to_fhir(rows: list[Row], subjects: dict[str, tuple[str, str]], *, secret: by
     """A FHIR R4 ``collection`` Bundle: one Patient per subject, then each record's resources.
 
     Patients carry gender and the age band (an extension), never a name or
-    birth date; every date is the record's year alone; resource ids are
-    derived from the dataset secret, so they say nothing about anyone.
+    birth date. No resource has a date: each carries its day offset from the
+    subject's first record (an extension) and the Patient the year of that
+    first record, so intervals survive and no exact date can be rebuilt.
+    Resource ids are derived from the dataset secret: they say nothing about anyone.
     """
     entries: list[dict] = []
     patient_url = {}
+    first_year = {row.subject: row.first_year for row in rows}
     for subject, (band, sex) in sorted(subjects.items()):
         rid = _rid(secret, "Patient", subject)
         patient_url[subject] = f"urn:uuid:{rid}"
@@ -595,7 +627,8 @@ def to_fhir(rows: list[Row], subjects: dict[str, tuple[str, str]], *, secret: by
                     "resourceType": "Patient",
                     "id": subject,
                     "gender": sex,
-                    "extension": [{"url": AGE_BAND_URL, "valueString": band}],
+                    "extension": [{"url": AGE_BAND_URL, "valueString": band}]
+                    + ([{"url": FIRST_YEAR_URL, "valueInteger": first_year[subject]}] if subject in first_year else []),
                 },
             }
         )
@@ -618,7 +651,6 @@ def _fhir_record(record: str, rows: list[Row], patient_url: dict[str, str], secr
     subject = {"reference": patient_url[head.subject]}
     title = next((r.value for r in rows if r.field == "title"), "")
     common = {"subject": subject, "extension": [_ext_offset(head)]}
-    year = str(head.year)
     entries = []
 
     def entry(resource_type: str, rid: str, body: dict) -> dict:
@@ -635,7 +667,6 @@ def _fhir_record(record: str, rows: list[Row], patient_url: dict[str, str], secr
                 "category": [{"coding": [{"system": _OBS_CATEGORY, "code": "laboratory"}]}],
                 "code": {"text": row.name or "-"},
                 **common,
-                "effectiveDateTime": year,
             }
             if _NUMBER.match(row.value.strip()):
                 quantity: dict = {"value": float(row.value.strip())}
@@ -655,7 +686,6 @@ def _fhir_record(record: str, rows: list[Row], patient_url: dict[str, str], secr
             "category": [{"coding": [{"system": _REPORT_CATEGORY, "code": "LAB"}]}],
             "code": {"text": title or "-"},
             **common,
-            "effectiveDateTime": year,
         }
         if results:
             report["result"] = results
@@ -673,7 +703,6 @@ def _fhir_record(record: str, rows: list[Row], patient_url: dict[str, str], secr
                 "status": "unknown",
                 "medicationCodeableConcept": {"text": row.name or "-"},
                 **common,
-                "effectiveDateTime": year,
                 "dosage": [dosage],
             }
             entries.append(entry("MedicationStatement", _rid(secret, record, row.item), statement))
@@ -693,7 +722,6 @@ def _fhir_record(record: str, rows: list[Row], patient_url: dict[str, str], secr
             "code": {"text": title or "-"},
             "subject": subject,
             "extension": extensions,
-            "effectiveDateTime": year,
         }
         conclusion = values.get("diagnosis") or values.get("impression")
         if conclusion:
@@ -715,7 +743,6 @@ def _fhir_record(record: str, rows: list[Row], patient_url: dict[str, str], secr
                     }
                 }
             ],
-            "context": {"period": {"start": year, "end": year}},
         }
         entries.append(entry("DocumentReference", _rid(secret, record, "document"), document))
     return entries

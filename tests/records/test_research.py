@@ -245,8 +245,8 @@ def test_csv_export_is_deidentified_and_k_anonymous(client, study, erin, bob):
     assert groups and all(len(s) >= deid.K for s in groups.values())
     assert set(groups) == {("40-44", "female")}
     assert len({row["subject"] for row in rows}) == 6
-    # No exact dates: the year and a per-subject offset.
-    assert {row["year"] for row in rows} == {str(timezone.localdate().year)}
+    # No exact dates: the year of the subject's first record and a per-subject offset.
+    assert {row["first_year"] for row in rows} == {str(timezone.localdate().year)}
     assert {row["day_offset"] for row in rows} == {"0"}
     assert "[REMOVED]" in "".join(row["value"] for row in rows if row["field"] == "text")
     assert any(r["field"] == "observation" and r["name"] == "WBC" and r["value"] == "10.8" for r in rows)
@@ -276,13 +276,15 @@ def test_fhir_export_validates_and_is_deidentified(client, study, erin):
     for patient in patients:
         assert set(patient) == {"resourceType", "id", "gender", "extension"}
         assert patient["gender"] == "female"
-        assert patient["extension"] == [{"url": research.AGE_BAND_URL, "valueString": "40-44"}]
-    year = str(timezone.localdate().year)
+        assert patient["extension"] == [
+            {"url": research.AGE_BAND_URL, "valueString": "40-44"},
+            {"url": research.FIRST_YEAR_URL, "valueInteger": timezone.localdate().year},
+        ]
     kinds = defaultdict(int)
     for resource in resources:
         kinds[resource["resourceType"]] += 1
-        if "effectiveDateTime" in resource:
-            assert resource["effectiveDateTime"] == year
+        # No resource carries a date: only the offset from the subject's first record.
+        assert not {"effectiveDateTime", "effectivePeriod", "date", "context"} & set(resource)
     assert kinds == {
         "Patient": 6,
         "Observation": 12,
@@ -343,7 +345,7 @@ def test_drafts_and_unstored_versions_are_left_out(study, erin, alice, carol):
         record=record_create(patient=alice, author=carol, kind="note", visit=visit, content={"title": "pending"})
     )
     assert RecordVersion.objects.get(pk=pending.current_version_id).storage == "pending"
-    ids = set(research.research_records(erin, ["note"]).values_list("pk", flat=True))
+    ids = {r.pk for r in research.research_records(erin, ["note"])}
     assert draft.pk not in ids and pending.pk not in ids
     assert len(ids) == 7
 
@@ -487,3 +489,36 @@ def test_services_refuse_researchers_who_are_not_cleared(study, carol, other_res
             research.dataset_create(user=user, title="t", kinds=["note"])
         with pytest.raises(PermissionDenied):
             research.dataset_export(user=user, dataset=study["dataset"], fmt="csv")
+
+
+@pytest.mark.django_db
+def test_records_across_new_year_do_not_reveal_their_dates(client, study, erin):
+    """Each row carries the subject's first year, not its own: a day apart across New Year stays vague."""
+    from records.models import MedicalRecord
+
+    lab, note, _rx = study["records"][study["women"][0].pk]
+    eve = timezone.make_aware(timezone.datetime(2025, 12, 31, 12))
+    MedicalRecord.objects.filter(pk=lab.pk).update(created_at=eve)
+    MedicalRecord.objects.filter(pk=note.pk).update(created_at=eve + timedelta(days=1))
+    rows = _rows(_export(client, erin, study["dataset"]))
+    hers = [r for r in rows if r["first_year"] == "2025"]
+    # All her rows (one subject) say 2025, her first record's year; offsets 0, 1 and the days to today.
+    assert len({r["subject"] for r in hers}) == 1
+    assert {r["kind"] for r in hers} == {"lab_report", "note", "prescription"}
+    assert {"0", "1"} <= {r["day_offset"] for r in hers}
+
+
+@pytest.mark.django_db
+def test_k_anonymity_is_computed_over_records_the_researcher_can_open(client, study, erin, institute):
+    """Two women whose keys the institute does not hold drop out before grouping, not after."""
+    from records.models import WrappedKey
+
+    women = study["women"][:2]
+    WrappedKey.objects.filter(institution=institute, version__record__patient__in=women).delete()
+    login(client, erin)
+    page = client.get(reverse("research_dataset", args=[study["dataset"].public_id]), HTTP_ACCEPT_LANGUAGE="en")
+    rows = _rows(_export(client, erin, study["dataset"]))
+    released = {row["subject"] for row in rows}
+    summary = page.context["summary"]
+    assert summary.released_patients == len(released) == 0  # 4 women left: under k, all suppressed
+    assert ResearchExport.objects.get().row_count == 0
