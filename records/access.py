@@ -9,9 +9,10 @@ material the user may open. Rules for now (the sharing issue extends them):
 - verified colleagues (2FA on) at the record's institution while the
   record's visit is open: the care team, through the institution's key;
 - a grant: an active (not revoked), in-window, in-scope grant from the
-  patient to this user, or to this user's institution (verified staff with
-  2FA; researchers only under research-purpose grants), through the key
-  sealed for the grant's recipient. Revocation and expiry are checked here on
+  patient to this clinician, or to their institution (verified staff with
+  2FA), through the key sealed for the grant's recipient. Researchers never
+  open a single record: research grants feed the de-identified datasets of
+  ``records.research``, which apply the same scope rules in bulk. Revocation and expiry are checked here on
   every request, so they take effect on the very next one;
 - break-glass: a cleared clinician's open, unexpired emergency session for
   the patient (``records.breakglass``), through the patient's own envelope
@@ -35,7 +36,7 @@ from django.utils import timezone
 from accounts.models import Role
 from records.audit import audit
 from records.keys import open_dek
-from records.models import AccessEvent, Grant, GrantPurpose, MedicalRecord, RecordVersion, Visit, WrappedKey
+from records.models import AccessEvent, Grant, MedicalRecord, RecordVersion, Visit, WrappedKey
 
 
 class RecordAccessDenied(PermissionDenied):
@@ -63,11 +64,6 @@ def staff_cleared(user) -> bool:
     return user.is_verified_staff and user.role == Role.CLINICIAN and is_mfa_enabled(user)
 
 
-def grant_cleared(user) -> bool:
-    """Staff who may use a grant: verified, 2FA on, a clinician or a researcher."""
-    return user.is_verified_staff and user.role in (Role.CLINICIAN, Role.RESEARCHER) and is_mfa_enabled(user)
-
-
 def _grants_for(user, record: MedicalRecord) -> list[Grant]:
     """The patient's grants usable by ``user`` now that cover ``record``; one query.
 
@@ -86,8 +82,6 @@ def _grants_for(user, record: MedicalRecord) -> list[Grant]:
         .annotate(named=Exists(named))
         .order_by(F("grantee_institution_id").asc(nulls_first=True), "-created_at")  # personal grants first
     )
-    if user.role == Role.RESEARCHER:
-        grants = grants.filter(purpose=GrantPurpose.RESEARCH)
     return [g for g in grants if grant_in_scope(g, record, named=g.named)]
 
 
@@ -110,7 +104,9 @@ def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
             and user.institution_id == record.institution_id
         ):
             return "care-team", []
-    if user.role not in (Role.CLINICIAN, Role.RESEARCHER) or record.status == MedicalRecord.Status.DRAFT:
+    # Researchers never open a single (identified) record: research grants feed
+    # the de-identified datasets of ``records.research`` only.
+    if user.role != Role.CLINICIAN or record.status == MedicalRecord.Status.DRAFT:
         return None, []
     grants = _grants_for(user, record)
     if grants:

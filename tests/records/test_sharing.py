@@ -127,14 +127,17 @@ def test_sensitive_records_only_when_named(keys_sealed, alice, carol, dave, visi
     assert can_read(dave, secret)
 
 
-def test_research_needs_a_research_grant(keys_sealed, alice, carol, erin, institute, visit):
+def test_researchers_never_open_single_records_even_under_a_research_grant(
+    keys_sealed, alice, carol, erin, institute, visit
+):
+    """Research grants feed de-identified datasets (records.research), never the identified record."""
     record = write(alice, carol, visit)
     issue(alice, grantee_institution=institute, purpose="treatment")
     assert not can_read(erin, record)
     issue(alice, grantee_institution=institute, purpose="research")
-    assert can_read(erin, record)
-    event = AccessEvent.objects.filter(actor=erin, outcome="allowed").latest("at")
-    assert (event.basis, event.purpose) == ("grant", "research")
+    assert not can_read(erin, record)
+    event = AccessEvent.objects.filter(actor=erin, record=record).latest("at")
+    assert (event.outcome, event.detail) == ("denied", "no basis")
 
 
 def test_another_patient_cannot_see_or_revoke(client, keys_sealed, alice, bob, dave):
