@@ -33,7 +33,6 @@ from datetime import timedelta
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import TOTP
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.urls import reverse
@@ -68,31 +67,55 @@ class ReauthenticationFailed(PermissionDenied):
 
 
 # -- re-authentication ---------------------------------------------------------------------------
-def _failures_key(user) -> str:
-    return f"break-glass-reauth:{user.pk}"
+REAUTH_FAILED = "re-authentication failed"
 
 
-def reauthenticate(user, credential: str) -> None:
-    """Check ``credential`` is ``user``'s password or a fresh code from their authenticator app.
+def _credential_ok(user, credential: str) -> bool:
+    """``credential`` is ``user``'s password or a fresh code from their authenticator app.
 
-    A TOTP code is accepted once (allauth records it as used). After five
-    failures in fifteen minutes every attempt is refused until the window
-    passes, whatever is typed.
+    A TOTP code is accepted once (allauth records it as used).
     """
-    failures = cache.get(_failures_key(user), 0)
-    if failures >= REAUTH_FAILURES_MAX:
-        raise ReauthenticationFailed(_("Too many wrong attempts. Wait fifteen minutes, or ask a colleague."))
     credential = (credential or "").strip()
-    ok = False
     if _TOTP_CODE.match(credential):
         authenticator = Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).first()
-        ok = authenticator is not None and TOTP(authenticator).validate_code(credential)
-    if not ok and credential:
-        ok = user.check_password(credential)
+        if authenticator is not None and TOTP(authenticator).validate_code(credential):
+            return True
+    return bool(credential) and user.check_password(credential)
+
+
+def reauthenticate(user, credential: str, *, patient=None) -> None:
+    """Check the clinician's password or authenticator code; five failures in fifteen minutes lock it.
+
+    Failures are the audit rows themselves (the patient sees each attempt), counted
+    under the clinician's row lock, so parallel guesses cannot slip past the limit
+    and the count survives restarts. Raises ``ReauthenticationFailed``.
+    """
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        since = timezone.now() - timedelta(seconds=REAUTH_WINDOW)
+        failures = AccessEvent.objects.filter(
+            actor=user,
+            action=AccessEvent.Action.BREAK_GLASS,
+            outcome=AccessEvent.Outcome.DENIED,
+            detail=REAUTH_FAILED,
+            at__gte=since,
+        ).count()
+        locked = failures >= REAUTH_FAILURES_MAX
+        ok = not locked and _credential_ok(user, credential)
+        if not ok:
+            audit(
+                actor=user,
+                action=AccessEvent.Action.BREAK_GLASS,
+                outcome=AccessEvent.Outcome.DENIED,
+                patient=patient,
+                purpose=PURPOSE,
+                basis="break-glass",
+                detail=REAUTH_FAILED,
+            )
+    if locked:
+        raise ReauthenticationFailed(_("Too many wrong attempts. Wait fifteen minutes, or ask a colleague."))
     if not ok:
-        cache.set(_failures_key(user), failures + 1, REAUTH_WINDOW)
         raise ReauthenticationFailed(_("That is not your password or a current authenticator code."))
-    cache.delete(_failures_key(user))
 
 
 # -- the sealed free-text reason -------------------------------------------------------------------
@@ -166,20 +189,7 @@ def break_glass_open(
         hours = 0
     if not 1 <= hours <= MAX_HOURS:
         raise ValidationError(_("Emergency access lasts between 1 and %(n)d hours.") % {"n": MAX_HOURS})
-    try:
-        reauthenticate(clinician, credential)
-    except ReauthenticationFailed:
-        with transaction.atomic():
-            audit(
-                actor=clinician,
-                action=AccessEvent.Action.BREAK_GLASS,
-                outcome=AccessEvent.Outcome.DENIED,
-                patient=patient,
-                purpose=PURPOSE,
-                basis="break-glass",
-                detail="re-authentication failed",
-            )
-        raise
+    reauthenticate(clinician, credential, patient=patient)
     return _open(clinician=clinician, patient=patient, reason=reason, detail=detail, hours=hours)
 
 
@@ -258,18 +268,21 @@ def _notify_patient(session: BreakGlass) -> None:
 
 
 # -- review and close -----------------------------------------------------------------------------------
-def may_review(user, session: BreakGlass) -> bool:
-    """A verified administrator of the session's institution, 2FA on, who is not the clinician."""
+def reviewer_cleared(user) -> bool:
+    """A verified institution administrator with 2FA on: who may see and close break-glass sessions."""
     from allauth.mfa.utils import is_mfa_enabled
 
     return (
         user.is_authenticated
         and user.role == Role.INSTITUTION_ADMIN
         and user.is_verified_staff
-        and user.institution_id == session.institution_id
-        and user.pk != session.clinician_id
         and is_mfa_enabled(user)
     )
+
+
+def may_review(user, session: BreakGlass) -> bool:
+    """A cleared administrator of the session's institution who is not the clinician."""
+    return reviewer_cleared(user) and user.institution_id == session.institution_id and user.pk != session.clinician_id
 
 
 def sessions_for_review(admin):
@@ -283,9 +296,7 @@ def sessions_for_review(admin):
 
 def session_reads(session: BreakGlass):
     """Every access the clinician made to the patient's data under this session."""
-    end = session.closed_at or session.expires_at
-    if session.closed_at is not None:
-        end = min(session.closed_at, session.expires_at)
+    end = min(session.closed_at, session.expires_at) if session.closed_at else session.expires_at
     return (
         AccessEvent.objects.filter(
             actor_id=session.clinician_id,
@@ -333,31 +344,33 @@ def break_glass_close(*, reviewer, session: BreakGlass, review: str, note: str =
 
 
 def _submit_closing(session: BreakGlass, reviewer) -> bool:
-    from chain.ledger_services import DbState, tx_sign_and_submit
+    from chain.ledger_services import DbState, TxRejected, tx_sign_and_submit
 
     if DbState().get(break_glass_state_key(bytes(session.chain_id))) is None:
         return False  # the opening is not sealed yet: the row is the outbox
-    entry = tx_sign_and_submit(
-        private_key=signing_private_key(reviewer),
-        type=BREAK_GLASS_CLOSED,
-        payload={"session": bytes(session.chain_id), "outcome": session.review},
-    )
+    try:
+        with transaction.atomic():
+            entry = tx_sign_and_submit(
+                private_key=signing_private_key(reviewer),
+                type=BREAK_GLASS_CLOSED,
+                payload={"session": bytes(session.chain_id), "outcome": session.review},
+            )
+    except TxRejected as exc:
+        # E.g. the reviewer's key registration is not sealed yet: the closing stands in the
+        # database (access has ended) and ``break_glass_redrive`` submits it later.
+        log.warning("closing of break-glass %s waits: %s", session.public_id, exc)
+        return False
     session.closed_tx = entry.cid
     session.save(update_fields=["closed_tx"])
     return True
 
 
 def break_glass_redrive(limit: int = 200) -> int:
-    """Submit closings that waited for their session's opening to be sealed."""
-    from chain.ledger_services import TxRejected
-
+    """Submit closings that waited for their session's opening (or the reviewer's key) to be sealed."""
     submitted = 0
     pending = BreakGlass.objects.filter(closed_at__isnull=False, closed_tx="").select_related("closed_by")[:limit]
     for session in pending:
-        try:
-            with transaction.atomic():
-                if _submit_closing(session, session.closed_by):
-                    submitted += 1
-        except TxRejected as exc:
-            log.warning("closing of break-glass %s refused: %s", session.public_id, exc)
+        with transaction.atomic():
+            if _submit_closing(session, session.closed_by):
+                submitted += 1
     return submitted

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
+from django.db.models.functions import Coalesce, Least
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from accounts.access import mfa_required, patient_data_gate, role_required
+from accounts.access import forbidden, mfa_required, patient_data_gate, role_required
 from accounts.models import Role
 from chain.ledger_services import TxRejected
 from records import breakglass as services
@@ -67,6 +68,14 @@ def clinic_break_glass(request):
 @role_required(Role.INSTITUTION_ADMIN)
 @mfa_required
 def institution_break_glass(request):
+    if not services.reviewer_cleared(request.user):
+        return forbidden(
+            request,
+            _(
+                "Your account is waiting for verification by your institution's "
+                "administrator. Until then you cannot see any patient data."
+            ),
+        )
     now = timezone.now()
     sessions = list(
         services.sessions_for_review(request.user)
@@ -80,13 +89,12 @@ def institution_break_glass(request):
 
 def _reads_filter() -> Q:
     """Reads of the session's patient by its clinician under break-glass, within its window (an annotation)."""
-    from django.db.models import F
-
+    end = Least(Coalesce(F("closed_at"), F("expires_at")), F("expires_at"))
     return Q(
         patient__footprint__actor_id=F("clinician_id"),
         patient__footprint__basis="break-glass",
         patient__footprint__at__gte=F("opened_at"),
-        patient__footprint__at__lte=F("expires_at"),
+        patient__footprint__at__lte=end,
         patient__footprint__action__in=[AccessEvent.Action.VIEW, AccessEvent.Action.DOWNLOAD],
     )
 

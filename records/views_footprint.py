@@ -118,5 +118,13 @@ def _emergencies(patient) -> list[dict]:
     from records.breakglass import break_glass_detail
     from records.models import BreakGlass
 
-    sessions = BreakGlass.objects.filter(patient=patient).select_related("clinician", "institution")[:10]
-    return [{"session": s, "detail": break_glass_detail(s, user=patient)} for s in sessions]
+    from chain.core.errors import CryptoError
+
+    items = []
+    for session in BreakGlass.objects.filter(patient=patient).select_related("clinician", "institution")[:10]:
+        try:
+            detail = break_glass_detail(session, user=patient)
+        except CryptoError:  # one unreadable reason must not hide the others
+            detail = ""
+        items.append({"session": session, "detail": detail})
+    return items

@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.urls import reverse
 from django.utils import timezone
@@ -39,7 +38,6 @@ def _english(settings):
     from django.utils import translation
 
     settings.LANGUAGE_CODE = "en"
-    cache.clear()
     with translation.override("en"):
         yield
 
@@ -293,3 +291,62 @@ def test_break_glass_does_not_reach_other_patients(keys_sealed, alice, bob, caro
     open_for(dave, alice)
     with pytest.raises(RecordAccessDenied):
         record_get_for_user(dave, bobs.public_id)
+
+
+def test_an_unverified_admin_sees_no_sessions(client, keys_sealed, alice, dave, other_hospital):
+    session = open_for(dave, alice)
+    pending = UserFactory(email="new.admin@example.org", role="institution_admin", institution=other_hospital)
+    enable_totp(pending)
+    client.force_login(pending)
+    listing = client.get(reverse("institution_break_glass"))
+    assert listing.status_code == 403 and alice.display_name not in listing.content.decode()
+    assert client.get(reverse("institution_break_glass_detail", args=[session.public_id])).status_code == 404
+
+
+def test_a_reviewer_whose_key_is_not_sealed_yet_still_closes(keys_sealed, alice, carol, dave, visit, other_hospital):
+    record = write(alice, carol, visit)
+    session = open_for(dave, alice)
+    chain_seal()
+    fresh = UserFactory(email="fresh.admin@example.org", role="institution_admin", institution=other_hospital)
+    enable_totp(fresh)
+    from accounts.models import User
+
+    User.objects.filter(pk=fresh.pk).update(verified_at=timezone.now())
+    fresh.refresh_from_db()
+    session = break_glass_close(reviewer=fresh, session=session, review="justified")
+    assert session.closed_at is not None and session.closed_tx == ""
+    assert not can_read(dave, record)
+    chain_seal()  # the reviewer's key registration
+    assert break_glass_redrive() == 1
+    session.refresh_from_db()
+    assert session.closed_tx
+
+
+def test_the_review_list_counts_reads_within_each_session(
+    client, keys_sealed, alice, carol, dave, visit, other_admin
+):
+    record = write(alice, carol, visit)
+    first = open_for(dave, alice)
+    chain_seal()
+    break_glass_close(reviewer=other_admin, session=first, review="justified")
+    second = open_for(dave, alice)
+    assert second.pk != first.pk
+    assert can_read(dave, record)
+    client.force_login(other_admin)
+    sessions = {s.pk: s for s in client.get(reverse("institution_break_glass")).context["sessions"]}
+    assert (sessions[first.pk].reads, sessions[second.pk].reads) == (0, 1)
+
+
+def test_the_lockout_counts_audited_failures_in_the_last_fifteen_minutes(keys_sealed, alice, dave):
+    from records.breakglass import REAUTH_FAILED, REAUTH_FAILURES_MAX, reauthenticate
+
+    for _ in range(REAUTH_FAILURES_MAX):
+        with pytest.raises(ReauthenticationFailed):
+            reauthenticate(dave, "wrong", patient=alice)
+    failures = AccessEvent.objects.filter(actor=dave, detail=REAUTH_FAILED, outcome="denied", patient=alice)
+    assert failures.count() == REAUTH_FAILURES_MAX
+    with pytest.raises(ReauthenticationFailed, match="Too many"):
+        reauthenticate(dave, PASSWORD)
+    # Sixteen minutes later the window has passed.
+    failures.update(at=timezone.now() - timedelta(minutes=16))
+    reauthenticate(dave, PASSWORD)
