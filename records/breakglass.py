@@ -35,6 +35,7 @@ from allauth.mfa.totp.internal.auth import TOTP
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -235,7 +236,7 @@ def _open(*, clinician, patient, reason: str, detail: str, hours: int) -> BreakG
         patient=patient,
         purpose=PURPOSE,
         basis="break-glass",
-        detail=session.get_reason_display(),
+        detail=reason,  # the code: audit rows do not depend on the language of the request
     )
     _notify_patient(session)
     return session
@@ -290,7 +291,7 @@ def sessions_for_review(admin):
     return (
         BreakGlass.objects.filter(institution_id=admin.institution_id)
         .select_related("clinician", "patient", "closed_by", "institution")
-        .order_by("closed_at", "-opened_at")
+        .order_by(F("closed_at").asc(nulls_first=True), "-opened_at")
     )
 
 
@@ -338,7 +339,7 @@ def break_glass_close(*, reviewer, session: BreakGlass, review: str, note: str =
         patient=session.patient,
         purpose=PURPOSE,
         basis="review",
-        detail=session.get_review_display(),
+        detail=review,
     )
     return session
 

@@ -77,12 +77,11 @@ def institution_break_glass(request):
             ),
         )
     now = timezone.now()
+    reviewable = services.sessions_for_review(request.user)
     sessions = list(
-        services.sessions_for_review(request.user)
-        .annotate(reads=Count("patient__footprint", filter=_reads_filter()))
-        .order_by("closed_at", "-opened_at")[:SESSIONS_SHOWN]
+        reviewable.annotate(reads=Count("patient__footprint", filter=_reads_filter()))[:SESSIONS_SHOWN]
     )
-    awaiting = [s for s in sessions if s.closed_at is None]
+    awaiting = reviewable.filter(closed_at__isnull=True).count()
     context = {"sessions": sessions, "awaiting": awaiting, "now": now}
     return render(request, "accounts/break_glass_list.html", context)
 

@@ -115,10 +115,9 @@ def patient_footprint(request):
 
 def _emergencies(patient) -> list[dict]:
     """The patient's break-glass sessions (newest first) with the clinician's own words, opened with their key."""
+    from chain.core.errors import CryptoError
     from records.breakglass import break_glass_detail
     from records.models import BreakGlass
-
-    from chain.core.errors import CryptoError
 
     items = []
     for session in BreakGlass.objects.filter(patient=patient).select_related("clinician", "institution")[:10]:
