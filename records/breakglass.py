@@ -239,6 +239,7 @@ def _open(*, clinician, patient, reason: str, detail: str, hours: int) -> BreakG
         detail=reason,  # the code: audit rows do not depend on the language of the request
     )
     _notify_patient(session)
+    _notify_reviewers(session)
     return session
 
 
@@ -266,6 +267,35 @@ def _notify_patient(session: BreakGlass) -> None:
     notify(
         user=session.patient, kind=Notification.Kind.BREAK_GLASS, params=params, link=link, subject=subject, body=body
     )
+
+
+def _notify_reviewers(session: BreakGlass) -> None:
+    """Tell the institution's verified administrators there is a session to review (names only)."""
+    from django.conf import settings
+    from django.utils import translation
+
+    from records.requests import notify, site_link
+
+    params = {"name": session.clinician.display_name}
+    link = reverse("institution_break_glass_detail", args=[session.public_id])
+    with translation.override(settings.LANGUAGE_CODE):
+        subject = _("Emergency access to review")
+        body = _(
+            "%(name)s used emergency (break-glass) access to a patient's records.\n\n"
+            "Review it and record whether it was justified: %(link)s"
+        ) % {**params, "link": site_link(link)}
+    reviewers = User.objects.filter(
+        role=Role.INSTITUTION_ADMIN, institution_id=session.institution_id, verified_at__isnull=False, is_active=True
+    ).exclude(pk=session.clinician_id)
+    for reviewer in reviewers:
+        notify(
+            user=reviewer,
+            kind=Notification.Kind.BREAK_GLASS_REVIEW,
+            params=params,
+            link=link,
+            subject=subject,
+            body=body,
+        )
 
 
 # -- review and close -----------------------------------------------------------------------------------

@@ -486,6 +486,7 @@ class Notification(models.Model):
         REQUEST_APPROVED = "request_approved", _("Request approved")
         REQUEST_DECLINED = "request_declined", _("Request declined")
         BREAK_GLASS = "break_glass", _("Emergency access to your records")
+        BREAK_GLASS_REVIEW = "break_glass_review", _("Emergency access to review")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=24, choices=Kind.choices)
@@ -525,6 +526,8 @@ def notification_text(kind: str, params: dict) -> str:
             "name": name,
             "institution": institution,
         }
+    if kind == Notification.Kind.BREAK_GLASS_REVIEW:
+        return gettext("%(name)s used emergency access. Review it.") % {"name": name}
     return gettext("You have a new notification.")
 
 

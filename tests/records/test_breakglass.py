@@ -79,8 +79,15 @@ def test_break_glass_opens_records_for_four_hours_notifies_and_stands_out(
     # The patient is told, in the portal and by email, without clinical content.
     notice = Notification.objects.get(user=alice, kind="break_glass")
     assert dave.display_name in notice.text
-    assert len(mail.outbox) == 1 and mail.outbox[0].to == [alice.email]
-    assert "accident" not in mail.outbox[0].body and "Warfarin" not in mail.outbox[0].body
+    to_patient = next(m for m in mail.outbox if m.to == [alice.email])
+    assert "accident" not in to_patient.body and "Warfarin" not in to_patient.body
+    # South hospital's administrator is asked to review it (names only, a link to the session).
+    review = Notification.objects.get(kind="break_glass_review")
+    assert review.user.institution_id == dave.institution_id and review.user.role == "institution_admin"
+    assert review.link == reverse("institution_break_glass_detail", args=[session.public_id])
+    to_reviewer = next(m for m in mail.outbox if m.to == [review.user.email])
+    assert alice.display_name not in to_reviewer.body and "accident" not in to_reviewer.body
+    assert len(mail.outbox) == 2
 
     # It stands out in the footprint, with the clinician's words opened by the patient's key.
     login(client, alice)
@@ -175,6 +182,8 @@ def test_admin_reviews_and_closing_ends_access_at_once(client, keys_sealed, alic
         break_glass_detail(session, user=carol)
 
     client.force_login(other_admin)
+    notices = client.get(reverse("notifications"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert f"{dave.display_name} used emergency access. Review it." in notices
     listing = client.get(reverse("institution_break_glass"), HTTP_ACCEPT_LANGUAGE="en")
     assert listing.status_code == 200 and str(session.public_id) in listing.content.decode()
     url = reverse("institution_break_glass_detail", args=[session.public_id])
