@@ -25,7 +25,7 @@ from records.access import RecordAccess, staff_cleared
 from records.audit import audit
 from records.keys import encrypt_content, seal_for, unwrap_file_key, wrap_file_key
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordKind, RecordVersion, Visit, WrappedKey
-from records.sharing import deliver_to_grantees
+from records.sharing import deliver_to_grantees, grantees_in_scope
 from records.uploads import SpooledUpload
 
 
@@ -69,18 +69,11 @@ def _recipients(record: MedicalRecord, *, author):
     """Who gets the version key: the patient, the record's author, whoever wrote
     this version, the record's institution (its care team), and every grantee
     of a current or pending grant whose scope covers the record (one query)."""
-    from records.sharing import grant_in_scope, grants_for_record
-
     users = [record.patient, record.author, author]
     institution = record.institution or (author.institution if author.institution_id else None)
     institutions = [institution] if institution is not None else []
-    for grant in grants_for_record(record):
-        if grant_in_scope(grant, record, named=grant.named):
-            if grant.grantee_user_id:
-                users.append(grant.grantee_user)
-            else:
-                institutions.append(grant.grantee_institution)
-    return users, institutions
+    grantee_users, grantee_institutions = grantees_in_scope(record)
+    return users + grantee_users, institutions + grantee_institutions
 
 
 def _new_version(record: MedicalRecord, *, author, content: dict, number: int) -> tuple[RecordVersion, bytes]:

@@ -94,6 +94,18 @@ def grants_for_record(record: MedicalRecord, *, now=None):
     )
 
 
+def grantees_in_scope(record: MedicalRecord) -> tuple[list, list]:
+    """The users and institutions of the patient's current or pending grants that cover ``record``; one query."""
+    users, institutions = [], []
+    for grant in grants_for_record(record):
+        if grant_in_scope(grant, record, named=grant.named):
+            if grant.grantee_user_id:
+                users.append(grant.grantee_user)
+            else:
+                institutions.append(grant.grantee_institution)
+    return users, institutions
+
+
 def scope_digest(grant: Grant, record_handles: list[bytes]) -> bytes:
     """A commitment to the scope: what was granted, without saying it on chain."""
     document = {
@@ -266,13 +278,7 @@ def deliver_to_grantees(record: MedicalRecord) -> int:
     version = record.current_version
     if version is None or record.status == MedicalRecord.Status.DRAFT:
         return 0
-    users, institutions = [], []
-    for grant in grants_for_record(record):
-        if grant_in_scope(grant, record, named=grant.named):
-            if grant.grantee_user_id:
-                users.append(grant.grantee_user)
-            else:
-                institutions.append(grant.grantee_institution)
+    users, institutions = grantees_in_scope(record)
     if not users and not institutions:
         return 0
     held = WrappedKey.objects.filter(version=version).values_list("user_id", "institution_id")
