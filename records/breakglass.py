@@ -32,7 +32,6 @@ from datetime import timedelta
 
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import TOTP
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F
@@ -40,12 +39,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from accounts.keys import encryption_private_key, signing_private_key
+from accounts.keys import signing_private_key
 from accounts.models import Role, User
-from chain.core import crypto
-from chain.core.errors import CryptoError
 from records.access import staff_cleared
 from records.audit import audit
+from records.keys import open_message, seal_message
 from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED, break_glass_state_key
 from records.models import AccessEvent, BreakGlass, BreakGlassReason, Notification
 
@@ -59,7 +57,6 @@ PURPOSE = "emergency"
 PSEUDONYM_PURPOSE = "break-glass"
 REAUTH_FAILURES_MAX = 5
 REAUTH_WINDOW = 15 * 60
-_DETAIL_VERSION = b"\x01"
 _TOTP_CODE = re.compile(r"^\d{6}$")
 
 
@@ -120,15 +117,13 @@ def reauthenticate(user, credential: str, *, patient=None) -> None:
 
 
 # -- the sealed free-text reason -------------------------------------------------------------------
+_DETAIL_READERS = ("patient", "clinician", "institution")
+
+
 def _seal_detail(session: BreakGlass, detail: str) -> None:
-    key = os.urandom(32)
-    nonce = os.urandom(12)
-    aad = session.associated_data()
-    session.detail_ciphertext = _DETAIL_VERSION + nonce + AESGCM(key).encrypt(nonce, detail.encode(), aad)
-    holders = {"patient": session.patient, "clinician": session.clinician, "institution": session.institution}
-    session.detail_keys = {
-        label: crypto.seal_key(bytes(holder.enc_public), key, context=aad).hex() for label, holder in holders.items()
-    }
+    holders = [session.patient, session.clinician, session.institution]
+    session.detail_ciphertext, envelopes = seal_message(detail, aad=session.associated_data(), recipients=holders)
+    session.detail_keys = {label: envelope.hex() for label, envelope in zip(_DETAIL_READERS, envelopes, strict=True)}
 
 
 def break_glass_detail(session: BreakGlass, *, user) -> str:
@@ -141,15 +136,8 @@ def break_glass_detail(session: BreakGlass, *, user) -> str:
         label, holder = "institution", session.institution
     else:
         raise PermissionDenied(_("Only the patient, the clinician and their institution's reviewers read this."))
-    aad = session.associated_data()
-    key = crypto.open_key(encryption_private_key(holder), bytes.fromhex(session.detail_keys[label]), context=aad)
-    blob = bytes(session.detail_ciphertext)
-    if len(blob) < 1 + 12 + 16 or blob[:1] != _DETAIL_VERSION:
-        raise CryptoError("malformed break-glass reason")
-    try:
-        return AESGCM(key).decrypt(blob[1:13], blob[13:], aad).decode()
-    except Exception:  # cryptography raises InvalidTag
-        raise CryptoError("the break-glass reason does not open") from None
+    envelope = bytes.fromhex(session.detail_keys[label])
+    return open_message(bytes(session.detail_ciphertext), envelope, holder=holder, aad=session.associated_data())
 
 
 # -- open ----------------------------------------------------------------------------------------------

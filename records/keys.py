@@ -20,6 +20,7 @@ from chain.core.errors import CryptoError
 from records.models import RecordFile, RecordVersion, WrappedKey
 
 _FILE_KEY_VERSION = b"\x01"
+_MESSAGE_VERSION = b"\x01"
 
 
 def seal_for(version: RecordVersion, dek: bytes, *, users=(), institutions=()) -> list[WrappedKey]:
@@ -76,3 +77,26 @@ def encrypt_content(dek: bytes, version: RecordVersion, content: dict) -> bytes:
 def decrypt_content(dek: bytes, version: RecordVersion) -> dict:
     plaintext = stream.decrypt_bytes(dek, bytes(version.content_ciphertext), associated_data=version.associated_data())
     return json.loads(plaintext)
+
+
+def seal_message(text: str, *, aad: bytes, recipients) -> tuple[bytes, list[bytes]]:
+    """A short text (a reason between people) for a few readers: AES-256-GCM under a
+    random key, the key sealed to each recipient's X25519 public key (``recipients``
+    are key holders). Returns the ciphertext and one envelope per recipient, in order.
+    """
+    key = os.urandom(32)
+    nonce = os.urandom(12)
+    ciphertext = _MESSAGE_VERSION + nonce + AESGCM(key).encrypt(nonce, text.encode(), aad)
+    envelopes = [crypto.seal_key(bytes(holder.enc_public), key, context=aad) for holder in recipients]
+    return ciphertext, envelopes
+
+
+def open_message(ciphertext: bytes, envelope: bytes, *, holder, aad: bytes) -> str:
+    """Open ``seal_message``'s ciphertext with ``holder``'s envelope and private key."""
+    key = crypto.open_key(encryption_private_key(holder), envelope, context=aad)
+    if len(ciphertext) < 1 + 12 + 16 or ciphertext[:1] != _MESSAGE_VERSION:
+        raise CryptoError("malformed sealed message")
+    try:
+        return AESGCM(key).decrypt(ciphertext[1:13], ciphertext[13:], aad).decode()
+    except Exception:  # cryptography raises InvalidTag
+        raise CryptoError("the sealed message does not open") from None

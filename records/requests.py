@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
@@ -28,28 +27,23 @@ from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
-from accounts.keys import encryption_private_key, signing_private_key
+from accounts.keys import signing_private_key
 from accounts.models import Role, User
-from chain.core import crypto
-from chain.core.errors import CryptoError
 from records.access import staff_cleared
 from records.audit import audit
+from records.keys import open_message, seal_message
 from records.ledger import ACCESS_REQUESTED
 from records.models import AccessEvent, AccessRequest, GrantPurpose, GrantScope, Notification, RecordKind
 
 REASON_MAX = 1000
 DAYS_MAX = 365
-_REASON_VERSION = b"\x01"
 
 
 # -- the sealed reason ---------------------------------------------------------------------------
 def _seal_reason(request: AccessRequest, reason: str) -> None:
-    key = os.urandom(32)
-    nonce = os.urandom(12)
-    aad = request.associated_data()
-    request.reason_ciphertext = _REASON_VERSION + nonce + AESGCM(key).encrypt(nonce, reason.encode(), aad)
-    request.reason_key_patient = crypto.seal_key(bytes(request.patient.enc_public), key, context=aad)
-    request.reason_key_requester = crypto.seal_key(bytes(request.requester.enc_public), key, context=aad)
+    request.reason_ciphertext, (request.reason_key_patient, request.reason_key_requester) = seal_message(
+        reason, aad=request.associated_data(), recipients=[request.patient, request.requester]
+    )
 
 
 def access_request_reason(request: AccessRequest, *, user) -> str:
@@ -60,15 +54,7 @@ def access_request_reason(request: AccessRequest, *, user) -> str:
         envelope = bytes(request.reason_key_requester)
     else:
         raise PermissionDenied(_("Only the patient and the requester read a request's reason."))
-    aad = request.associated_data()
-    key = crypto.open_key(encryption_private_key(user), envelope, context=aad)
-    blob = bytes(request.reason_ciphertext)
-    if len(blob) < 1 + 12 + 16 or blob[:1] != _REASON_VERSION:
-        raise CryptoError("malformed request reason")
-    try:
-        return AESGCM(key).decrypt(blob[1:13], blob[13:], aad).decode()
-    except Exception:  # cryptography raises InvalidTag
-        raise CryptoError("the request's reason does not open") from None
+    return open_message(bytes(request.reason_ciphertext), envelope, holder=user, aad=request.associated_data())
 
 
 # -- notifications ---------------------------------------------------------------------------------
