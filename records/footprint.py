@@ -439,6 +439,12 @@ def chart_counts(qs: QuerySet[AccessEvent], *, first: date) -> dict[date, tuple[
     return {day: (a, d) for day, (a, d) in counts.items()}
 
 
+def value_axis(peak: int, *, top: float, plot_h: float) -> tuple[int, list[tuple[float, int]]]:
+    """The scale's top (a nice number at least ``peak``) and the (y, value) guide lines at 0, half and top."""
+    scale_max = _nice_max(peak)
+    return scale_max, [(round(top + plot_h - plot_h * f, 2), round(scale_max * f)) for f in (0, 0.5, 1)]
+
+
 def _nice_max(value: int) -> int:
     """The smallest of 2, 4, 6, 8, 10, 20, 40, … at least ``value``: even, so its half is a whole guide."""
     step = 2
@@ -458,7 +464,7 @@ def footprint_chart(
     first = last - timedelta(days=days - 1)
     slot = plot_w / days
     peak = max((a + d for a, d in counts.values()), default=0)
-    scale_max = _nice_max(peak)
+    scale_max, grid = value_axis(peak, top=top, plot_h=plot_h)
     bars, ticks = [], []
     total = denied_total = 0
     for i in range(days):
@@ -488,7 +494,6 @@ def footprint_chart(
         )
     if len(ticks) > 1 and ticks[1].x - ticks[0].x < 40:
         ticks.pop(0)  # the first day crowds the first month's label
-    grid = [(round(top + plot_h - plot_h * f, 2), round(scale_max * f)) for f in (0, 0.5, 1)]
     return FootprintChart(
         width=width,
         height=height,

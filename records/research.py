@@ -343,12 +343,12 @@ def _band_key(band: str) -> tuple[int, int]:
 
 def band_chart(counts: dict[str, int], *, width: int = 640, height: int = 200) -> BandChart:
     """Bars of released subjects per age band, as numbers an inline SVG template draws."""
-    from records.footprint import _nice_max
+    from records.footprint import value_axis
 
     left, right, top, bottom = 34, 6, 12, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     bands = sorted(counts, key=_band_key)
-    scale_max = _nice_max(max(counts.values(), default=0))
+    scale_max, grid = value_axis(max(counts.values(), default=0), top=top, plot_h=plot_h)
     slot = plot_w / max(len(bands), 10)  # at most a tenth of the width each: one band is not a wall
     bars = []
     for i, band in enumerate(bands):
@@ -366,7 +366,6 @@ def band_chart(counts: dict[str, int], *, width: int = 640, height: int = 200) -
                 title=_("%(band)s: %(n)s subjects") % {"band": label, "n": value},
             )
         )
-    grid = [(round(top + plot_h - plot_h * f, 2), round(scale_max * f)) for f in (0, 0.5, 1)]
     return BandChart(
         width=width,
         height=height,
