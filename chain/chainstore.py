@@ -105,6 +105,12 @@ def open_rdict(path: str, *, secondary_path: str | None = None) -> Rdict:
         raise StoreError(f"cannot open the chain store {path}: {text}") from None
 
 
+def _scratch_dir() -> str:
+    """Secondary handles' private folders live in the node's data directory, not /tmp."""
+    Path(settings.TMP_DIR).mkdir(parents=True, exist_ok=True)
+    return str(settings.TMP_DIR)
+
+
 class ChainStore:
     """Blocks and transactions of one chain in RocksDB (see the module docstring)."""
 
@@ -117,7 +123,7 @@ class ChainStore:
         if secondary:
             if not (Path(self.path) / "CURRENT").exists():
                 raise StoreUnavailable(f"no chain store at {self.path} yet")
-            self._secondary_dir = tempfile.mkdtemp(prefix="chain-2nd-")
+            self._secondary_dir = tempfile.mkdtemp(prefix="chain-2nd-", dir=_scratch_dir())
             try:
                 self._db = open_rdict(self.path, secondary_path=self._secondary_dir)
             except StoreError:

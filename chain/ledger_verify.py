@@ -568,7 +568,7 @@ def chain_verify(
             store = chainstore.primary()
         else:  # a handle of its own that reads past the block cache
             store = private = chainstore.ChainStore(settings.CHAIN_DIR, secondary=True, scan=True)
-    tmp = tempfile.mkdtemp(prefix="chain-verify-")
+    tmp = tempfile.mkdtemp(prefix="chain-verify-", dir=settings.TMP_DIR)
     try:
         state = ReplayState(tmp)
         try:

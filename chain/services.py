@@ -90,15 +90,44 @@ def _check_store() -> dict:
     return {"ok": dag["ok"], "paths": detail, "dag": dag}
 
 
+def chain_summary() -> dict:
+    """Height, head and authority count of the projected chain (public: no personal data)."""
+    from chain.core.consortium import authorities_of
+    from chain.ledger_services import DbState
+    from chain.models import Block
+
+    head = Block.objects.order_by("-height").values("height", "cid", "state_hash").first()
+    try:
+        authorities = len(authorities_of(DbState())) if head else 0
+    except Exception:  # no genesis projected yet, or a damaged row: the summary must not fail
+        authorities = 0
+    if head is None:
+        return {"height": None, "head": None, "state_hash": None, "authorities": authorities}
+    return {"height": head["height"], "head": head["cid"], "state_hash": head["state_hash"], "authorities": authorities}
+
+
+def _processes() -> dict | None:
+    from chain.supervisor import read_status
+
+    return read_status(settings.RUN_DIR)
+
+
 def health_report() -> dict:
-    """What /healthz and the operator page show. ``ok`` needs database and broker."""
+    """What the operator page and an operator's /healthz show. ``ok`` needs database and broker."""
     report = {
         "database": _check_database(),
         "broker": _check_broker(),
         "workers": _check_workers(),
         "store": _check_store(),
+        "chain": chain_summary(),
+        "processes": _processes(),
         "node_id": settings.NODE_ID,
         "time": timezone.now().isoformat(),
     }
     report["ok"] = report["database"]["ok"] and report["broker"]["ok"]
     return report
+
+
+def health_summary(report: dict) -> dict:
+    """What anyone may see: up or not, and the chain's public head. No paths, hosts or errors."""
+    return {"ok": report["ok"], "status": "ok" if report["ok"] else "unavailable", "chain": report["chain"]}

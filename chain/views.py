@@ -6,14 +6,23 @@ from django.views.decorators.cache import never_cache
 
 from accounts.access import role_required
 from accounts.models import Role
-from chain.services import health_report
+from chain.services import health_report, health_summary
+
+
+def _may_see_node_details(user) -> bool:
+    return user.is_authenticated and (user.is_superuser or user.role == Role.OPERATOR)
 
 
 @never_cache
 def healthz(request):
-    """Machine-readable health: 200 when database and broker answer, else 503."""
+    """Machine-readable health: 200 when database and broker answer, else 503.
+
+    Anyone gets the status and the chain's public head; operators get the whole
+    report (paths, worker hosts, processes), which tells an attacker too much.
+    """
     report = health_report()
-    return JsonResponse(report, status=200 if report["ok"] else 503)
+    body = report if _may_see_node_details(request.user) else health_summary(report)
+    return JsonResponse(body, status=200 if report["ok"] else 503)
 
 
 @role_required(Role.OPERATOR)

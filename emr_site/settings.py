@@ -12,6 +12,7 @@ Every variable is listed in the README's configuration table.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import environ
@@ -34,7 +35,19 @@ EMR_ENV = env_choice("EMR_ENV", "development", ("development", "production"))
 PRODUCTION = EMR_ENV == "production"
 
 DATA_DIR = Path(env_str("EMR_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Everything a node writes (database, WAL, mail, stores, spool, broker) is private
+# to the user running it: files 0600, folders 0700, whatever the caller's umask.
+os.umask(0o077)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if DATA_DIR.stat().st_uid == os.getuid():
+    DATA_DIR.chmod(0o700)
+# Temporary files of the node (secondary store handles, verification scratch
+# space, uploads Django spills to disk) stay in its own data directory too.
+TMP_DIR = DATA_DIR / "tmp"
+TMP_DIR.mkdir(exist_ok=True)
+FILE_UPLOAD_TEMP_DIR = str(TMP_DIR)
+# Running processes' state (runnode's supervisor status, gunicorn's control socket).
+RUN_DIR = DATA_DIR / "run"
 
 # -- secrets ----------------------------------------------------------------
 _secret = env_str("SECRET_KEY", "")
@@ -258,12 +271,17 @@ if not CELERY_BROKER_URL.startswith(("filesystem://", "redis://", "rediss://")):
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for _sub in ("queue", "processed", "control"):
+    # Our own transport (emr_site.broker): kombu's makes half-written messages
+    # visible, and a worker that reads one dies (docs/architecture.md, "Broker").
+    CELERY_BROKER_TRANSPORT = "emr_site.broker:Transport"
+    for _sub in ("queue", "tmp", "claimed", "bad", "control"):
         (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
-        "processed_folder": str(BROKER_DIR / "processed"),
+        "tmp_folder": str(BROKER_DIR / "tmp"),
+        "claimed_folder": str(BROKER_DIR / "claimed"),
+        "bad_folder": str(BROKER_DIR / "bad"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }

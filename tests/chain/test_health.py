@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from chain.services import heartbeat_record
@@ -9,7 +10,23 @@ from chain.tasks import default_heartbeat, store_heartbeat
 pytestmark = pytest.mark.django_db
 
 
-def test_healthz_reports_database_broker_workers_and_store(client):
+def test_anonymous_healthz_says_only_status_and_the_chain_head(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    report = response.json()
+    assert set(report) == {"ok", "status", "chain"}
+    assert set(report["chain"]) == {"height", "head", "state_hash", "authorities"}
+    assert str(settings.DATA_DIR) not in response.content.decode()
+
+
+@pytest.mark.parametrize("who", ["alice", "carol"])
+def test_healthz_details_are_for_operators_only(client, request, who):
+    client.force_login(request.getfixturevalue(who))
+    assert "workers" not in client.get("/healthz").json()
+
+
+def test_healthz_reports_database_broker_workers_and_store(client, operator):
+    client.force_login(operator)
     response = client.get("/healthz")
     assert response.status_code == 200
     report = response.json()
@@ -21,7 +38,8 @@ def test_healthz_reports_database_broker_workers_and_store(client):
     assert "dag" in report["store"]["paths"]
 
 
-def test_heartbeat_tasks_mark_workers_alive(client):
+def test_heartbeat_tasks_mark_workers_alive(client, operator):
+    client.force_login(operator)
     store_heartbeat.apply()
     default_heartbeat.apply()
     report = client.get("/healthz").json()

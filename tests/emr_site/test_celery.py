@@ -85,15 +85,14 @@ def test_round_trip_through_the_filesystem_broker(tmp_path, monkeypatch, task, q
     env = worker_env(tmp_path, CELERY_BROKER_URL="filesystem://", CELERY_RESULT_BACKEND=f"file://{results}")
     folder = tmp_path / "node" / "broker"
     app = Celery("probe", broker="filesystem://", backend=f"file://{results}")
+    # The node's own transport (emr_site.broker), as the settings choose it.
+    app.conf.broker_transport = "emr_site.broker:Transport"
     app.conf.broker_transport_options = {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
-        "processed_folder": str(folder / "processed"),
         "control_folder": str(folder / "control"),
-        "store_processed": False,
     }
-    for sub in ("queue", "processed", "control"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "queue").mkdir(parents=True, exist_ok=True)
     round_trip(app, env, task, queue)
 
 

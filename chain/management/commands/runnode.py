@@ -1,36 +1,33 @@
 """Run a whole node in the foreground: web, store worker, default worker, beat.
 
-``make run`` calls this after migrating and seeding. Each child runs in its
-own session so that Ctrl-C reaches only this supervisor, which then stops the
-children in order (web first, beat last) and waits for them, so no worker is
-killed halfway through a task it has acknowledged.
+``make run`` calls this after migrating and seeding. The children are
+supervised (``chain.supervisor``): one that exits unexpectedly is restarted
+with a back-off, and the node stops only on Ctrl-C / SIGTERM, or when a child
+keeps failing at start. Each child runs in its own session so that Ctrl-C
+reaches only this supervisor, which then stops the children in order (web
+first, beat last) and waits for them, so no worker is killed halfway through a
+task it has acknowledged. Everything the processes create lives under the data
+directory (gunicorn's control socket and heartbeat files in ``run/``,
+temporary files in ``tmp/``), so two nodes can run side by side.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from accounts import demo
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    process: subprocess.Popen | None = None
+from chain.supervisor import Child, GaveUp, Supervisor
 
 
 class Command(BaseCommand):
-    help = "Start gunicorn, the store worker, a default worker and beat; stop them all on Ctrl-C."
+    help = "Start gunicorn, the store worker, a default worker and beat; restart any that dies; stop on Ctrl-C."
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -47,6 +44,9 @@ class Command(BaseCommand):
         self.celery_loglevel = celery_loglevel.upper()
         bin_dir = os.path.dirname(sys.executable)
         suffix = f"{settings.NODE_ID}-{port}"
+        run_dir = settings.RUN_DIR
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(settings.TMP_DIR)}
         children = [
             Child(
                 "web",
@@ -61,20 +61,31 @@ class Command(BaseCommand):
                     "600",
                     "--graceful-timeout",
                     "20",
+                    "--control-socket",
+                    str(run_dir / "gunicorn.ctl"),
+                    "--worker-tmp-dir",
+                    str(run_dir),
                     "--access-logfile",
                     "-",
                     "--error-logfile",
                     "-",
                 ],
+                env,
             ),
             Child(
                 "store",
                 self._celery(bin_dir, "worker", "-Q", "store", "-P", "threads", "-c", "4", "-n", f"store-{suffix}@%h"),
+                env,
             ),
-            Child("default", self._celery(bin_dir, "worker", "-Q", "default", "-c", "1", "-n", f"default-{suffix}@%h")),
+            Child(
+                "default",
+                self._celery(bin_dir, "worker", "-Q", "default", "-c", "1", "-n", f"default-{suffix}@%h"),
+                env,
+            ),
             Child(
                 "beat",
-                self._celery(bin_dir, "beat", "--pidfile", "", "-s", str(settings.DATA_DIR / "celerybeat-schedule")),
+                self._celery(bin_dir, "beat", "--pidfile", "", "-s", str(run_dir / "celerybeat-schedule")),
+                env,
             ),
         ]
         stopping = False
@@ -86,26 +97,31 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
 
-        for child in children:
-            child.process = subprocess.Popen(child.argv, start_new_session=True)  # noqa: S603
-            self.stdout.write(f"started {child.name} (pid {child.process.pid})")
-
+        supervisor = Supervisor(children, run_dir, log=self._log)
+        supervisor.start_all()
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"  # noqa: S104
-        if self._wait_until_up(f"http://127.0.0.1:{port}/healthz", children) and not no_banner:
-            self._banner(url)
-
+        health_url = f"http://127.0.0.1:{port}/healthz"
+        announced = no_banner
         exit_code = 0
         while not stopping:
-            for child in children:
-                if child.process.poll() is not None:
-                    self.stderr.write(f"{child.name} exited with status {child.process.returncode}; stopping the node.")
-                    stopping = True
-                    exit_code = 1
-                    break
+            try:
+                supervisor.tick()
+            except GaveUp as exc:
+                self.stderr.write(str(exc))
+                exit_code = 1
+                break
+            if not announced and self._web_answers(health_url):
+                self._banner(url)
+                announced = True
             time.sleep(0.5)
-        self._stop(children)
+        self.stdout.write("stopping…")
+        supervisor.stop_all()
         if exit_code:
             raise SystemExit(exit_code)
+
+    def _log(self, message: str) -> None:
+        self.stdout.write(message)
+        self.stdout.flush()
 
     def _celery(self, bin_dir: str, *args: str) -> list[str]:
         base = [os.path.join(bin_dir, "celery"), "-A", "emr_site", *args, "--loglevel", self.celery_loglevel]
@@ -113,19 +129,13 @@ class Command(BaseCommand):
             base += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         return base
 
-    def _wait_until_up(self, health_url: str, children: list[Child], timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(c.process.poll() is not None for c in children):
-                return False
-            try:
-                with urllib.request.urlopen(health_url, timeout=2):  # noqa: S310 - our own loopback URL
-                    return True
-            except OSError as exc:
-                if getattr(exc, "code", None):  # an HTTP answer (503) still means the web is up
-                    return True
-            time.sleep(0.3)
-        return False
+    @staticmethod
+    def _web_answers(health_url: str) -> bool:
+        try:
+            with urllib.request.urlopen(health_url, timeout=2):  # noqa: S310 - our own loopback URL
+                return True
+        except OSError as exc:
+            return bool(getattr(exc, "code", None))  # an HTTP answer (503) still means the web is up
 
     def _banner(self, url: str) -> None:
         line = "=" * 64
@@ -136,21 +146,3 @@ class Command(BaseCommand):
         self.stdout.write(f"  Emails (sign-up verification) are written to {settings.EMAIL_FILE_PATH}")
         self.stdout.write(f"  Data directory: {settings.DATA_DIR}")
         self.stdout.write("  Press Ctrl-C to stop every process.\n")
-
-    def _stop(self, children: list[Child]) -> None:
-        self.stdout.write("stopping…")
-        for child in children:
-            if child.process and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for child in children:
-            if child.process is None:
-                continue
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                child.process.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                self.stderr.write(f"{child.name} did not stop in time; killing it.")
-                os.killpg(child.process.pid, signal.SIGKILL)
-                child.process.wait()
-            self.stdout.write(f"stopped {child.name}")
