@@ -153,3 +153,27 @@ def test_check_deploy_passes_in_production_mode(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_data_directory_and_everything_in_it_are_private(tmp_path):
+    """0700 folders and 0600 files, even under a permissive umask: database, WAL, mail, broker, stores."""
+    data = tmp_path / "data"
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN_KEYS}
+    base.update({"EMR_DATA_DIR": str(data), "DJANGO_SETTINGS_MODULE": "emr_site.settings"})
+    script = (
+        "import os; os.umask(0o022); import django; django.setup();"
+        "from django.core.management import call_command; call_command('migrate', verbosity=0);"
+        "from django.core.mail import send_mail; send_mail('s', 'b', 'a@example.org', ['b@example.org']);"
+        "from emr_site.celery import app; app.send_task('default.ping', queue='default')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in data.iterdir()}
+    assert {"yilian.sqlite3", "mail", "broker", "secret_key"} <= names
+    loose = []
+    for path in [data, *data.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        if (path.is_dir() and mode != 0o700) or (path.is_file() and mode & 0o077):
+            loose.append(f"{path.relative_to(tmp_path)} {oct(mode)}")
+    assert loose == []
