@@ -29,7 +29,13 @@ SNIFF_BYTES = 132  # DICOM's "DICM" magic sits at offset 128
 
 
 def sniff_media_type(head: bytes) -> str | None:
-    """The media type of an allowed file, judged by its first bytes; else None."""
+    """The media type of an allowed file, judged by its first bytes; else None.
+
+    DICOM first: ``DICM`` at offset 128 decides, whatever the 128-byte preamble holds
+    (pydicom's own test files start it with a TIFF header, ``II*\\0``).
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "application/dicom"
     if head.startswith(b"%PDF-"):
         return "application/pdf"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -40,8 +46,6 @@ def sniff_media_type(head: bytes) -> str | None:
         return "image/webp"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "application/dicom"
     return None
 
 
@@ -151,10 +155,12 @@ class EncryptingUploadHandler(FileUploadHandler):
 
     def _decide_type(self) -> None:
         self._media_type = sniff_media_type(self._head)
+        if self._media_type is None and not self._size:
+            self._fail(_("The file is empty. Choose the file again; it may not have finished saving."), 400)
         if self._media_type is None:
             self._fail(
                 _("This kind of file is not accepted. Upload a PDF, an image (PNG, JPEG, WebP, TIFF) or a DICOM file."),
-                400,
+                415,
             )
         self._head = b""
 

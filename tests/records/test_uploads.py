@@ -208,7 +208,6 @@ REFUSED = {
     "HTML with a script": b"<!doctype html><script>alert(1)</script>" + bytes(200),
     "SVG": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>' + bytes(100),
     "zip": b"PK\x03\x04" + os.urandom(500),
-    "empty": b"",
 }
 
 
@@ -218,10 +217,19 @@ def test_a_disallowed_type_renamed_to_pdf_is_refused(target, kind):
     client, url, fields, record = target
     body = multipart(fields, [("report.pdf", "application/pdf", REFUSED[kind])])
     response = post_multipart(client, url, body)
-    assert response.status_code == 400, response.content
+    assert response.status_code == 415, response.content
     message = response.json()["message"]
     for accepted in ("PDF", "PNG", "JPEG", "DICOM"):
         assert accepted in message
+    assert_nothing_stored(record)
+
+
+@pytest.mark.django_db
+def test_an_empty_file_is_refused_as_empty(target):
+    client, url, fields, record = target
+    response = post_multipart(client, url, multipart(fields, [("report.pdf", "application/pdf", b"")]))
+    assert response.status_code == 400, response.content
+    assert "empty" in response.json()["message"]
     assert_nothing_stored(record)
 
 
@@ -230,7 +238,7 @@ def test_one_refused_file_removes_the_accepted_ones_of_the_same_request(client, 
     login(client, draft.author)
     body = multipart({}, [("a.png", "image/png", png_bytes()), ("b.pdf", "application/pdf", WINDOWS_EXE)])
     response = post_multipart(client, reverse("record_file_upload", args=[draft.public_id]), body)
-    assert response.status_code == 400
+    assert response.status_code == 415
     assert_nothing_stored(draft)
 
 
@@ -637,3 +645,43 @@ def test_an_upload_refused_by_the_csrf_check_leaves_no_spool_file(alice, node):
     response = post_multipart(client, reverse("patient_upload"), body)
     assert response.status_code == 403
     assert_nothing_stored()
+
+
+# -- the plain HTML form (no script): a refusal is a page with its message, never a 500 ---------
+def post_form(client: Client, url: str, body: bytes):
+    return client.generic(
+        "POST",
+        url,
+        body,
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+        HTTP_ACCEPT="text/html",
+        HTTP_ACCEPT_LANGUAGE="en",
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("filename", "data", "status", "message"),
+    [
+        ("report.pdf", WINDOWS_EXE, 415, "This kind of file is not accepted"),
+        ("x" * 3000 + ".pdf", b"%PDF-1.4\n" + bytes(300), 400, "The file name is too long"),
+        ("report.pdf", b"", 400, "The file is empty"),
+    ],
+    ids=["executable named .pdf", "3000-character name", "empty"],
+)
+def test_the_plain_form_answers_a_refusal_with_its_page(target, filename, data, status, message):
+    client, url, fields, record = target
+    response = post_form(client, url, multipart(fields, [(filename, "application/pdf", data)]))
+    assert response.status_code == status
+    assert response["Content-Type"].startswith("text/html")
+    assert message in response.content.decode()
+    assert_nothing_stored(record)
+
+
+@pytest.mark.django_db
+def test_the_patient_form_keeps_the_typed_title_after_a_refusal(client, alice, node):
+    login(client, alice)
+    body = multipart({"title": "Knee MRI report"}, [("report.pdf", "application/pdf", WINDOWS_EXE)])
+    response = post_form(client, reverse("patient_upload"), body)
+    assert response.status_code == 415
+    assert 'value="Knee MRI report"' in response.content.decode()
