@@ -85,11 +85,22 @@ def _grants_for(user, record: MedicalRecord) -> list[Grant]:
     return [g for g in grants if grant_in_scope(g, record, named=g.named)]
 
 
+def records_shown_to_patient(patient):
+    """A patient's own records as they see them: all but other people's unsigned drafts.
+
+    A clinician's draft is their working copy: the patient sees the record once it is signed.
+    """
+    return MedicalRecord.objects.filter(patient=patient).exclude(
+        Q(status=MedicalRecord.Status.DRAFT) & ~Q(author=patient)
+    )
+
+
+def _unsigned_for_patient(user, record: MedicalRecord) -> bool:
+    return user.pk == record.patient_id and record.status == MedicalRecord.Status.DRAFT and record.author_id != user.pk
+
+
 def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
     if user.pk == record.patient_id:
-        # A clinician's draft is unfinished work: the patient sees it once signed.
-        if record.status == MedicalRecord.Status.DRAFT and record.author_id != user.pk:
-            return None, []
         return "patient", []
     if not user.is_verified_staff or not is_mfa_enabled(user):
         return None, []
@@ -172,6 +183,10 @@ def record_get_for_user(
     if record is None:
         audit(actor=user, action=action, outcome=AccessEvent.Outcome.DENIED, purpose=purpose, detail="unknown record")
         raise Http404("no such record")
+    if _unsigned_for_patient(user, record):
+        # Not yet theirs to see, and not an attempt against them: nothing in their footprint.
+        audit(actor=user, action=action, outcome=AccessEvent.Outcome.DENIED, record=record, detail="unsigned draft")
+        raise Http404("not signed yet")
     basis, grants = _decide(user, record) if user.is_authenticated else (None, [])
     version = record.current_version
     if version_number is not None and version is not None and version.number != version_number:

@@ -36,14 +36,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import F, Count, Q, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from records import ledger
-from records.models import AccessEvent
+from records.models import AccessEvent, MedicalRecord
 
 DIGEST_DOMAIN = b"yilian/access-event/v1\n"
 BATCH_SIZE = ledger.ACCESS_BATCH_MAX
@@ -355,7 +355,12 @@ def _day_start(day: date) -> datetime:
 
 def footprint_base(patient, filters: Filters) -> QuerySet[AccessEvent]:
     """The patient's events with every filter but the dates applied (the chart's basis)."""
-    qs = AccessEvent.objects.filter(patient=patient)
+    qs = AccessEvent.objects.filter(patient=patient).exclude(
+        # A clinician's work on their own unsigned draft is not yet the patient's record: it joins
+        # the footprint when the draft is signed (docs/records.md, "Drafts"). Anyone else's
+        # attempt at a draft is shown at once.
+        Q(record__status=MedicalRecord.Status.DRAFT, actor_id=F("record__author_id")) & ~Q(actor=patient)
+    )
     if not filters.include_own:
         qs = qs.filter(Q(actor__isnull=True) | ~Q(actor=patient))
     if filters.institution:

@@ -74,23 +74,23 @@ class RecordBaseForm(forms.Form):
     def is_valid(self) -> bool:
         valid = super().is_valid()
         if self.formset is not None:
-            valid = self.formset.is_valid() and valid
-            rows = [row for row in self.formset.cleaned_data if row and not row.get("DELETE")]
-            if valid and not rows:
+            rows_valid = self.formset.is_valid()
+            if rows_valid and not self._rows():
                 self.add_error(None, self.empty_rows_message)
-                valid = False
+                rows_valid = False
+            valid = valid and rows_valid
         return valid
+
+    def _rows(self) -> list[dict]:
+        """The filled rows: a blank row (the page always offers one) is not a row."""
+        return [row for row in self.formset.cleaned_data if row and not row.get("DELETE")]
 
     empty_rows_message = ""
 
     def content(self) -> dict:
         data = {name: self.cleaned_data[name] for name in self.fields_in_content}
         if self.formset is not None:
-            data[self.formset_key] = [
-                {k: v for k, v in row.items() if k != "DELETE"}
-                for row in self.formset.cleaned_data
-                if row and not row.get("DELETE")
-            ]
+            data[self.formset_key] = [{k: v for k, v in row.items() if k != "DELETE"} for row in self._rows()]
         return data
 
     @classmethod
@@ -101,7 +101,26 @@ class RecordBaseForm(forms.Form):
         return initial
 
 
-class MedicationForm(forms.Form):
+class RowForm(forms.Form):
+    """One row of a formset. A row whose text fields are all empty is blank and ignored,
+    whatever its drop-downs show (they always have a value, so Django's "unchanged"
+    test would treat a blank row as filled in and then ask for every field)."""
+
+    def has_changed(self) -> bool:
+        return any(
+            (self[name].value() or "").strip()
+            for name, field in self.fields.items()
+            if isinstance(field, forms.CharField) and name != "DELETE"
+        )
+
+
+class BlankRowsFormSet(forms.BaseFormSet):
+    def get_form_kwargs(self, index):
+        # Every row may be left blank, not only the extra one: a doctor may clear a row instead of ticking Remove.
+        return {**super().get_form_kwargs(index), "empty_permitted": True, "use_required_attribute": False}
+
+
+class MedicationForm(RowForm):
     name = forms.CharField(label=_("Medication"), max_length=200)
     dose = forms.CharField(label=_("Dose"), max_length=60, help_text=_("e.g. 500 mg"))
     route = forms.ChoiceField(
@@ -120,7 +139,7 @@ class MedicationForm(forms.Form):
     duration = forms.CharField(label=_("Duration"), max_length=60, help_text=_("e.g. 7 days"))
 
 
-class ObservationForm(forms.Form):
+class ObservationForm(RowForm):
     name = forms.CharField(label=_("Test"), max_length=200)
     value = forms.CharField(label=_("Value"), max_length=60)
     unit = forms.CharField(label=_("Unit"), max_length=30, required=False)
@@ -132,8 +151,12 @@ class ObservationForm(forms.Form):
     )
 
 
-MedicationFormSet = formset_factory(MedicationForm, extra=1, can_delete=True, max_num=30, validate_max=True)
-ObservationFormSet = formset_factory(ObservationForm, extra=1, can_delete=True, max_num=100, validate_max=True)
+MedicationFormSet = formset_factory(
+    MedicationForm, formset=BlankRowsFormSet, extra=1, can_delete=True, max_num=30, validate_max=True
+)
+ObservationFormSet = formset_factory(
+    ObservationForm, formset=BlankRowsFormSet, extra=1, can_delete=True, max_num=100, validate_max=True
+)
 
 
 class PrescriptionForm(RecordBaseForm):

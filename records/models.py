@@ -59,6 +59,13 @@ class RecordKind(models.TextChoices):
     DOCUMENT = "document", _("Patient document")
 
 
+class KeptRecordManager(models.Manager):
+    """Records that exist for their readers: a discarded draft is gone for everyone."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(discarded_at__isnull=True)
+
+
 class MedicalRecord(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", _("Draft")
@@ -82,8 +89,14 @@ class MedicalRecord(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # Set when the author throws a draft away; the row stays for the audit trail only.
+    discarded_at = models.DateTimeField(null=True, blank=True)
+
+    objects = KeptRecordManager()
+    all_objects = models.Manager()  # noqa: DJ012 - a second manager, not a field
 
     class Meta:
+        base_manager_name = "all_objects"
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["patient", "-created_at"]),
@@ -208,6 +221,7 @@ class AccessEvent(models.Model):
         DOWNLOAD = "download", _("Downloaded")
         CREATE = "create", _("Created")
         EDIT = "edit", _("Edited")
+        DISCARD = "discard", _("Discarded a draft")
         FINALIZE = "finalize", _("Signed and finalised")
         AMEND = "amend", _("Amended")
         UPLOAD = "upload", _("Uploaded a file")

@@ -10,6 +10,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from chain.core import stream
@@ -145,20 +146,47 @@ def file_bytes(access: RecordAccess, record_file: RecordFile, limit: int) -> byt
 
 
 def dicom_summary(access: RecordAccess, record_file: RecordFile) -> dict:
-    """Study metadata from the DICOM header (patient-identifying tags left out)."""
+    """Study metadata from the DICOM header (patient-identifying tags left out), and
+    whether a preview can be drawn, so the page asks for one only when it exists.
+
+    ``{"fields": {label: value}, "previewable": bool}``.
+    """
     import pydicom
 
     head = file_bytes(access, record_file, DICOM_HEADER_BYTES)
     try:
         dataset = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True, force=True)
     except Exception:  # pydicom raises many kinds for a damaged header
-        return {}
-    summary = {}
+        return {"fields": {}, "previewable": False}
+    fields = {}
     for tag, label in DICOM_FIELDS.items():
         value = dataset.get(tag)
         if value not in (None, ""):
-            summary[str(label)] = str(value)
-    return summary
+            fields[str(label)] = str(value)
+    return {"fields": fields, "previewable": _previewable(dataset, head, record_file.size)}
+
+
+# Transfer syntaxes pydicom decodes with no extra package (no JPEG/JPEG 2000 decoder is installed).
+_DECODABLE = {
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+    "1.2.840.10008.1.2.2",  # explicit VR big endian
+    "1.2.840.10008.1.2.5",  # RLE lossless
+}
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+
+
+def _previewable(dataset, head: bytes, size: int) -> bool:
+    if size > PREVIEW_MAX_BYTES or not any(tag in head for tag in _PIXEL_DATA_TAGS):
+        return False
+    meta = getattr(dataset, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+    try:
+        pixels = int(dataset.Rows) * int(dataset.Columns) * int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return syntax in _DECODABLE and 0 < pixels <= PREVIEW_MAX_PIXELS
 
 
 def dicom_preview_png(access: RecordAccess, record_file: RecordFile, *, size: int = 512) -> bytes | None:
@@ -199,19 +227,29 @@ def dicom_preview_png(access: RecordAccess, record_file: RecordFile, *, size: in
     return out.getvalue()
 
 
-def titles_for(user, versions: list[RecordVersion]) -> dict[int, str]:
+def titles_for(
+    user, versions: list[RecordVersion], *, institution_ids=(), on_behalf_of: int | None = None
+) -> dict[int, str]:
     """Decrypted titles of many versions in a constant number of queries.
 
-    Opens the user's own envelope of each version (the patient's timeline).
+    Opens the reader's own envelope of each version; failing that, an envelope of one of
+    ``institution_ids`` (the reader's care team, institutions granted access); failing that,
+    under a break-glass session, the patient's own (``on_behalf_of``). Callers pass only
+    versions of records the reader may open: this lists, it does not decide.
     """
     if not versions:
         return {}
-    wrapped = {
-        w.version_id: w for w in WrappedKey.objects.select_related("user").filter(version__in=versions, user=user)
-    }
+    holders = Q(user=user) | Q(institution_id__in=[i for i in institution_ids if i])
+    if on_behalf_of is not None:
+        holders |= Q(user_id=on_behalf_of)
+    envelopes: dict[int, WrappedKey] = {}
+    for wrapped in WrappedKey.objects.select_related("user", "institution").filter(holders, version__in=versions):
+        best = envelopes.get(wrapped.version_id)
+        if best is None or _envelope_rank(wrapped, user) < _envelope_rank(best, user):
+            envelopes[wrapped.version_id] = wrapped
     titles = {}
     for version in versions:
-        envelope = wrapped.get(version.pk)
+        envelope = envelopes.get(version.pk)
         if envelope is None:
             continue
         try:
@@ -219,3 +257,10 @@ def titles_for(user, versions: list[RecordVersion]) -> dict[int, str]:
         except Exception:  # a damaged version must not take the timeline down
             titles[version.pk] = ""
     return titles
+
+
+def _envelope_rank(wrapped: WrappedKey, reader) -> int:
+    """The reader's own envelope first, then an institution's, then the patient's (break-glass)."""
+    if wrapped.user_id == reader.pk:
+        return 0
+    return 1 if wrapped.institution_id else 2

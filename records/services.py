@@ -232,6 +232,49 @@ def record_attach_file(*, access: RecordAccess, upload: SpooledUpload) -> Record
     return record_file
 
 
+@transaction.atomic
+def record_save_draft(
+    *, access: RecordAccess, content: dict | None = None, uploads=(), finalize: bool = False
+) -> MedicalRecord:
+    """What the draft page submits, in one transaction: the form as shown, any files
+    chosen, and (when signing) the finalisation, so what is signed is exactly what
+    the author saw. ``content`` None keeps the saved text (a client that sends files only).
+    """
+    if content is not None:
+        record_update_draft(access=access, content=content)
+    for upload in uploads:
+        record_attach_file(access=access, upload=upload)
+    if finalize:
+        return record_finalize(access=access)
+    return access.record
+
+
+@transaction.atomic
+def record_discard_draft(*, access: RecordAccess) -> None:
+    """The author throws a draft away: nobody can open it again, its files are dropped.
+
+    The row stays (hidden by the default manager) so the audit trail keeps its target;
+    every envelope of its data key is deleted, so its ciphertext can never be opened.
+    """
+    version = _lock_draft(access)
+    record = access.record
+    files = list(RecordFile.objects.filter(version__record=record))
+    roots = [f.root_cid for f in files if f.root_cid]
+    spooled = [spool_path(f.stream_id) for f in files if f.status == RecordFile.Status.SPOOLED]
+    RecordFile.objects.filter(pk__in=[f.pk for f in files]).delete()
+    WrappedKey.objects.filter(version__record=record).delete()
+    RecordVersion.objects.filter(pk=version.pk).update(content_ciphertext=b"", content_size=0)
+    now = timezone.now()
+    MedicalRecord.all_objects.filter(pk=record.pk).update(discarded_at=now, updated_at=now)
+    audit(
+        actor=access.user, action=AccessEvent.Action.DISCARD, patient=record.patient, record=record, visit=record.visit
+    )
+    for root in roots:
+        transaction.on_commit(lambda root=root: _queue_unpin(root))
+    for path in spooled:
+        transaction.on_commit(lambda path=path: _discard_spool(path))
+
+
 def _queue_ingest(file_id: int) -> None:
     from records.tasks import ingest_file
 

@@ -35,6 +35,7 @@ urlpatterns = [
     path("records/<uuid:record_id>/upload/", views.record_file_upload, name="record_file_upload"),
     path("records/<uuid:record_id>/files/<uuid:file_id>/remove/", views.record_file_remove, name="record_file_remove"),
     path("records/<uuid:record_id>/finalize/", views.record_finalize, name="record_finalize"),
+    path("records/<uuid:record_id>/discard/", views.record_discard, name="record_discard"),
     path("clinic/", views.clinic_home, name="clinic_home"),
     path("clinic/patients/", views.clinic_patients, name="clinic_patients"),
     path("clinic/requests/new/", views_requests.clinic_request_new, name="clinic_request_new"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from urllib.parse import quote, unquote
 
 from django.contrib import messages
@@ -16,6 +17,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse, JsonResponse, QueryDict, StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -31,6 +33,7 @@ from records.access import (
     RecordAccessDenied,
     chart_patient_for_user,
     record_get_for_user,
+    records_shown_to_patient,
     visit_get_for_user,
 )
 from records.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm, VisitOpenForm
@@ -64,15 +67,13 @@ def _timeline(records_qs, request):
 
 @role_required(Role.PATIENT)
 def patient_home(request):
-    records_qs = MedicalRecord.objects.filter(patient=request.user)
+    records_qs = records_shown_to_patient(request.user)
     page, filters = _timeline(records_qs, request)
     versions = [r.current_version for r in page.object_list if r.current_version is not None]
     titles = reading.titles_for(request.user, versions)
     rows = [{"record": r, "title": titles.get(r.current_version_id, "")} for r in page.object_list]
-    institutions = Institution.objects.filter(records__patient=request.user).distinct().order_by("code")
-    counts = dict(
-        MedicalRecord.objects.filter(patient=request.user).values_list("kind").annotate(n=Count("id")).order_by()
-    )
+    institutions = Institution.objects.filter(records__in=records_qs).distinct().order_by("code")
+    counts = dict(records_qs.values_list("kind").annotate(n=Count("id")).order_by())
     visits = Visit.objects.filter(patient=request.user).select_related("institution").order_by("-opened_at")[:5]
     context = {
         "page": page,
@@ -102,18 +103,18 @@ def _limit() -> int:
 
 
 def _upload_response(request, *, ok: bool, message: str, status: int = 200, redirect_to: str | None = None, form=None):
-    wants_json = request.headers.get("Accept", "").startswith("application/json") or request.headers.get(
-        "X-Requested-With"
-    )
-    if wants_json:
+    """The answer to a patient's upload: JSON for the portal's script, the page (or a redirect) for a form.
+
+    A refusal keeps its status (400, 413, 415) whatever the client, and a browser gets the
+    form back with what was typed and the reason.
+    """
+    if _wants_json(request) or request.content_type == RAW_UPLOAD:
         return JsonResponse({"ok": ok, "message": message, "redirect": redirect_to}, status=status)
     if ok:
         messages.success(request, message)
         return redirect(redirect_to)
-    if form is not None:
-        form.add_error(None, message)
-        return render(request, "patient/upload.html", {"form": form, "limit": _limit()}, status=status)
-    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    context = {"form": form if form is not None else DocumentForm(), "limit": _limit(), "upload_error": message}
+    return render(request, "patient/upload.html", context, status=status)
 
 
 RAW_UPLOAD = "application/octet-stream"
@@ -157,7 +158,14 @@ def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | No
             handler.spool_raw_body(request, unquote(request.headers.get("X-Upload-Name") or "file"))
         else:
             request.POST  # noqa: B018 - parses the body through the encrypting handler
-    except Exception:  # client went away, malformed body: nothing half-stored
+    except MultiPartParserError as exc:
+        handler.discard_all()
+        if "header size" in str(exc):  # Django reads at most 1 KiB of a part's headers: the file name
+            message = _("The file name is too long. Rename the file to something shorter and upload it again.")
+        else:
+            message = _("The upload could not be read. Nothing was stored; please try again.")
+        return handler, UploadRejected(message, 400)
+    except Exception:  # client went away: nothing half-stored
         handler.discard_all()
         return handler, UploadRejected(_("The upload was interrupted. Nothing was stored; please try again."), 400)
     if handler.error is not None:
@@ -208,7 +216,11 @@ def _upload_document_checked(request, handler):
 def _upload_document(request):
     handler, error = _parse_upload(request)
     if error is not None:
-        return _upload_response(request, ok=False, message=error.message, status=error.status, form=DocumentForm())
+        # The fields come before the file in the form, so the parser read them before it stopped.
+        fields = getattr(request, "_post", None)
+        return _upload_response(
+            request, ok=False, message=error.message, status=error.status, form=DocumentForm(fields or None)
+        )
     try:
         return _upload_document_checked(request, handler)
     finally:
@@ -233,12 +245,39 @@ def _anchor_info(version: RecordVersion) -> dict | None:
     return anchor_proof(version.anchor_tx)
 
 
+PAGE_VISITS_KEPT = 50
+
+
+def _same_page_visit(request, record_id) -> bool:
+    """Whether this request belongs to a page visit already in this reader's footprint.
+
+    The record page hands its token (``pv``) to its own previews and to the reload that
+    shows the anchor; the token lives in the reader's session, so nobody else can use
+    it, and it only ever stands for a view that was already recorded.
+    """
+    token = request.GET.get("pv") or ""
+    return bool(token) and request.session.get("page_visits", {}).get(str(record_id)) == token
+
+
+def _start_page_visit(request, record_id) -> str:
+    visits = request.session.get("page_visits", {})
+    visits.pop(str(record_id), None)
+    token = secrets.token_urlsafe(12)
+    visits[str(record_id)] = token
+    while len(visits) > PAGE_VISITS_KEPT:
+        visits.pop(next(iter(visits)))
+    request.session["page_visits"] = visits
+    return token
+
+
 def record_detail(request, record_id):
     if not request.user.is_authenticated:
         return redirect(f"{reverse('account_login')}?next={request.path}")
-    access, denied = _access(request, record_id, version_number=_version_param(request))
+    same_visit = _same_page_visit(request, record_id)
+    access, denied = _access(request, record_id, version_number=_version_param(request), quiet=same_visit)
     if denied:
         return denied
+    page_visit = request.GET["pv"] if same_visit else _start_page_visit(request, record_id)
     content = reading.content_of(access)
     files = reading.files_of(access, content)
     for f in files:
@@ -261,7 +300,12 @@ def record_detail(request, record_id):
         and (access.basis in ("author", "care-team") or (access.is_patient and record.kind == RecordKind.DOCUMENT)),
         "processing": any(f.record_file.status == "spooled" for f in files)
         or access.version.storage == RecordVersion.Storage.PENDING,
+        "page_visit": page_visit,
     }
+    anchor = context["anchor"]
+    context["awaiting_anchor"] = access.version.storage == RecordVersion.Storage.STORED and not (
+        anchor and anchor.get("sealed")
+    )
     return render(request, "records/detail.html", context)
 
 
@@ -272,8 +316,14 @@ def record_status(request, record_id):
     access, denied = _access(request, record_id, detail="status poll", quiet=True)
     if denied:
         return JsonResponse({"error": "denied"}, status=403)
-    files = [{"id": str(f.public_id), "status": f.status} for f in access.version.files.all()]
-    return JsonResponse({"storage": access.version.storage, "files": files, "anchor_tx": access.version.anchor_tx})
+    from chain.models import Transaction
+
+    version = access.version
+    files = [{"id": str(f.public_id), "status": f.status} for f in version.files.all()]
+    anchored = bool(version.anchor_tx) and Transaction.objects.filter(cid=version.anchor_tx).exists()
+    return JsonResponse(
+        {"storage": version.storage, "files": files, "anchor_tx": version.anchor_tx, "anchored": anchored}
+    )
 
 
 _RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")
@@ -297,7 +347,12 @@ def record_file(request, record_id, file_id):
     download = request.GET.get("download") == "1"
     action = AccessEvent.Action.DOWNLOAD if download else AccessEvent.Action.VIEW
     access, denied = _access(
-        request, record_id, action=action, detail=f"file {file_id}", version_number=_version_param(request)
+        request,
+        record_id,
+        action=action,
+        detail=f"file {file_id}",
+        version_number=_version_param(request),
+        quiet=not download and _same_page_visit(request, record_id),
     )
     if denied:
         return denied
@@ -312,12 +367,12 @@ def record_file(request, record_id, file_id):
     start, end = 0, size - 1
     status = 200
     header = request.headers.get("Range")
-    if header and size:
-        match = _RANGE.match(header.strip())
-        if not match or (not match.group(1) and not match.group(2)):
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{size}"
-            return response
+    # RFC 9110 section 14.2: a server may ignore a Range it cannot parse, or one asking for several
+    # ranges, and answer 200 with the whole file, which is what clients expect.
+    match = _RANGE.match(header.strip()) if header and size else None
+    if match and match.group(1) and match.group(2) and int(match.group(2)) < int(match.group(1)):
+        match = None  # "last < first" is not a valid range: ignored like any other
+    if match and (match.group(1) or match.group(2)):
         if match.group(1):
             start = int(match.group(1))
             end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
@@ -349,7 +404,13 @@ def record_file(request, record_id, file_id):
 def record_file_preview(request, record_id, file_id):
     if not request.user.is_authenticated:
         raise PermissionDenied
-    access, denied = _access(request, record_id, detail=f"preview {file_id}", version_number=_version_param(request))
+    access, denied = _access(
+        request,
+        record_id,
+        detail=f"preview {file_id}",
+        version_number=_version_param(request),
+        quiet=_same_page_visit(request, record_id),
+    )
     if denied:
         return denied
     record_file, _name = reading.file_for(access, file_id)
@@ -460,18 +521,26 @@ def clinic_chart(request, patient_id):
     from records.breakglass import break_glass_active
     from records.sharing import granted_records_q, grants_usable_by
 
+    grants = list(grants_usable_by(user).filter(patient=patient))
     visible = Q(author=user) | Q(institution_id=user.institution_id, visit__status=Visit.Status.OPEN)
-    visible |= granted_records_q(list(grants_usable_by(user).filter(patient=patient)))
+    visible |= granted_records_q(grants)
     emergency = break_glass_active(user, patient.pk)
     if emergency is not None:
         visible |= ~Q(status=MedicalRecord.Status.DRAFT)
     records_qs = MedicalRecord.objects.filter(patient=patient).filter(visible)
     page, filters = _timeline(records_qs, request)
+    titles = reading.titles_for(
+        user,
+        [r.current_version for r in page.object_list if r.current_version is not None],
+        institution_ids={user.institution_id, *(g.grantee_institution_id for g in grants)},
+        on_behalf_of=patient.pk if emergency is not None else None,
+    )
     visits = Visit.objects.filter(patient=patient, institution_id=user.institution_id).select_related("opened_by")[:20]
     context = {
         "patient": patient,
         "open_visit": open_visit,
         "page": page,
+        "rows": [{"record": r, "title": titles.get(r.current_version_id, "")} for r in page.object_list],
         "filters": filters,
         "kinds": RecordKind.choices,
         "visits": visits,
@@ -541,28 +610,51 @@ def _record_form_context(form, record: MedicalRecord, **extra) -> dict:
     }
 
 
+def _wants_json(request) -> bool:
+    return request.headers.get("Accept", "").startswith("application/json") or bool(
+        request.headers.get("X-Requested-With")
+    )
+
+
+def _draft_form(access, data=None):
+    form_class = FORMS_BY_KIND[access.record.kind]
+    content = reading.content_of(access)
+    return form_class(data, initial=form_class.initial_from(content)), content
+
+
+def _render_draft(request, access, form, content, *, status: int = 200, refusal: str = ""):
+    context = _record_form_context(
+        form, access.record, files=reading.files_of(access, content), editing=True, limit=_limit(), refusal=refusal
+    )
+    return render(request, "records/form.html", context, status=status)
+
+
+@csrf_exempt  # a POST is checked in _draft_submission, once the encrypting upload handler is in place
 @role_required(Role.CLINICIAN)
 @patient_data_gate
 def record_edit(request, record_id):
-    access, denied = _access(request, record_id)  # the edit itself is audited by the service
+    if request.method == "POST":
+        return _draft_submission(request, record_id)
+    access, denied = _access(request, record_id)
     if denied:
         return denied
     record = access.record
     if record.status != MedicalRecord.Status.DRAFT or request.user.pk != record.author_id:
         messages.info(request, _("A finalised record cannot be edited, only amended."))
         return redirect("record_detail", record_id=record.public_id)
-    content = reading.content_of(access)
-    form_class = FORMS_BY_KIND[record.kind]
-    form = form_class(request.POST or None, initial=form_class.initial_from(content))
-    if request.method == "POST" and form.is_valid():
-        services.record_update_draft(access=access, content=form.content())
-        messages.success(request, _("Draft saved."))
-        return redirect("record_edit", record_id=record.public_id)
-    context = _record_form_context(form, record, files=reading.files_of(access, content), editing=True, limit=_limit())
-    return render(request, "records/form.html", context)
+    form, content = _draft_form(access)
+    return _render_draft(request, access, form, content)
 
 
-@csrf_exempt  # checked below, once the encrypting upload handler is in place
+@csrf_exempt  # checked in _draft_submission, once the encrypting upload handler is in place
+@require_POST
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def record_finalize(request, record_id):
+    return _draft_submission(request, record_id, finalize=True)
+
+
+@csrf_exempt  # checked in _draft_submission, once the encrypting upload handler is in place
 def record_file_upload(request, record_id):
     if not request.user.is_authenticated:
         return JsonResponse({"ok": False, "message": _("Sign in first.")}, status=401)
@@ -570,59 +662,129 @@ def record_file_upload(request, record_id):
         return JsonResponse({"ok": False, "message": "POST only"}, status=405)
     if request.user.role == Role.CLINICIAN and not staff_may_open_patient_data(request.user):
         return JsonResponse({"ok": False, "message": _("Your account cannot open patient data yet.")}, status=403)
-    return _record_file_upload(request, record_id)
+    return _draft_submission(request, record_id, files_required=True)
 
 
-def _record_file_upload(request, record_id):
-    # A cheap look before reading a large body, writing nothing: the decision
-    # that counts (and its audit row) comes after the CSRF check.
+def _draft_submission(request, record_id, *, finalize: bool = False, files_required: bool = False):
+    """Every POST of the draft page: save the text as shown, attach chosen files, sign.
+
+    The page is one form, so "Upload" and "Sign and finalise" carry what the author
+    typed and never throw it away or sign an older text. The body may be large (files),
+    so a cheap check that writes nothing comes before reading it.
+    """
     own_draft = MedicalRecord.objects.filter(
         public_id=record_id, author=request.user, status=MedicalRecord.Status.DRAFT
     ).exists()
     if not own_draft:
         return _record_file_upload_denied(request, record_id)
+    if request.content_type == RAW_UPLOAD and not files_required:
+        return _draft_refusal(request, None, _("Send files to the upload address."), 415)
     handler, error = _parse_upload(request)
     if error is not None:
-        return JsonResponse({"ok": False, "message": error.message}, status=error.status)
+        return _draft_upload_refused(request, record_id, error)
     try:
-        return _record_file_upload_checked(request, record_id, handler)
+        return _draft_submission_checked(request, record_id, handler, finalize=finalize, files_required=files_required)
     finally:
-        handler.discard_unclaimed()  # e.g. refused by the CSRF check, or an error
+        handler.discard_unclaimed()  # refused by the CSRF check, the form or the service
+
+
+def _draft_upload_refused(request, record_id, error):
+    """A refused file (type, size, interrupted): say so, and give a browser back the text it sent."""
+    if _wants_json(request) or request.content_type == RAW_UPLOAD:
+        return JsonResponse({"ok": False, "message": error.message}, status=error.status)
+    access, denied = _access(request, record_id)
+    if denied:
+        return denied
+    # The text fields come before the file in the form, so the parser read them before it stopped.
+    form, content = _draft_form(access, getattr(request, "_post", None) or None)
+    if form.is_bound:
+        form.is_valid()
+    return _draft_refusal(request, access, error.message, error.status, form=form, content=content)
 
 
 @csrf_protect
 def _record_file_upload_denied(request, record_id):
-    _allowed, denied = _access(request, record_id, action=AccessEvent.Action.UPLOAD)
+    action = AccessEvent.Action.UPLOAD
+    _allowed, denied = _access(request, record_id, action=action)
+    scripted = _wants_json(request) or request.content_type == RAW_UPLOAD
     if denied:
-        return JsonResponse({"ok": False, "message": _("You do not have access to this record.")}, status=403)
-    return JsonResponse({"ok": False, "message": _("Files are added to your own drafts only.")}, status=409)
+        if not scripted:
+            return denied
+        return _draft_refusal(request, None, _("You do not have access to this record."), 403)
+    message = _("Only the author changes a draft, and only until it is signed.")
+    if not scripted:
+        # A browser back on an old tab: show the record as it is now, and say why nothing changed.
+        messages.error(request, message)
+        return redirect("record_detail", record_id=record_id)
+    return _draft_refusal(request, None, message, 409)
+
+
+def _draft_refusal(request, access, message: str, status: int, *, form=None, content=None):
+    """A refused draft submission: JSON for scripts, the page with its errors for a browser form."""
+    if _wants_json(request) or access is None or form is None:
+        if _wants_json(request) or request.content_type == RAW_UPLOAD:
+            return JsonResponse({"ok": False, "message": message}, status=status)
+        return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    return _render_draft(request, access, form, content, status=status, refusal=message)
 
 
 @csrf_protect
-def _record_file_upload_checked(request, record_id, handler):
-    access, denied = _access(request, record_id, action=AccessEvent.Action.UPLOAD)
+def _draft_submission_checked(request, record_id, handler, *, finalize: bool, files_required: bool):
+    action = AccessEvent.Action.FINALIZE if finalize else AccessEvent.Action.EDIT
+    if files_required:
+        action = AccessEvent.Action.UPLOAD
+    access, denied = _access(request, record_id, action=action)
     if denied:
-        return JsonResponse({"ok": False, "message": _("You do not have access to this record.")}, status=403)
+        return _draft_refusal(request, None, _("You do not have access to this record."), 403)
     uploads = _uploaded_files(request, handler)
-    if not uploads:
-        handler.discard_all()
-        return JsonResponse({"ok": False, "message": _("Choose a file to upload.")}, status=400)
-    stored = []
+    fields = _upload_fields(request)
+    form, content = _draft_form(access, fields)
+    sends_text = any(name in fields for name in form.fields)
+    if files_required and not uploads:
+        return _draft_refusal(request, access, _("Choose a file to upload."), 400, form=form, content=content)
+    if sends_text and not form.is_valid():
+        message = _("Nothing was saved: correct the marked fields first.")
+        return _draft_refusal(request, access, message, 400, form=form, content=content)
     try:
-        for upload in uploads:
-            record_file = services.record_attach_file(access=access, upload=upload)
-            upload.claimed = True
-            stored.append({"id": str(record_file.public_id), "name": upload.name, "size": upload.size})
+        services.record_save_draft(
+            access=access, content=form.content() if sends_text else None, uploads=uploads, finalize=finalize
+        )
     except (ValidationError, PermissionDenied) as exc:
-        handler.discard_all()
-        return JsonResponse({"ok": False, "message": " ".join(getattr(exc, "messages", [str(exc)]))}, status=400)
-    wants_json = request.headers.get("Accept", "").startswith("application/json") or request.headers.get(
-        "X-Requested-With"
-    )
-    if not wants_json:
-        messages.success(request, _("File uploaded; it is being stored."))
-        return redirect("record_edit", record_id=access.record.public_id)
-    return JsonResponse({"ok": True, "files": stored, "message": _("Uploaded. Processing…")})
+        message = " ".join(getattr(exc, "messages", [str(exc)]))
+        status = 409 if isinstance(exc, services.RecordStateError) else 400
+        return _draft_refusal(request, access, message, status, form=form, content=content)
+    for upload in uploads:
+        upload.claimed = True
+    if finalize:
+        message = _("Signed and finalised. It is being stored and anchored on the chain.")
+    elif uploads:
+        message = _("File uploaded; it is being stored.")
+    else:
+        message = _("Draft saved.")
+    if _wants_json(request):
+        files = [{"name": u.name, "size": u.size} for u in uploads]
+        return JsonResponse({"ok": True, "message": message, "files": files})
+    messages.success(request, message)
+    return redirect("record_detail" if finalize else "record_edit", record_id=access.record.public_id)
+
+
+@require_POST
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def record_discard(request, record_id):
+    access, denied = _access(request, record_id, action=AccessEvent.Action.DISCARD)
+    if denied:
+        return denied
+    visit = access.record.visit
+    try:
+        services.record_discard_draft(access=access)
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        return redirect("record_detail", record_id=record_id)
+    messages.success(request, _("The draft was discarded. Nobody can open it any more."))
+    if visit is not None:
+        return redirect("clinic_visit", visit_id=visit.public_id)
+    return redirect("clinic_home")
 
 
 @require_POST
@@ -637,22 +799,6 @@ def record_file_remove(request, record_id, file_id):
     except (ValidationError, PermissionDenied) as exc:
         messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
     return redirect("record_edit", record_id=record_id)
-
-
-@require_POST
-@role_required(Role.CLINICIAN)
-@patient_data_gate
-def record_finalize(request, record_id):
-    access, denied = _access(request, record_id, action=AccessEvent.Action.FINALIZE)
-    if denied:
-        return denied
-    try:
-        services.record_finalize(access=access)
-    except (ValidationError, PermissionDenied) as exc:
-        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
-        return redirect("record_edit", record_id=record_id)
-    messages.success(request, _("Signed and finalised. It is being stored and anchored on the chain."))
-    return redirect("record_detail", record_id=record_id)
 
 
 def record_amend(request, record_id):

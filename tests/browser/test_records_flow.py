@@ -5,36 +5,16 @@ Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from accounts.demo import DEMO_PASSWORD
-from tests.factories import UserFactory, enable_totp, totp_code
+from tests.factories import totp_code
 from tests.records.conftest import dicom_bytes, pdf_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def eager_tasks():
-    from emr_site.celery import app
-
-    previous = (app.conf.task_always_eager, app.conf.task_eager_propagates)
-    app.conf.task_always_eager = True
-    app.conf.task_eager_propagates = True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
-
-
-@pytest.fixture
-def people(chromium_available, node, eager_tasks):
-    from tests.factories import InstitutionFactory
-
-    hospital = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")
-    doctor = UserFactory(email="dr.lin@example.org", role="clinician", institution=hospital, verified=True,
-                         name="林医生", name_en="Dr Lin")
-    secret = enable_totp(doctor)
-    patient = UserFactory(email="mei@example.org", role="patient", name="王美", name_en="Wang Mei")
-    return doctor, secret, patient
+SIGNED = re.compile(r"/records/[0-9a-f-]{36}/$")  # the record page, not its edit page
 
 
 def sign_in(page, base, email, secret=None):
@@ -74,8 +54,8 @@ def test_doctor_writes_patient_reads_and_uploads(browser, live_server, people, a
     page.screenshot(path=artifacts_dir / "doctor-prescription-form.png", full_page=True)
     page.click("text=Save draft")
     page.wait_for_url("**/edit/")
-    page.click("form[action$='/finalize/'] button")
-    page.wait_for_url("**/records/**")
+    page.click("[data-finalize-button]")
+    page.wait_for_url(SIGNED)
 
     # A lab report with an abnormal value.
     page.goto(visit_url)
@@ -89,8 +69,8 @@ def test_doctor_writes_patient_reads_and_uploads(browser, live_server, people, a
     page.select_option("select[name=observations-0-flag]", "high")
     page.click("text=Save draft")
     page.wait_for_url("**/edit/")
-    page.click("form[action$='/finalize/'] button")
-    page.wait_for_url("**/records/**")
+    page.click("[data-finalize-button]")
+    page.wait_for_url(SIGNED)
 
     # An imaging study with a DICOM file.
     page.goto(visit_url)
@@ -103,14 +83,13 @@ def test_doctor_writes_patient_reads_and_uploads(browser, live_server, people, a
     page.wait_for_url("**/edit/")
     scan = tmp_path / "brain.dcm"
     scan.write_bytes(dicom_bytes(64, 64))
-    page.set_input_files("form[data-upload] input[type=file]", str(scan))
-    page.click("form[data-upload] button[type=submit]")
+    page.set_input_files("#id_file", str(scan))
+    page.click("[data-upload-button]")
     page.wait_for_selector("text=brain.dcm")
-    page.click("form[action$='/finalize/'] button")
-    page.wait_for_url("**/records/**")
+    page.click("[data-finalize-button]")
+    page.wait_for_url(SIGNED)
     chain_seal()
-    page.reload()
-    page.wait_for_selector("text=Anchored in block")
+    page.wait_for_selector("text=Anchored in block", timeout=20_000)  # the page polls; nobody reloads
     page.screenshot(path=artifacts_dir / "doctor-imaging-record.png", full_page=True)
     context.close()
 

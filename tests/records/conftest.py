@@ -46,8 +46,8 @@ def pdf_bytes(text: str = "hello") -> bytes:
     return b"%PDF-1.4\n% " + text.encode() + b"\n" + b"x" * 200 + b"\n%%EOF\n"
 
 
-def dicom_bytes(rows: int = 16, cols: int = 16) -> bytes:
-    """A small uncompressed DICOM file made with pydicom."""
+def dicom_bytes(rows: int = 16, cols: int = 16, *, preamble: bytes = b"\0" * 128, pixels: bool = True) -> bytes:
+    """A small uncompressed DICOM file made with pydicom (``pixels=False``: a report without an image)."""
     import numpy as np
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -56,19 +56,20 @@ def dicom_bytes(rows: int = 16, cols: int = 16) -> bytes:
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=preamble)
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "MR"
     ds.StudyDescription = "BRAIN WO CONTRAST"
     ds.BodyPartExamined = "HEAD"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = (np.arange(rows * cols, dtype=np.uint16) * 10).tobytes()
+    if pixels:
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.PixelData = (np.arange(rows * cols, dtype=np.uint16) * 10).tobytes()
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -86,3 +87,13 @@ def carol_client(client, carol):
 
 
 __all__ = ["SENTINEL", "dicom_bytes", "enable_totp", "login", "pdf_bytes", "png_bytes", "upload_file"]
+
+
+@pytest.fixture
+def colleague(hospital):
+    """A verified doctor at the same hospital who is not the author."""
+    from tests.factories import UserFactory, enable_totp
+
+    user = UserFactory(email="frank@example.org", role="clinician", institution=hospital, verified=True)
+    enable_totp(user)
+    return user

@@ -103,6 +103,15 @@ def test_break_glass_opens_records_for_four_hours_notifies_and_stands_out(
     chart = client.get(reverse("clinic_chart", args=[alice.public_id]), HTTP_ACCEPT_LANGUAGE="en")
     assert chart.status_code == 200 and "bg-banner" in chart.content.decode()
     assert str(record.public_id) in chart.content.decode()
+    assert 'class="timeline-title">Warfarin 5 mg</strong>' in chart.content.decode()
+
+
+def test_the_break_glass_chart_of_a_patient_without_records_speaks_to_the_doctor(client, keys_sealed, alice, dave):
+    open_for(dave, alice)
+    client.force_login(dave)
+    page = client.get(reverse("clinic_chart", args=[alice.public_id]), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "This patient has no signed records" in page
+    assert "records a visit for you" not in page and "upload your own documents" not in page
 
 
 def test_break_glass_expires_by_itself_and_skips_drafts(keys_sealed, alice, carol, dave, visit):

@@ -188,6 +188,6 @@ def test_raw_body_upload_of_a_disallowed_type_is_refused(client, alice, node, se
         HTTP_X_UPLOAD_NAME="report.pdf",
         HTTP_X_UPLOAD_FIELDS="%7B%22title%22%3A%22x%22%7D",
     )
-    assert response.status_code == 400
+    assert response.status_code == 415
     assert not MedicalRecord.objects.exists()
     assert not os.listdir(settings.SPOOL_DIR)

@@ -291,6 +291,7 @@ def test_doctor_sees_shared_patients_and_their_granted_records_only(
     assert chart in page and str(bob.public_id) not in page
     body = client.get(chart).content.decode()
     assert str(shared.public_id) in body and str(hidden.public_id) not in body
+    assert 'class="timeline-title">FBC</strong>' in body  # its title, as the patient sees it
     assert AccessEvent.objects.filter(actor=dave, action="view_chart", outcome="allowed", basis="grant").exists()
     grant_revoke(patient=alice, grant=grant)
     assert client.get(chart).status_code == 403
