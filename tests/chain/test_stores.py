@@ -215,7 +215,8 @@ def test_a_redelivered_message_returns_its_stored_result_instead_of_pinning_agai
 
 # -- /healthz ---------------------------------------------------------------------------------------
 @pytest.mark.django_db
-def test_healthz_reports_the_dag_store_without_taking_the_primary(client, node):
+def test_healthz_reports_the_dag_store_without_taking_the_primary(client, node, operator):
+    client.force_login(operator)
     report = client.get("/healthz").json()["store"]
     assert report["ok"] is False and "no DAG store" in report["dag"]["error"]
     _create_store(node / "dag")

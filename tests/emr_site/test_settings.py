@@ -167,7 +167,8 @@ def test_the_data_directory_and_everything_in_it_are_private(tmp_path):
         "from django.core.mail import send_mail; send_mail('s', 'b', 'a@example.org', ['b@example.org']);"
         "from emr_site.celery import app; app.send_task('default.ping', queue='default')"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     names = {p.name for p in data.iterdir()}
     assert {"yilian.sqlite3", "mail", "broker", "secret_key"} <= names
