@@ -303,6 +303,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 HEARTBEAT_INTERVAL = env_float("HEARTBEAT_INTERVAL", 30.0, minimum=1.0)
+DAG_GC_INTERVAL = env_float("DAG_GC_INTERVAL", 3600.0, minimum=60.0)
 
 # -- the node: content store and ledger -------------------------------------------------------
 NODE_ID = env_str("EMR_NODE_ID", "node-1")
@@ -403,6 +404,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "store.records_log_accesses",
         "schedule": 10.0,
         "options": {"queue": "store", "expires": 10},
+    },
+    # Ciphertext nobody references any more (the old copy of a re-keyed record, a discarded
+    # draft's files) is collected within this interval (docs/records.md, "Retention").
+    "dag-gc": {
+        "task": "store.dag_gc",
+        "schedule": DAG_GC_INTERVAL,
+        "options": {"queue": "store", "expires": DAG_GC_INTERVAL},
     },
     "chain-validate-recent": {
         "task": "store.chain_validate_recent",

@@ -18,6 +18,7 @@ from chain.core.transaction import Transaction
 
 ANCHORED = "records.anchored"
 SUPERSEDED = "records.superseded"
+REKEYED = "records.rekeyed"
 PREFIX = "rec/"
 
 _SCHEMA = {
@@ -72,6 +73,30 @@ SUPERSEDED_TYPE = TxType(
     validate=_validate_supersede,
     apply=_apply,
     description="An amendment replaced a record's current version; the old one stays anchored.",
+)
+
+
+def _validate_rekeyed(view: StateView, tx: Transaction) -> None:
+    """A re-encryption follows a revocation: the grant is revoked, and by this signer.
+
+    So a re-keyed version is never mistaken for a clinical amendment, and only the
+    patient who revoked access (the grant's issuer) re-keys what it covered.
+    """
+    _validate_supersede(view, tx)
+    grant = view.get(grant_state_key(tx.payload["grant"]))
+    if grant is None or not grant["revoked"]:
+        reject("a re-encryption names a revoked grant")
+    if grant["issuer"] != tx.signer:
+        reject("only the patient who revoked the grant re-keys the records it covered")
+
+
+REKEYED_TYPE = TxType(
+    name=REKEYED,
+    schema={**_SUPERSEDE_SCHEMA, "grant": Field(bytes, max_length=16)},
+    validate=_validate_rekeyed,
+    apply=_apply,
+    description="A record's current version was re-encrypted with new keys after a grant was revoked; "
+    "the content is unchanged.",
 )
 
 
@@ -337,6 +362,7 @@ def register() -> None:
 
     register_tx_type(ANCHORED_TYPE)
     register_tx_type(SUPERSEDED_TYPE)
+    register_tx_type(REKEYED_TYPE)
     register_tx_type(ACCESS_LOGGED_TYPE)
     register_tx_type(GRANT_ISSUED_TYPE)
     register_tx_type(GRANT_REVOKED_TYPE)

@@ -117,9 +117,18 @@ class RecordVersion(models.Model):
         PENDING = "pending", _("Being stored")
         STORED = "stored", _("Stored")
 
+    class Origin(models.TextChoices):
+        """Why the version exists. A re-keyed version changes keys, never content or authorship."""
+
+        ORIGINAL = "original", _("Original")
+        AMENDMENT = "amendment", _("Amendment")
+        REKEY = "rekey", _("Re-encrypted after a revocation")
+
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     record = models.ForeignKey(MedicalRecord, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.ORIGINAL)
+    # The clinical author of this content (a re-keyed version keeps its predecessor's).
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     finalized_at = models.DateTimeField(null=True, blank=True)

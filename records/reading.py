@@ -79,6 +79,24 @@ def file_for(access: RecordAccess, file_id) -> tuple[RecordFile, str]:
     return record_file, names.get(str(record_file.public_id), "file")
 
 
+def file_after_rekeying(access: RecordAccess, file_id) -> RecordFile | None:
+    """The file of ``access.version`` holding the same bytes as ``file_id`` of an older version.
+
+    Only when every version since was a re-encryption (which keeps files and their order);
+    after an amendment the files may differ, and the old id is simply not found.
+    """
+    old = RecordFile.objects.filter(public_id=file_id, version__record_id=access.record.pk).select_related("version")
+    old = old.first()
+    if old is None or old.version.number >= access.version.number:
+        return None
+    since = RecordVersion.objects.filter(
+        record_id=access.record.pk, number__gt=old.version.number, number__lte=access.version.number
+    )
+    if since.exclude(origin=RecordVersion.Origin.REKEY).exists():
+        return None
+    return access.version.files.filter(position=old.position).first()
+
+
 class _SequentialReader:
     """``read_at(pos, n)`` over a DAG file that keeps one open stream.
 

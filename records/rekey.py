@@ -6,8 +6,8 @@ per record the grant covered, in the revocation's own transaction, and queues
 own database transaction:
 
 1. the record's current version is opened with the patient's envelope;
-2. a fresh data key encrypts its content (marked ``rekeyed_after_revocation``)
-   as a new version; each file gets a fresh file key and stream id, and its
+2. a fresh data key encrypts its content, unchanged, as a new version of origin
+   ``rekey`` that keeps its predecessor's author; each file gets a fresh file key and stream id, and its
    ciphertext is stream-decrypted from the DAG and stream-encrypted into a
    spool file, one segment at a time, then added to the DAG (memory stays
    bounded whatever the file size);
@@ -18,9 +18,10 @@ own database transaction:
 4. the item is marked done and the job's counter moves, in the same transaction.
 
 After the commit the old version's manifest and file roots are unpinned (the
-next ``dag gc`` drops the old ciphertext) and the new version is stored and
-anchored as ``records.superseded`` by ``records.storage.version_store``, which
-waits while the previous anchor is unsealed.
+periodic ``store.dag_gc`` drops the old ciphertext) and the new version is
+stored and anchored as ``records.rekeyed`` by ``records.storage.version_store``,
+signed by the patient and naming the revoked grant; it waits while the previous
+anchor or the revocation is unsealed.
 
 Resumable and idempotent: a run killed midway leaves its finished items done
 and the current one rolled back (its new DAG roots are unpinned when the
@@ -157,7 +158,8 @@ def rekey_item(item_id: int) -> str:
             version = RecordVersion(
                 record=record,
                 number=number,
-                created_by=record.patient,
+                origin=RecordVersion.Origin.REKEY,
+                created_by=current.created_by,  # new keys, same content, same clinical author
                 storage=RecordVersion.Storage.PENDING,
                 finalized_at=now,
                 content_ciphertext=b"",
@@ -186,7 +188,6 @@ def rekey_item(item_id: int) -> str:
                 new.save()
                 ids[str(old.public_id)] = str(new.public_id)
             content["files"] = [{**f, "id": ids.get(f["id"], f["id"])} for f in content.get("files", [])]
-            content["rekeyed_after_revocation"] = True
             version.content_ciphertext = encrypt_content(dek, version, content)
             version.content_size = len(version.content_ciphertext)
             version.save(update_fields=["content_ciphertext", "content_size"])
@@ -226,6 +227,7 @@ def rekey_job_run(job_id: int) -> str:
     Each item commits on its own; an unexpected error is recorded on the job
     (which stays ``running``, so the redrive re-queues it) and re-raised.
     """
+    from records.services import queue_version_store
     from records.storage import version_store
 
     job = RekeyJob.objects.filter(pk=job_id).first()
@@ -258,7 +260,10 @@ def rekey_job_run(job_id: int) -> str:
             new_version_id = RekeyItem.objects.filter(pk=item_id).values_list("new_version_id", flat=True).first()
             if new_version_id:
                 try:
-                    version_store(new_version_id)  # "waiting-previous" is left to the store task / redrive
+                    if version_store(new_version_id) == "waiting-previous":
+                        # The revocation (or the previous anchor) is not sealed yet: the store
+                        # task retries every block interval (the pending row is the outbox).
+                        queue_version_store(new_version_id)
                 except Exception:  # the pending version is the outbox; the redrive stores it later
                     log.exception("storing re-keyed version %s failed; the redrive retries", new_version_id)
         _after_item(item_id)

@@ -76,9 +76,11 @@ def _recipients(record: MedicalRecord, *, author):
     return users + grantee_users, institutions + grantee_institutions
 
 
-def _new_version(record: MedicalRecord, *, author, content: dict, number: int) -> tuple[RecordVersion, bytes]:
+def _new_version(
+    record: MedicalRecord, *, author, content: dict, number: int, origin: str = RecordVersion.Origin.ORIGINAL
+) -> tuple[RecordVersion, bytes]:
     dek = stream.new_data_key()
-    version = RecordVersion(record=record, number=number, created_by=author)
+    version = RecordVersion(record=record, number=number, created_by=author, origin=origin)
     version.content_ciphertext = encrypt_content(dek, version, content)
     version.content_size = len(version.content_ciphertext)
     version.save()
@@ -146,7 +148,7 @@ def record_finalize_imported(*, record: MedicalRecord) -> MedicalRecord:
         record=record,
         detail="imported",
     )
-    transaction.on_commit(lambda: _queue_store(version_id))
+    transaction.on_commit(lambda: queue_version_store(version_id))
     return record
 
 
@@ -281,7 +283,7 @@ def _queue_ingest(file_id: int) -> None:
     ingest_file.delay(file_id)
 
 
-def _queue_store(version_id: int) -> None:
+def queue_version_store(version_id: int) -> None:
     from records.tasks import store_version
 
     store_version.delay(version_id)
@@ -337,7 +339,7 @@ def record_finalize(*, access: RecordAccess) -> MedicalRecord:
     deliver_to_grantees(record)
     audit(actor=access.user, action=AccessEvent.Action.FINALIZE, patient=record.patient, record=record)
     version_id = access.version.pk
-    transaction.on_commit(lambda: _queue_store(version_id))
+    transaction.on_commit(lambda: queue_version_store(version_id))
     return record
 
 
@@ -363,7 +365,9 @@ def record_amend(*, access: RecordAccess, content: dict, reason: str) -> RecordV
     old_content = decrypt_content(access.dek, previous)
     number = record.versions.count() + 1
     new_content = {**content, "files": old_content.get("files", []), "amendment_reason": reason.strip()}
-    version, dek = _new_version(record, author=access.user, content=new_content, number=number)
+    version, dek = _new_version(
+        record, author=access.user, content=new_content, number=number, origin=RecordVersion.Origin.AMENDMENT
+    )
     # Carry the files forward: same ciphertext, file keys re-wrapped under the new key.
     old_files = list(previous.files.all())
     carried = []
@@ -398,7 +402,7 @@ def record_amend(*, access: RecordAccess, content: dict, reason: str) -> RecordV
     record.save(update_fields=["current_version", "status", "updated_at"])
     audit(actor=access.user, action=AccessEvent.Action.AMEND, patient=record.patient, record=record, basis=access.basis)
     version_id = version.pk
-    transaction.on_commit(lambda: _queue_store(version_id))
+    transaction.on_commit(lambda: queue_version_store(version_id))
     return version
 
 

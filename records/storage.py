@@ -79,6 +79,16 @@ def _manifest(version: RecordVersion, content_root: CID, files: list[RecordFile]
     return data, CID.of(DAG_PB, data)
 
 
+def _revoked_grant(version: RecordVersion):
+    """The grant whose revocation a re-keyed version follows; None for any other version."""
+    if version.origin != RecordVersion.Origin.REKEY:
+        return None
+    from records.models import RekeyItem
+
+    item = RekeyItem.objects.select_related("job__grant").filter(new_version=version).first()
+    return item.job.grant if item is not None else None
+
+
 def version_store(version_id: int) -> str:
     """Store a finalised version's ciphertext and manifest; anchor it on chain."""
     version = (
@@ -93,27 +103,32 @@ def version_store(version_id: int) -> str:
     files = list(version.files.all())
     if any(f.status != RecordFile.Status.STORED for f in files):
         return "waiting"  # the last file's ingest calls us again
+    from chain.models import Transaction
+
     previous = None
     if version.number > 1:
-        from chain.models import Transaction
-
         previous = version.record.versions.filter(number=version.number - 1).first()
         if previous is None or previous.storage != RecordVersion.Storage.STORED:
             return "waiting-previous"
         if not Transaction.objects.filter(cid=previous.anchor_tx).exists():
             # The chain validates a supersession against sealed state only.
             return "waiting-previous"
+    revoked = _revoked_grant(version)
+    if revoked is not None and not Transaction.objects.filter(cid=revoked.revoked_tx).exists():
+        return "waiting-previous"  # a re-encryption names its revocation, which must be sealed first
     store = _dag()
+    # The content stays pinned until the manifest holds it, so a collection running meanwhile
+    # (store.dag_gc) never takes blocks of a DAG still being assembled.
     content = add_file(
         store,
         io.BytesIO(bytes(version.content_ciphertext)),
         chunk_size=settings.DAG_CHUNK_SIZE,
         max_links=settings.DAG_MAX_LINKS,
-        pin=False,
+        pin=True,
     )
     manifest, root = _manifest(version, content.root, files)
-    store.put(root, manifest)
-    store.pin(root)
+    store.put_pinned(root, manifest)
+    store.unpin(content.root)
     record = version.record
     salt = bytes(version.commitment_salt) or os.urandom(32)
     digest = ledger.commitment(
@@ -126,13 +141,14 @@ def version_store(version_id: int) -> str:
                 store.unpin(root)
                 return "stored"
             payload = {"record": bytes(record.anchor_id), "version": version.number, "root": root, "commitment": digest}
-            tx_type = ledger.ANCHORED
+            tx_type, signer = ledger.ANCHORED, version.created_by
             if previous is not None:
                 payload["previous"] = CID.decode(previous.root_cid)
                 tx_type = ledger.SUPERSEDED
-            entry = tx_sign_and_submit(
-                private_key=signing_private_key(version.created_by), type=tx_type, payload=payload
-            )
+            if revoked is not None:  # new keys, same content: the patient who revoked signs it
+                payload["grant"] = bytes(revoked.chain_id)
+                tx_type, signer = ledger.REKEYED, record.patient
+            entry = tx_sign_and_submit(private_key=signing_private_key(signer), type=tx_type, payload=payload)
             locked.storage = RecordVersion.Storage.STORED
             locked.root_cid = str(root)
             locked.commitment = digest.hex()

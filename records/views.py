@@ -294,6 +294,7 @@ def record_detail(request, record_id):
         "versions": versions,
         "anchor": _anchor_info(access.version),
         "is_current": access.version.pk == record.current_version_id,
+        "replaced_by": next((v for v in versions if v.number == access.version.number + 1), None),
         "version_query": "" if access.version.pk == record.current_version_id else access.version.number,
         "can_edit": record.status == MedicalRecord.Status.DRAFT and request.user.pk == record.author_id,
         "can_amend": record.status != MedicalRecord.Status.DRAFT
@@ -307,6 +308,13 @@ def record_detail(request, record_id):
         anchor and anchor.get("sealed")
     )
     return render(request, "records/detail.html", context)
+
+
+def _rekeyed_away(version: RecordVersion) -> bool:
+    """Whether a later version re-encrypted this one, whose file ciphertext is then collected."""
+    return RecordVersion.objects.filter(
+        record_id=version.record_id, number=version.number + 1, origin=RecordVersion.Origin.REKEY
+    ).exists()
 
 
 def record_status(request, record_id):
@@ -358,11 +366,24 @@ def record_file(request, record_id, file_id):
         return denied
     record_file, name = reading.file_for(access, file_id)
     if record_file is None:
-        raise Http404("no such file")
+        moved = reading.file_after_rekeying(access, file_id)
+        if moved is None:
+            raise Http404("no such file")
+        # A page opened before a re-encryption: the same bytes live on under a new id.
+        query = request.GET.copy()
+        query.pop("version", None)
+        target = reverse("record_file", args=[record_id, moved.public_id])
+        return redirect(f"{target}?{query.urlencode()}" if query else target)
     if record_file.status != "stored":
         return HttpResponse(
             _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
         )
+    if _rekeyed_away(access.version):
+        message = _(
+            "This copy of the file was re-encrypted with new keys after access was revoked, and the old copy "
+            "was deleted. Open the current version of the record to get the same file."
+        )
+        return HttpResponse(message, status=410, content_type="text/plain; charset=utf-8")
     size = record_file.size
     start, end = 0, size - 1
     status = 200

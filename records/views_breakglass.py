@@ -78,9 +78,7 @@ def institution_break_glass(request):
         )
     now = timezone.now()
     reviewable = services.sessions_for_review(request.user)
-    sessions = list(
-        reviewable.annotate(reads=Count("patient__footprint", filter=_reads_filter()))[:SESSIONS_SHOWN]
-    )
+    sessions = list(reviewable.annotate(reads=Count("patient__footprint", filter=_reads_filter()))[:SESSIONS_SHOWN])
     awaiting = reviewable.filter(closed_at__isnull=True).count()
     context = {"sessions": sessions, "awaiting": awaiting, "now": now}
     return render(request, "accounts/break_glass_list.html", context)

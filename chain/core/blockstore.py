@@ -290,6 +290,16 @@ class BlockStore:
         """Store one block after checking that it hashes to ``cid``."""
         self.put_many([(cid, data)])
 
+    def put_pinned(self, cid: CID, data: bytes | bytearray | memoryview) -> int:
+        """Store one block and pin it with nothing in between for a collection to take.
+
+        The DAG under it must already be stored (as for :meth:`pin`). Returns the new pin count.
+        """
+        self._check_writable()
+        with self._guard.shared():
+            self.put(cid, data)
+            return self._pin_complete(cid)
+
     def put_many(self, blocks: Iterable[tuple[CID, bytes | bytearray | memoryview]]) -> int:
         """Verify every block, then store them all in one WriteBatch; return the count.
 
@@ -434,11 +444,14 @@ class BlockStore:
         """
         self._check_writable()
         with self._guard.shared():
-            missing = self.missing(cid)
-            if missing:
-                shown = ", ".join(str(c) for c in missing[:3])
-                raise NotFoundError(f"cannot pin {cid}: {len(missing)} block(s) missing, e.g. {shown}")
-            return self._add_pin(cid, None)
+            return self._pin_complete(cid)
+
+    def _pin_complete(self, cid: CID) -> int:
+        missing = self.missing(cid)
+        if missing:
+            shown = ", ".join(str(c) for c in missing[:3])
+            raise NotFoundError(f"cannot pin {cid}: {len(missing)} block(s) missing, e.g. {shown}")
+        return self._add_pin(cid, None)
 
     def _add_pin(self, cid: CID, meta: ObjectMeta | None) -> int:
         with self._meta_lock:

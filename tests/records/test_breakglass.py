@@ -94,9 +94,10 @@ def test_break_glass_opens_records_for_four_hours_notifies_and_stands_out(
     page = client.get(reverse("patient_footprint"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert 'id="emergency-access"' in page and DETAIL in page and "fp-breakglass" in page
     only = client.get(reverse("patient_footprint") + "?basis=break-glass", HTTP_ACCEPT_LANGUAGE="en")
-    assert only.context["page"].paginator.count == AccessEvent.objects.filter(
-        patient=alice, basis="break-glass"
-    ).exclude(actor=alice).count()
+    assert (
+        only.context["page"].paginator.count
+        == AccessEvent.objects.filter(patient=alice, basis="break-glass").exclude(actor=alice).count()
+    )
 
     # The chart opens with the emergency banner and lists the record.
     client.force_login(dave)
@@ -340,9 +341,7 @@ def test_a_reviewer_whose_key_is_not_sealed_yet_still_closes(keys_sealed, alice,
     assert session.closed_tx
 
 
-def test_the_review_list_counts_reads_within_each_session(
-    client, keys_sealed, alice, carol, dave, visit, other_admin
-):
+def test_the_review_list_counts_reads_within_each_session(client, keys_sealed, alice, carol, dave, visit, other_admin):
     record = write(alice, carol, visit)
     first = open_for(dave, alice)
     chain_seal()

@@ -22,7 +22,7 @@ from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
 from records.reading import _SequentialReader, file_chunks
 from records.services import record_attach_file, record_create, record_finalize
-from records.sharing import grant_revoke
+from records.sharing import grant_revoke, grants_redrive
 from records.uploads import SpooledUpload
 from tests.records.conftest import login
 from tests.records.test_sharing import issue, keys_sealed, write  # noqa: F401 (fixture)
@@ -97,6 +97,7 @@ def shared(keys_sealed, alice, carol, dave, visit):  # noqa: F811
 def test_revocation_rekeys_every_record_and_the_old_key_opens_nothing_new(shared, alice, carol, dave):
     grant, records = shared["grant"], shared["records"]
     old_versions = {r.pk: r.current_version for r in records}
+    old_statuses = {r.pk: r.status for r in records}
     old_roots = [v.root_cid for v in old_versions.values()]
     old_roots += list(RecordFile.objects.filter(version__in=old_versions.values()).values_list("root_cid", flat=True))
     store = dag_writer()
@@ -113,7 +114,9 @@ def test_revocation_rekeys_every_record_and_the_old_key_opens_nothing_new(shared
         record.refresh_from_db()
         new = record.current_version
         old = old_versions[record.pk]
-        assert new.number == old.number + 1 and new.created_by == alice
+        # New keys, same content and author: not an amendment by the patient.
+        assert new.number == old.number + 1 and new.origin == "rekey" and new.created_by == old.created_by
+        assert record.status == old_statuses[record.pk]
         # Sealed to the current recipients only: never to Dave.
         assert not WrappedKey.objects.filter(version=new, user=dave).exists()
         assert set(WrappedKey.objects.filter(version=new).values_list("user_id", flat=True)) >= {alice.pk, carol.pk}
@@ -142,21 +145,28 @@ def test_revocation_rekeys_every_record_and_the_old_key_opens_nothing_new(shared
         for reader in (alice, carol):
             access, content, files = read_all(reader, record)
             assert access.version.pk == new.pk
-            assert content.pop("rekeyed_after_revocation") is True
-            assert content["title"] == content_before["title"]
+            assert content == content_before | {"files": content["files"]}
             assert files == files_before
     assert read_all(alice, shared["scan"])[2] == shared["blobs"]
     # Dave is denied, and has no key left anywhere.
     assert not WrappedKey.objects.filter(user=dave).exists()
 
-    # Old ciphertext unpinned; new roots stored and anchored once sealed.
+    # Old ciphertext unpinned; new roots stored once the revocation they name is sealed, then anchored.
     assert all(store.pin_count(CID.decode(root)) == 0 for root in old_roots)
+    assert {r.current_version.storage for r in records} == {"pending"}
+    chain_seal()  # the grant's issue; then its revocation, which waited for it
+    assert grants_redrive() == 1
+    assert storage.version_store(records[0].current_version_id) == "waiting-previous"
+    chain_seal()
+    for record in records:
+        assert storage.version_store(record.current_version_id) == "stored"
     chain_seal()
     for record in records:
         record.refresh_from_db()
         new = record.current_version
         assert new.storage == "stored" and new.root_cid and new.root_cid not in old_roots
-        assert TxRow.objects.filter(cid=new.anchor_tx).exists()
+        anchor = TxRow.objects.get(cid=new.anchor_tx)
+        assert anchor.type == "records.rekeyed"  # told apart from an amendment on chain too
         assert store.pin_count(CID.decode(new.root_cid)) == 1
         for new_file in new.files.all():
             assert store.pin_count(CID.decode(new_file.root_cid)) == 1
@@ -293,3 +303,84 @@ def test_sharing_page_shows_progress_and_the_honest_note(client, shared, alice):
     body = client.get(reverse("patient_sharing"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "all 3 records now use new keys" in body and 'http-equiv="refresh"' not in body
     assert MedicalRecord.objects.filter(patient=alice).count() == 3
+
+
+def _rekey_all(alice, grant):
+    grant_revoke(patient=alice, grant=grant)
+    assert rekey.rekey_job_run(RekeyJob.objects.get(grant=grant).pk) == "done"
+
+
+def test_a_rekeyed_version_reads_as_new_keys_not_as_an_amendment(client, shared, alice, carol):
+    _rekey_all(alice, shared["grant"])
+    scan = MedicalRecord.objects.get(pk=shared["scan"].pk)
+    login(client, alice)
+    detail = reverse("record_detail", args=[scan.public_id])
+    current = client.get(detail, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "re-encrypted after access was revoked" in current and "content and author unchanged" in current
+    assert "Amendment" not in current and "Amended" not in current
+    old = client.get(detail + "?version=1", HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "re-encrypted with new keys" in old and "nothing in it changed" in old
+    assert "replaced by an amendment" not in old
+    # The old copy of its files is gone: a clear answer, not a broken download.
+    old_file = RecordFile.objects.filter(version__record=scan, version__number=1).first()
+    response = client.get(reverse("record_file", args=[scan.public_id, old_file.public_id]) + "?version=1")
+    assert response.status_code == 410
+    assert "re-encrypted" in response.content.decode()
+    history = client.get(reverse("record_history", args=[scan.public_id]), HTTP_ACCEPT_LANGUAGE="en")
+    assert "New keys" in history.content.decode() and carol.display_name in history.content.decode()
+
+
+def test_old_ciphertext_is_collected_after_rekeying(shared, alice):
+    from chain import dag_tasks
+
+    old_roots = [r.current_version.root_cid for r in shared["records"]]
+    old_roots += list(
+        RecordFile.objects.filter(version__record__in=shared["records"]).values_list("root_cid", flat=True)
+    )
+    _rekey_all(alice, shared["grant"])
+    removed = dag_tasks.dag_gc.apply().get()["removed"]
+    assert removed > 0
+    store = dag_writer()
+    assert not any(store.has(CID.decode(root)) for root in old_roots)
+    for record in shared["records"]:  # and the new copies read byte for byte
+        assert read_all(alice, MedicalRecord.objects.get(pk=record.pk))[2] == shared["before"][record.pk][2]
+
+
+def test_the_chain_accepts_a_rekey_only_after_its_revocation_and_from_its_issuer():
+    from chain.core.registry import ValidationError as TxRejectedError
+    from chain.core.state import DictState
+    from records import ledger
+
+    record, grant = os.urandom(16), os.urandom(16)
+    root, previous = CID.of(0x55, b"new"), CID.of(0x55, b"old")
+    state = DictState(
+        {
+            ledger.PREFIX + record.hex(): {"version": 1, "root": previous},
+            ledger.grant_state_key(grant): {"issuer": b"p" * 32, "grantee_key": b"d" * 32, "revoked": False},
+        }
+    )
+    payload = {"record": record, "version": 2, "root": root, "commitment": bytes(32), "previous": previous}
+    tx = SimpleTx(payload | {"grant": grant}, signer=b"p" * 32)
+    with pytest.raises(TxRejectedError, match="revoked grant"):
+        ledger.REKEYED_TYPE.validate(state, tx)
+    state.set(ledger.grant_state_key(grant), {**state.get(ledger.grant_state_key(grant)), "revoked": True})
+    ledger.REKEYED_TYPE.validate(state, tx)
+    with pytest.raises(TxRejectedError, match="only the patient who revoked"):
+        ledger.REKEYED_TYPE.validate(state, SimpleTx(tx.payload, signer=b"x" * 32))
+
+
+class SimpleTx:
+    def __init__(self, payload, signer):
+        self.payload, self.signer = payload, signer
+
+
+def test_a_file_link_from_before_the_rekeying_leads_to_the_same_bytes(client, shared, alice):
+    scan = shared["scan"]
+    before = {f.position: f.public_id for f in scan.current_version.files.all()}
+    _rekey_all(alice, shared["grant"])
+    login(client, alice)
+    for position, old_id in before.items():
+        response = client.get(reverse("record_file", args=[scan.public_id, old_id]) + "?download=1")
+        assert response.status_code == 302
+        moved = client.get(response["Location"])
+        assert b"".join(moved.streaming_content) == shared["blobs"][position]
