@@ -79,6 +79,11 @@ def file_for(access: RecordAccess, file_id) -> tuple[RecordFile, str]:
     return record_file, names.get(str(record_file.public_id), "file")
 
 
+def file_present(record_file: RecordFile) -> bool:
+    """Whether the file's ciphertext is (still) in the DAG store."""
+    return bool(record_file.root_cid) and _dag().has(CID.decode(record_file.root_cid))
+
+
 def file_after_rekeying(access: RecordAccess, file_id) -> RecordFile | None:
     """The file of ``access.version`` holding the same bytes as ``file_id`` of an older version.
 

@@ -311,7 +311,7 @@ def record_detail(request, record_id):
 
 
 def _rekeyed_away(version: RecordVersion) -> bool:
-    """Whether a later version re-encrypted this one, whose file ciphertext is then collected."""
+    """Whether a later version re-encrypted this one, whose file ciphertext is then (soon) collected."""
     return RecordVersion.objects.filter(
         record_id=version.record_id, number=version.number + 1, origin=RecordVersion.Origin.REKEY
     ).exists()
@@ -378,7 +378,7 @@ def record_file(request, record_id, file_id):
         return HttpResponse(
             _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
         )
-    if _rekeyed_away(access.version):
+    if _rekeyed_away(access.version) and not reading.file_present(record_file):
         message = _(
             "This copy of the file was re-encrypted with new keys after access was revoked, and the old copy "
             "was deleted. Open the current version of the record to get the same file."
