@@ -227,7 +227,7 @@ def rekey_job_run(job_id: int) -> str:
     Each item commits on its own; an unexpected error is recorded on the job
     (which stays ``running``, so the redrive re-queues it) and re-raised.
     """
-    from records.services import queue_version_store
+    from records.sharing import grant_revocation_submit
     from records.storage import version_store
 
     job = RekeyJob.objects.filter(pk=job_id).first()
@@ -238,6 +238,9 @@ def rekey_job_run(job_id: int) -> str:
     RekeyJob.objects.filter(pk=job_id).exclude(status=RekeyJob.Status.DONE).update(
         status=RekeyJob.Status.RUNNING, updated_at=timezone.now()
     )
+    # Its versions name the revocation on chain, which must be sealed first: submit it as soon
+    # as the grant's own issue is sealed instead of waiting for the minute's redrive.
+    grant_revocation_submit(job.grant)
     waiting = False
     failed = False
     for item_id in list(job.items.filter(status=RekeyItem.Status.PENDING).values_list("pk", flat=True)):
@@ -260,10 +263,7 @@ def rekey_job_run(job_id: int) -> str:
             new_version_id = RekeyItem.objects.filter(pk=item_id).values_list("new_version_id", flat=True).first()
             if new_version_id:
                 try:
-                    if version_store(new_version_id) == "waiting-previous":
-                        # The revocation (or the previous anchor) is not sealed yet: the store
-                        # task retries every block interval (the pending row is the outbox).
-                        queue_version_store(new_version_id)
+                    version_store(new_version_id)  # "waiting-previous": the rekey task queues the store task
                 except Exception:  # the pending version is the outbox; the redrive stores it later
                     log.exception("storing re-keyed version %s failed; the redrive retries", new_version_id)
         _after_item(item_id)

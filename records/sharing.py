@@ -380,19 +380,26 @@ def _submit_revocation(grant: Grant, patient) -> bool:
     return True
 
 
-def grants_redrive(limit: int = 200) -> int:
-    """Submit revocations that waited for their grant's transaction to be sealed."""
+def grant_revocation_submit(grant: Grant) -> bool:
+    """Put a revoked grant's revocation on chain if it waited and now can; whether it did."""
     from chain.ledger_services import TxRejected
 
-    submitted = 0
-    pending = Grant.objects.filter(status=Grant.Status.REVOKED, revoked_tx="").select_related("patient")[:limit]
-    for grant in pending:
-        try:
-            with transaction.atomic():
-                if _submit_revocation(grant, grant.patient):
-                    submitted += 1
-        except TxRejected as exc:  # already revoked on chain by another path: nothing to redo
-            log.warning("revocation of grant %s refused: %s", grant.public_id, exc)
+    if grant.status != Grant.Status.REVOKED or grant.revoked_tx:
+        return False
+    try:
+        with transaction.atomic():
+            locked = Grant.objects.select_for_update().select_related("patient").get(pk=grant.pk)
+            return not locked.revoked_tx and _submit_revocation(locked, locked.patient)
+    except TxRejected as exc:  # already revoked on chain by another path: nothing to redo
+        log.warning("revocation of grant %s refused: %s", grant.public_id, exc)
+        return False
+
+
+def grants_redrive(limit: int = 200) -> int:
+    """Submit revocations that waited for their grant's transaction to be sealed."""
+
+    pending = Grant.objects.filter(status=Grant.Status.REVOKED, revoked_tx="")[:limit]
+    submitted = sum(grant_revocation_submit(grant) for grant in pending)
     if submitted:
         log.info("submitted %d waiting grant revocations", submitted)
     return submitted

@@ -114,6 +114,11 @@ def version_store(version_id: int) -> str:
             # The chain validates a supersession against sealed state only.
             return "waiting-previous"
     revoked = _revoked_grant(version)
+    if revoked is not None and not revoked.revoked_tx:
+        from records.sharing import grant_revocation_submit
+
+        grant_revocation_submit(revoked)  # it waited for the grant's own issue to be sealed
+        revoked.refresh_from_db(fields=["revoked_tx"])
     if revoked is not None and not Transaction.objects.filter(cid=revoked.revoked_tx).exists():
         return "waiting-previous"  # a re-encryption names its revocation, which must be sealed first
     store = _dag()
