@@ -133,6 +133,10 @@ class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
         related_name="staff",
     )
     staff_title = models.CharField(_("title"), max_length=100, blank=True)
+    # A patient's Yilian ID (accounts/health_id.py): what they give a clinic, and show as a QR code.
+    health_id = models.CharField(_("Yilian ID"), max_length=9, unique=True, null=True, blank=True, editable=False)
+    # The language of the portal they last chose: their notification emails are written in it.
+    language = models.CharField(_("language"), max_length=10, blank=True)
     # A patient's demographics: shown to those they share with, and (generalised) in research datasets.
     birth_date = models.DateField(_("date of birth"), null=True, blank=True)
     sex = models.CharField(_("sex"), max_length=8, choices=Sex.choices, blank=True)
@@ -172,6 +176,23 @@ class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return f"{self.display_name} <{self.email}>"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.role == Role.PATIENT and not self.health_id:
+            from accounts.health_id import new_health_id
+
+            self.health_id = new_health_id()
+            while User.objects.filter(health_id=self.health_id).exists():  # about once per 10^12
+                self.health_id = new_health_id()
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "health_id"}
+        super().save(*args, **kwargs)
+
+    @property
+    def health_id_display(self) -> str:
+        from accounts.health_id import formatted
+
+        return formatted(self.health_id) if self.health_id else ""
 
     @property
     def display_name(self) -> str:

@@ -88,3 +88,55 @@ def staff_unverify(*, verifier: User, member: User) -> User:
     member.verified_by = None
     member.save(update_fields=["verified_at", "verified_by"])
     return member
+
+
+def patient_find(identifier: str) -> User | None:
+    """The active patient a clinic means by a Yilian ID (any spacing, with or without ``YL``) or an email.
+
+    Raises ``ValidationError`` for something typed as an ID that fails its check symbol, so a
+    typo is reported as a typo and never reaches another patient.
+    """
+    from django.core.exceptions import ValidationError
+    from django.utils.translation import gettext as _
+
+    from accounts.health_id import looks_like_health_id, normalize
+
+    value = (identifier or "").strip()
+    patients = User.objects.filter(role=Role.PATIENT, is_active=True)
+    if "@" in value:
+        return patients.filter(email__iexact=value).first()
+    health_id = normalize(value)
+    if health_id is not None:
+        return patients.filter(health_id=health_id).first()
+    if looks_like_health_id(value):
+        raise ValidationError(
+            _("This is not a valid Yilian ID: check it for a typing mistake (it looks like YL-4K7P-M2QD-X)."),
+            code="invalid_id",
+        )
+    return None
+
+
+DOCTOR_RESULTS_MAX = 20
+
+
+def doctors_find(query: str) -> list[User]:
+    """Verified clinicians matching every word of ``query`` in their name or their institution's.
+
+    A hospital directory, for a patient choosing whom to share with: names and workplaces of
+    verified staff only, never patients, never an unverified account.
+    """
+    from django.db.models import Q
+
+    words = [w for w in (query or "").split() if w][:5]
+    if not words:
+        return []
+    doctors = User.objects.filter(role=Role.CLINICIAN, is_active=True, verified_at__isnull=False)
+    for word in words:
+        doctors = doctors.filter(
+            Q(name__icontains=word)
+            | Q(name_en__icontains=word)
+            | Q(institution__name__icontains=word)
+            | Q(institution__name_en__icontains=word)
+            | Q(institution__code__iexact=word)
+        )
+    return list(doctors.select_related("institution").order_by("institution__code", "name")[:DOCTOR_RESULTS_MAX])

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -29,6 +30,18 @@ def home(request):
 @login_required
 def profile(request):
     return render(request, "accounts/profile.html", {"account": request.user})
+
+
+@role_required(Role.PATIENT)
+def health_id_qr(request):
+    """The patient's Yilian ID as a QR code (SVG) for a clinic's scanner: the ID, nothing else."""
+    import qrcode
+    from qrcode.image.svg import SvgPathImage
+
+    image = qrcode.make(request.user.health_id_display, image_factory=SvgPathImage, box_size=12, border=2)
+    response = HttpResponse(image.to_string(encoding="unicode"), content_type="image/svg+xml")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 def _staff_of(user: User):

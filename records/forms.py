@@ -13,7 +13,7 @@ from django.forms import formset_factory
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
-from accounts.models import Role, User
+from accounts.services import patient_find
 from records.models import RecordKind, Visit
 
 TEXTAREA = forms.Textarea(attrs={"rows": 4})
@@ -23,21 +23,12 @@ class VisitOpenForm(forms.Form):
     patient = forms.CharField(
         label=_("Patient"),
         max_length=254,
-        help_text=_("The patient's Yilian ID (shown on their account page) or their email address."),
+        help_text=_("The patient's Yilian ID (YL-…, shown in their portal, also as a QR code) or their email address."),
     )
     kind = forms.ChoiceField(label=_("Kind of visit"), choices=Visit.Kind.choices, initial=Visit.Kind.OUTPATIENT)
 
     def clean_patient(self):
-        value = self.cleaned_data["patient"].strip()
-        patients = User.objects.filter(role=Role.PATIENT, is_active=True)
-        match = None
-        if "@" in value:
-            match = patients.filter(email__iexact=value).first()
-        else:
-            try:
-                match = patients.filter(public_id=value).first()
-            except ValidationError:
-                match = None
+        match = patient_find(self.cleaned_data["patient"])
         if match is None:
             raise ValidationError(_("No patient with this Yilian ID or email address."), code="not_found")
         return match

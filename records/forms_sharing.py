@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Institution, Role, User
+from accounts.services import doctors_find, patient_find
 from records.forms import VisitOpenForm
 from records.models import BreakGlass, BreakGlassReason, GrantPurpose, GrantScope, MedicalRecord, RecordKind
 
@@ -22,8 +23,15 @@ class GrantForm(forms.Form):
         widget=forms.RadioSelect,
         initial="user",
     )
+    grantee_query = forms.CharField(
+        label=_("Find your doctor"),
+        max_length=100,
+        required=False,
+        help_text=_("Their name and hospital, for example “Li Renmin Hospital”. Only verified doctors are listed."),
+    )
+    grantee_choice = forms.ChoiceField(label=_("Doctor"), required=False, choices=(), widget=forms.RadioSelect)
     grantee_email = forms.EmailField(
-        label=_("Doctor's email address"),
+        label=_("Or their email address"),
         required=False,
         help_text=_("The address your doctor signs in with. Only verified staff of an institution can be chosen."),
     )
@@ -56,9 +64,17 @@ class GrantForm(forms.Form):
         help_text=_("Otherwise sensitive records are shared only when you choose them one by one below."),
     )
 
-    def __init__(self, *args, patient, record_titles: list[tuple[MedicalRecord, str]], **kwargs):
+    def __init__(self, *args, patient, record_titles: list[tuple[MedicalRecord, str]], query=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.patient = patient
+        if query is None:
+            query = self.data.get("grantee_query") if self.is_bound else ""
+        query = (query or "").strip()
+        self.doctors_found = doctors_find(query) if query else []
+        self.searched = bool(query)
+        self.fields["grantee_choice"].choices = [
+            (str(d.public_id), f"{d.display_name} · {d.institution.display_name}") for d in self.doctors_found
+        ]
         self._records = {str(r.public_id): r for r, _title in record_titles}
         self.fields["records"].choices = [
             (
@@ -75,17 +91,7 @@ class GrantForm(forms.Form):
     def clean(self):
         data = super().clean()
         if data.get("grantee_kind") == "user":
-            email = (data.get("grantee_email") or "").lower()
-            doctor = (
-                User.objects.filter(email=email, role__in=[Role.CLINICIAN, Role.RESEARCHER])
-                .select_related("institution")
-                .first()
-                if email
-                else None
-            )
-            if doctor is None or not doctor.is_verified_staff:
-                self.add_error("grantee_email", _("No verified doctor signs in with this email address."))
-            data["grantee_user"], data["grantee_institution"] = doctor, None
+            data["grantee_user"], data["grantee_institution"] = self._chosen_doctor(data), None
         elif data.get("grantee_kind") == "institution":
             if data.get("grantee_institution") is None:
                 self.add_error("grantee_institution", _("Choose an institution."))
@@ -111,6 +117,31 @@ class GrantForm(forms.Form):
             data["valid_from_at"] = now if start == today else begin
             data["valid_until_at"] = datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz)
         return data
+
+    def _chosen_doctor(self, data):
+        """The doctor picked from the search results or found by email; else a field error."""
+        chosen = data.get("grantee_choice")
+        if chosen:
+            return next(d for d in self.doctors_found if str(d.public_id) == chosen)
+        email = (data.get("grantee_email") or "").lower()
+        if email:
+            doctor = (
+                User.objects.filter(email=email, role__in=[Role.CLINICIAN, Role.RESEARCHER])
+                .select_related("institution")
+                .first()
+            )
+            if doctor is None or not doctor.is_verified_staff:
+                self.add_error("grantee_email", _("No verified doctor signs in with this email address."))
+                return None
+            return doctor
+        if self.doctors_found:  # even a single match: the patient sees whom they share with first
+            self.add_error("grantee_choice", _("Choose your doctor from the list."))
+        elif self.searched:
+            message = _("No verified doctor matches. Try their name and hospital, or their email.")
+            self.add_error("grantee_query", message)
+        else:
+            self.add_error("grantee_query", _("Find your doctor by name and hospital, or give their email address."))
+        return None
 
 
 class AccessRequestForm(forms.Form):
@@ -139,7 +170,11 @@ class AccessRequestForm(forms.Form):
     )
     days = forms.IntegerField(label=_("For how many days"), min_value=1, max_value=365, initial=DEFAULT_DAYS)
 
-    clean_patient = VisitOpenForm.clean_patient
+    def clean_patient(self):
+        """The patient, or None when nobody answers to it: the form must not tell which."""
+        typed = self.cleaned_data["patient"].strip()
+        self.asked_as = typed
+        return patient_find(typed)
 
     def clean(self):
         data = super().clean()

@@ -460,7 +460,13 @@ class AccessRequest(models.Model):
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     chain_id = models.BinaryField(max_length=16, editable=False)
-    patient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="access_requests")
+    # None when no patient answers to what the doctor typed: the request then looks to them like any
+    # other unanswered one, so the form never tells whether an account exists (records/requests.py).
+    patient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="access_requests"
+    )
+    # What the doctor typed (a Yilian ID or an email): all they see of the patient until approval.
+    asked_as = models.CharField(max_length=254, blank=True)
     requester = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="access_requests_made"
     )

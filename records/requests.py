@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -41,6 +42,12 @@ DAYS_MAX = 365
 
 # -- the sealed reason ---------------------------------------------------------------------------
 def _seal_reason(request: AccessRequest, reason: str) -> None:
+    if request.patient is None:  # nobody to read it but the requester
+        request.reason_ciphertext, (request.reason_key_requester,) = seal_message(
+            reason, aad=request.associated_data(), recipients=[request.requester]
+        )
+        request.reason_key_patient = b""
+        return
     request.reason_ciphertext, (request.reason_key_patient, request.reason_key_requester) = seal_message(
         reason, aad=request.associated_data(), recipients=[request.patient, request.requester]
     )
@@ -115,16 +122,24 @@ def notifications_mark_read(*, user, notifications) -> int:
 # -- create, approve, decline ----------------------------------------------------------------------
 @transaction.atomic
 def access_request_create(
-    *, requester, patient, scope: str, kinds=(), purpose: str, reason: str, days: int
+    *, requester, patient, scope: str, kinds=(), purpose: str, reason: str, days: int, asked_as: str = ""
 ) -> AccessRequest:
-    """A cleared clinician asks ``patient`` for access; the patient is notified."""
+    """A cleared clinician asks ``patient`` for access; the patient is notified.
+
+    ``patient`` is None when nobody answers to ``asked_as`` (what the doctor typed): the
+    request is kept all the same, so the doctor sees one more unanswered request and the
+    form never says whether an account exists. Nobody is notified and nothing goes on chain.
+    """
     from chain.ledger_services import tx_sign_and_submit
     from records.sharing import pseudonym_for
 
     if not staff_cleared(requester):
         raise PermissionDenied(_("Only verified doctors with two-factor sign-in can request access."))
-    if patient.role != Role.PATIENT or not patient.is_active or patient.pk == requester.pk:
-        raise ValidationError(_("No patient with this Yilian ID or email address."))
+    if patient is not None and (patient.role != Role.PATIENT or not patient.is_active or patient.pk == requester.pk):
+        patient = None
+    asked_as = (asked_as or "").strip() or (patient.health_id_display or patient.email if patient else "")
+    if not asked_as:
+        raise ValidationError(_("Give the patient's Yilian ID or email address."))
     if scope not in (GrantScope.ALL, GrantScope.KINDS):
         raise ValidationError(_("Choose what you ask to see."))
     kinds = sorted(set(kinds or ()))
@@ -139,13 +154,16 @@ def access_request_create(
         raise ValidationError(_("Ask for between 1 and %(n)d days.") % {"n": DAYS_MAX})
     # The requester's row lock serialises their requests: two pending ones cannot race in.
     User.objects.select_for_update().filter(pk=requester.pk).first()
-    if AccessRequest.objects.filter(requester=requester, patient=patient, status=AccessRequest.Status.PENDING).exists():
+    waiting = AccessRequest.objects.filter(requester=requester, status=AccessRequest.Status.PENDING)
+    same = Q(patient=patient) if patient is not None else Q(patient=None, asked_as__iexact=asked_as)
+    if waiting.filter(same).exists():
         raise ValidationError(
             _("You already have a request waiting for this patient. Wait for their answer before asking again.")
         )
     request = AccessRequest(
         chain_id=os.urandom(16),
         patient=patient,
+        asked_as=asked_as,
         requester=requester,
         requester_institution=requester.institution,
         scope=scope,
@@ -154,6 +172,9 @@ def access_request_create(
         requested_days=int(days),
     )
     _seal_reason(request, reason)
+    if patient is None:
+        request.save()
+        return request
     pseudonym = pseudonym_for(patient, grantee_public_id=requester.public_id, purpose=purpose)
     request.pseudonym = pseudonym.hex()
     request.save()
@@ -238,6 +259,8 @@ def access_request_withdraw(*, requester, request: AccessRequest) -> AccessReque
     locked.status = AccessRequest.Status.WITHDRAWN
     locked.decided_at = timezone.now()
     locked.save(update_fields=["status", "decided_at"])
+    if locked.patient is None:
+        return locked
     Notification.objects.filter(
         user=locked.patient,
         kind=Notification.Kind.REQUEST_RECEIVED,

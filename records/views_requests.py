@@ -56,6 +56,7 @@ def clinic_request_new(request):
                 purpose=data["purpose"],
                 reason=data["reason"],
                 days=data["days"],
+                asked_as=form.asked_as,
             )
         except (PermissionDenied, ValidationError) as exc:
             form.add_error(None, _errors(exc))
@@ -64,8 +65,11 @@ def clinic_request_new(request):
         else:
             messages.success(
                 request,
-                _("Request sent. %(name)s will be notified and can approve or decline it.")
-                % {"name": access_request.patient.display_name},
+                _(
+                    "Request sent. If %(who)s is a Yilian patient, they are notified and can approve or decline it; "
+                    "you see their name here once they approve."
+                )
+                % {"who": access_request.asked_as},
             )
             return redirect("clinic_patients")
     context = clinic_patients_context(request.user, request_form=form)

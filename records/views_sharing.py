@@ -75,7 +75,14 @@ def _record_titles(patient) -> list[tuple[MedicalRecord, str]]:
 
 @role_required(Role.PATIENT)
 def patient_grant_new(request):
-    form = GrantForm(request.POST or None, patient=request.user, record_titles=_record_titles(request.user))
+    titles = _record_titles(request.user)
+    if request.method == "POST" and "find" in request.POST:
+        # "Find": list the matching doctors and keep every other choice; nothing is checked yet.
+        typed = {name: request.POST.getlist(name) for name in ("kinds", "records")}
+        initial = {**request.POST.dict(), **typed}
+        form = GrantForm(initial=initial, patient=request.user, record_titles=titles, query=initial["grantee_query"])
+        return render(request, "patient/grant_form.html", {"form": form})
+    form = GrantForm(request.POST or None, patient=request.user, record_titles=titles)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:

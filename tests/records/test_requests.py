@@ -20,6 +20,7 @@ from records.requests import (
     access_request_create,
     access_request_decline,
     access_request_reason,
+    access_request_withdraw,
 )
 from tests.factories import UserFactory, enable_totp
 from tests.records.conftest import login
@@ -169,7 +170,7 @@ def test_duplicate_pending_request_is_refused_with_a_message(client, keys_sealed
     login(client, dave)
     data = {"patient": alice.email, "scope": "all", "purpose": "treatment", "reason": REASON, "days": "10"}
     assert client.post(reverse("clinic_request_new"), data).status_code == 302
-    response = client.post(reverse("clinic_request_new"), {**data, "patient": str(alice.public_id)})
+    response = client.post(reverse("clinic_request_new"), {**data, "patient": alice.health_id_display})
     assert response.status_code == 400
     assert "already have a request waiting" in " ".join(response.context["request_form"].non_field_errors())
     assert AccessRequest.objects.count() == 1
@@ -179,12 +180,35 @@ def test_duplicate_pending_request_is_refused_with_a_message(client, keys_sealed
     assert AccessRequest.objects.count() == 2
 
 
-def test_unknown_patient_is_a_form_error(client, keys_sealed, dave):
+def test_the_answer_never_tells_whether_an_account_exists_or_whose_it_is(client, keys_sealed, alice, dave):
     login(client, dave)
-    data = {"patient": "nobody@example.org", "scope": "all", "purpose": "treatment", "reason": "x", "days": "10"}
-    response = client.post(reverse("clinic_request_new"), data)
+    data = {"scope": "all", "purpose": "treatment", "reason": "x", "days": "10"}
+    answers = {}
+    for typed in (alice.email, "nobody@example.org", alice.health_id_display):
+        if typed == alice.health_id_display:
+            AccessRequest.objects.filter(patient=alice).update(status="withdrawn")
+        response = client.post(reverse("clinic_request_new"), {**data, "patient": typed}, follow=True)
+        assert response.status_code == 200
+        page = response.content.decode()
+        answers[typed] = page.replace(typed, "<typed>")
+        assert alice.display_name not in page and alice.name not in page
+    first, unknown, _by_id = answers.values()
+    message = "Request sent. If <typed> is a Yilian patient"
+    assert message in first and message in unknown
+    # Nobody answers to the unknown address: kept as an unanswered request, nobody notified.
+    phantom = AccessRequest.objects.get(asked_as="nobody@example.org")
+    assert phantom.patient is None and phantom.status == "pending" and not phantom.requested_tx
+    assert not Notification.objects.filter(params__request=str(phantom.public_id)).exists()
+    access_request_withdraw(requester=dave, request=phantom)
+
+
+def test_a_mistyped_yilian_id_is_a_typo_not_a_miss(client, keys_sealed, alice, dave):
+    login(client, dave)
+    typo = alice.health_id_display[:-1] + ("0" if alice.health_id_display[-1] != "0" else "1")
+    data = {"patient": typo, "scope": "all", "purpose": "treatment", "reason": "x", "days": "10"}
+    response = client.post(reverse("clinic_request_new"), data, HTTP_ACCEPT_LANGUAGE="en")
     assert response.status_code == 400
-    assert response.context["request_form"].has_error("patient", "not_found")
+    assert response.context["request_form"].has_error("patient", "invalid_id")
     assert not AccessRequest.objects.exists()
 
 
