@@ -120,14 +120,34 @@ def reauthenticate(user, credential: str, *, patient=None) -> None:
 _DETAIL_READERS = ("patient", "clinician", "institution")
 
 
-def _seal_detail(session: BreakGlass, detail: str) -> None:
+def _seal_for_readers(session: BreakGlass, text: str, *, aad: bytes) -> tuple[bytes, dict[str, str]]:
     holders = [session.patient, session.clinician, session.institution]
-    session.detail_ciphertext, envelopes = seal_message(detail, aad=session.associated_data(), recipients=holders)
-    session.detail_keys = {label: envelope.hex() for label, envelope in zip(_DETAIL_READERS, envelopes, strict=True)}
+    ciphertext, envelopes = seal_message(text, aad=aad, recipients=holders)
+    return ciphertext, {label: envelope.hex() for label, envelope in zip(_DETAIL_READERS, envelopes, strict=True)}
+
+
+def _seal_detail(session: BreakGlass, detail: str) -> None:
+    session.detail_ciphertext, session.detail_keys = _seal_for_readers(session, detail, aad=session.associated_data())
 
 
 def break_glass_detail(session: BreakGlass, *, user) -> str:
     """The clinician's own words, opened with the reader's key: the patient, the clinician or a reviewer."""
+    label, holder = _reader(session, user)
+    envelope = bytes.fromhex(session.detail_keys[label])
+    return open_message(bytes(session.detail_ciphertext), envelope, holder=holder, aad=session.associated_data())
+
+
+def break_glass_review_note(session: BreakGlass, *, user) -> str:
+    """The reviewer's note (empty if none), opened like the reason, by the same three readers."""
+    if not session.review_note_keys:
+        return ""
+    label, holder = _reader(session, user)
+    envelope = bytes.fromhex(session.review_note_keys[label])
+    ciphertext = bytes(session.review_note_ciphertext)
+    return open_message(ciphertext, envelope, holder=holder, aad=session.review_associated_data())
+
+
+def _reader(session: BreakGlass, user):
     if user.pk == session.patient_id:
         label, holder = "patient", user
     elif user.pk == session.clinician_id:
@@ -136,8 +156,7 @@ def break_glass_detail(session: BreakGlass, *, user) -> str:
         label, holder = "institution", session.institution
     else:
         raise PermissionDenied(_("Only the patient, the clinician and their institution's reviewers read this."))
-    envelope = bytes.fromhex(session.detail_keys[label])
-    return open_message(bytes(session.detail_ciphertext), envelope, holder=holder, aad=session.associated_data())
+    return label, holder
 
 
 # -- open ----------------------------------------------------------------------------------------------
@@ -348,8 +367,10 @@ def break_glass_close(*, reviewer, session: BreakGlass, review: str, note: str =
     session.closed_at = now
     session.closed_by = reviewer
     session.review = review
-    session.review_note = note
-    session.save(update_fields=["closed_at", "closed_by", "review", "review_note"])
+    if note:
+        aad = session.review_associated_data()
+        session.review_note_ciphertext, session.review_note_keys = _seal_for_readers(session, note, aad=aad)
+    session.save(update_fields=["closed_at", "closed_by", "review", "review_note_ciphertext", "review_note_keys"])
     _submit_closing(session, reviewer)
     audit(
         actor=reviewer,

@@ -568,6 +568,11 @@ class BreakGlassReason(models.TextChoices):
     OTHER = "other", _("Other emergency")
 
 
+def review_note_aad(public_id) -> bytes:
+    """Binds a break-glass review note's ciphertext to its session (a migration uses it too)."""
+    return f"yilian/break-glass-review/v1/{public_id}".encode()
+
+
 class BreakGlass(models.Model):
     """Emergency access: a cleared clinician opens a patient's records without a grant.
 
@@ -598,7 +603,9 @@ class BreakGlass(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     review = models.CharField(max_length=16, choices=Review.choices, blank=True)
-    review_note = models.CharField(max_length=500, blank=True)
+    # The reviewer's note, sealed like the reason to the patient, the clinician and the institution.
+    review_note_ciphertext = models.BinaryField(editable=False, default=b"")
+    review_note_keys = models.JSONField(default=dict, editable=False)
     pseudonym = models.CharField(max_length=64)
     opened_tx = models.CharField(max_length=80, blank=True)
     # Empty while the closing waits for the opening transaction to be sealed (the outbox).
@@ -626,6 +633,9 @@ class BreakGlass(models.Model):
 
     def associated_data(self) -> bytes:
         return f"yilian/break-glass/v1/{self.public_id}".encode()
+
+    def review_associated_data(self) -> bytes:
+        return review_note_aad(self.public_id)
 
 
 class ResearchDataset(models.Model):

@@ -119,6 +119,7 @@ def institution_break_glass_detail(request, session_id):
     context = {
         "session": session,
         "detail": services.break_glass_detail(session, user=request.user),
+        "review_note": services.break_glass_review_note(session, user=request.user),
         "reads": services.session_reads(session),
         "form": form,
         "state": session.state_at(timezone.now()),

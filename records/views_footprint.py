@@ -116,14 +116,15 @@ def patient_footprint(request):
 def _emergencies(patient) -> list[dict]:
     """The patient's break-glass sessions (newest first) with the clinician's own words, opened with their key."""
     from chain.core.errors import CryptoError
-    from records.breakglass import break_glass_detail
+    from records.breakglass import break_glass_detail, break_glass_review_note
     from records.models import BreakGlass
 
     items = []
     for session in BreakGlass.objects.filter(patient=patient).select_related("clinician", "institution")[:10]:
         try:
             detail = break_glass_detail(session, user=patient)
+            note = break_glass_review_note(session, user=patient)
         except CryptoError:  # one unreadable reason must not hide the others
-            detail = ""
-        items.append({"session": session, "detail": detail})
+            detail = note = ""
+        items.append({"session": session, "detail": detail, "review_note": note})
     return items

@@ -20,6 +20,7 @@ from records.breakglass import (
     break_glass_detail,
     break_glass_open,
     break_glass_redrive,
+    break_glass_review_note,
 )
 from records.keys import decrypt_content
 from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED
@@ -208,6 +209,14 @@ def test_admin_reviews_and_closing_ends_access_at_once(client, keys_sealed, alic
     assert done.status_code == 302
     session.refresh_from_db()
     assert session.review == "justified" and session.closed_by == other_admin and session.closed_tx
+    # The note is sealed like the reason: not in the row, read by the reviewer, the clinician and the patient.
+    assert b"ICU admission" not in bytes(session.review_note_ciphertext)
+    assert "ICU admission" not in str(session.review_note_keys)
+    assert "ICU admission confirmed" in client.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    for reader in (alice, dave):
+        assert break_glass_review_note(session, user=reader) == "ICU admission confirmed"
+    with pytest.raises(PermissionDenied):
+        break_glass_review_note(session, user=carol)
     assert not can_read(dave, record)  # closed before its expiry: access ends now
     chain_seal()
     assert TxRow.objects.filter(cid=session.closed_tx, type=BREAK_GLASS_CLOSED).exists()
