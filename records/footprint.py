@@ -479,7 +479,7 @@ def footprint_chart(
         denied_total += denied
         x = left + i * slot
         if day.day == 1 or i == 0:
-            ticks.append(Tick(round(x, 2), formats.date_format(day, "M j")))
+            ticks.append(Tick(round(x, 2), formats.date_format(day, "MONTH_DAY_FORMAT")))
         if not allowed and not denied:
             continue
         allowed_h = plot_h * allowed / scale_max

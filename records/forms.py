@@ -19,6 +19,21 @@ from records.models import RecordKind, Visit
 TEXTAREA = forms.Textarea(attrs={"rows": 4})
 
 
+class IsoDateInput(forms.DateInput):
+    """A browser date picker. Its value is ISO 8601 whatever the page's language: Chrome drops a
+    localised value such as ``2026/12/04``, and the form could not be submitted in Chinese."""
+
+    input_type = "date"
+
+    def __init__(self, attrs=None):
+        super().__init__(attrs=attrs, format="%Y-%m-%d")
+
+
+class IsoDateField(forms.DateField):
+    widget = IsoDateInput
+    input_formats = ["%Y-%m-%d"]
+
+
 class VisitOpenForm(forms.Form):
     patient = forms.CharField(
         label=_("Patient"),

@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Institution, Role, User
 from accounts.services import doctors_find, patient_find
-from records.forms import VisitOpenForm
+from records.forms import IsoDateField, VisitOpenForm
 from records.models import BreakGlass, BreakGlassReason, GrantPurpose, GrantScope, MedicalRecord, RecordKind
 
 DEFAULT_DAYS = 30
@@ -52,10 +52,9 @@ class GrantForm(forms.Form):
         label=_("Records"), choices=(), required=False, widget=forms.CheckboxSelectMultiple
     )
     purpose = forms.ChoiceField(label=_("Purpose"), choices=GrantPurpose.choices, initial=GrantPurpose.TREATMENT)
-    valid_from = forms.DateField(label=_("From"), widget=forms.DateInput(attrs={"type": "date"}))
-    valid_until = forms.DateField(
+    valid_from = IsoDateField(label=_("From"))
+    valid_until = IsoDateField(
         label=_("Until (inclusive)"),
-        widget=forms.DateInput(attrs={"type": "date"}),
         help_text=_("Access ends by itself at the end of this day."),
     )
     include_sensitive = forms.BooleanField(
@@ -184,9 +183,8 @@ class AccessRequestForm(forms.Form):
 
 
 class RequestApproveForm(forms.Form):
-    valid_until = forms.DateField(
+    valid_until = IsoDateField(
         label=_("Until (inclusive)"),
-        widget=forms.DateInput(attrs={"type": "date"}),
         help_text=_("Access ends by itself at the end of this day."),
     )
 

@@ -15,6 +15,7 @@ carry files forward by re-wrapping 32 bytes instead of re-encrypting them.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -352,6 +353,19 @@ class Grant(models.Model):
 
     def __str__(self) -> str:
         return f"grant {self.public_id}"
+
+    @property
+    def last_day(self):
+        """The last day access lasts ("until 20 December, inclusive"), in local time.
+
+        ``valid_until`` is the midnight after it: shown as such it reads "21 December 00:00",
+        which a patient takes for one day too many.
+        """
+        return timezone.localtime(self.valid_until - timedelta(microseconds=1)).date()
+
+    @property
+    def first_day(self):
+        return timezone.localtime(self.valid_from).date()
 
     @property
     def grantee(self):

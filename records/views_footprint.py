@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy
 from accounts.access import forbidden
 from accounts.models import Institution, Role
 from records import footprint
+from records.forms import IsoDateField
 from records.models import AccessEvent
 
 PAGE_SIZE = 50
@@ -37,10 +38,8 @@ class FootprintFilterForm(forms.Form):
         required=False,
         choices=[("", gettext_lazy("Every basis")), *footprint.BASES.items()],
     )
-    date_from = forms.DateField(
-        label=gettext_lazy("From"), required=False, widget=forms.DateInput(attrs={"type": "date"})
-    )
-    date_to = forms.DateField(label=gettext_lazy("To"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = IsoDateField(label=gettext_lazy("From"), required=False)
+    date_to = IsoDateField(label=gettext_lazy("To"), required=False)
     mine = forms.BooleanField(label=gettext_lazy("Include my own actions"), required=False)
 
     def __init__(self, *args, institutions=(), **kwargs):
