@@ -257,52 +257,27 @@ def _ms(value) -> int:
 
 
 def _notify_patient(session: BreakGlass) -> None:
-    from django.conf import settings
-    from django.utils import translation
+    from records.notices import notify
 
-    from records.requests import notify, site_link
-
-    params = {"name": session.clinician.display_name, "institution": session.institution.display_name}
-    link = reverse("patient_footprint") + "?basis=break-glass"
-    with translation.override(settings.LANGUAGE_CODE):
-        subject = _("Emergency access to your records")
-        body = _(
-            "%(name)s at %(institution)s opened your records in an emergency (break-glass).\n\n"
-            "The access ends by itself and is reviewed by the institution. Every record they open "
-            "appears in your footprint: %(link)s"
-        ) % {**params, "link": site_link(link)}
     notify(
-        user=session.patient, kind=Notification.Kind.BREAK_GLASS, params=params, link=link, subject=subject, body=body
+        user=session.patient,
+        kind=Notification.Kind.BREAK_GLASS,
+        person=session.clinician,
+        institution=session.institution,
+        link=reverse("patient_footprint") + "?basis=break-glass",
     )
 
 
 def _notify_reviewers(session: BreakGlass) -> None:
     """Tell the institution's verified administrators there is a session to review (names only)."""
-    from django.conf import settings
-    from django.utils import translation
+    from records.notices import notify
 
-    from records.requests import notify, site_link
-
-    params = {"name": session.clinician.display_name}
-    link = reverse("institution_break_glass_detail", args=[session.public_id])
-    with translation.override(settings.LANGUAGE_CODE):
-        subject = _("Emergency access to review")
-        body = _(
-            "%(name)s used emergency (break-glass) access to a patient's records.\n\n"
-            "Review it and record whether it was justified: %(link)s"
-        ) % {**params, "link": site_link(link)}
     reviewers = User.objects.filter(
         role=Role.INSTITUTION_ADMIN, institution_id=session.institution_id, verified_at__isnull=False, is_active=True
     ).exclude(pk=session.clinician_id)
+    link = reverse("institution_break_glass_detail", args=[session.public_id])
     for reviewer in reviewers:
-        notify(
-            user=reviewer,
-            kind=Notification.Kind.BREAK_GLASS_REVIEW,
-            params=params,
-            link=link,
-            subject=subject,
-            body=body,
-        )
+        notify(user=reviewer, kind=Notification.Kind.BREAK_GLASS_REVIEW, person=session.clinician, link=link)
 
 
 # -- review and close -----------------------------------------------------------------------------------

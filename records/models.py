@@ -522,7 +522,8 @@ class AccessRequest(models.Model):
 
 
 class Notification(models.Model):
-    """An in-portal notice. Never clinical: a kind, names and a link; the text is built when shown."""
+    """An in-portal notice. Never clinical: a kind, who (ids) and a link; the text is built when shown
+    (``records.notices``)."""
 
     class Kind(models.TextChoices):
         REQUEST_RECEIVED = "request_received", _("Access requested")
@@ -544,34 +545,6 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} for {self.user_id}"
-
-    @property
-    def text(self) -> str:
-        """The message in the reader's language (names only, never clinical content)."""
-        return notification_text(self.kind, self.params)
-
-
-def notification_text(kind: str, params: dict) -> str:
-    from django.utils.translation import gettext
-
-    name, institution = params.get("name", ""), params.get("institution", "")
-    if kind == Notification.Kind.REQUEST_RECEIVED:
-        return gettext("%(name)s at %(institution)s asks to see your records.") % {
-            "name": name,
-            "institution": institution,
-        }
-    if kind == Notification.Kind.REQUEST_APPROVED:
-        return gettext("%(name)s approved your access request.") % {"name": name}
-    if kind == Notification.Kind.REQUEST_DECLINED:
-        return gettext("%(name)s declined your access request.") % {"name": name}
-    if kind == Notification.Kind.BREAK_GLASS:
-        return gettext("%(name)s at %(institution)s opened your records in an emergency.") % {
-            "name": name,
-            "institution": institution,
-        }
-    if kind == Notification.Kind.BREAK_GLASS_REVIEW:
-        return gettext("%(name)s used emergency access. Review it.") % {"name": name}
-    return gettext("You have a new notification.")
 
 
 class BreakGlassReason(models.TextChoices):

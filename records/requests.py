@@ -19,13 +19,11 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q
 from django.urls import reverse
-from django.utils import timezone, translation
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.keys import signing_private_key
@@ -35,6 +33,7 @@ from records.audit import audit
 from records.keys import open_message, seal_message
 from records.ledger import ACCESS_REQUESTED
 from records.models import AccessEvent, AccessRequest, GrantPurpose, GrantScope, Notification, RecordKind
+from records.notices import notify
 
 REASON_MAX = 1000
 DAYS_MAX = 365
@@ -65,50 +64,31 @@ def access_request_reason(request: AccessRequest, *, user) -> str:
 
 
 # -- notifications ---------------------------------------------------------------------------------
-def notify(*, user: User, kind: str, params: dict, link: str, subject: str, body: str) -> Notification:
-    """An in-portal notice plus an email once the transaction commits; names only, never clinical."""
-    notice = Notification.objects.create(user=user, kind=kind, params=params, link=link)
-    address = user.email
-    transaction.on_commit(lambda: send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address], fail_silently=True))
-    return notice
-
-
-def site_link(path: str) -> str:
-    base = getattr(settings, "SITE_URL", "") or ""
-    return f"{base.rstrip('/')}{path}" if base else path
-
-
 def _notify_patient(request: AccessRequest) -> None:
-    requester, patient = request.requester, request.patient
-    params = {
-        "name": requester.display_name,
-        "institution": request.requester_institution.display_name,
-        "request": str(request.public_id),
-    }
-    link = reverse("patient_sharing") + "#requests"
-    with translation.override(settings.LANGUAGE_CODE):
-        subject = _("%(name)s asks to see your records") % params
-        body = _(
-            "%(name)s at %(institution)s asks to see your records.\n\n"
-            "Open Yilian to read the request and decide: %(link)s\n\n"
-            "Nothing is shared until you approve."
-        ) % {**params, "link": site_link(link)}
-    notify(user=patient, kind=Notification.Kind.REQUEST_RECEIVED, params=params, link=link, subject=subject, body=body)
+    notify(
+        user=request.patient,
+        kind=Notification.Kind.REQUEST_RECEIVED,
+        person=request.requester,
+        institution=request.requester_institution,
+        link=reverse("patient_sharing") + "#requests",
+        extra={"request": str(request.public_id)},
+    )
 
 
 def _notify_requester(request: AccessRequest, *, approved: bool) -> None:
-    params = {"name": request.patient.display_name}
-    link = reverse("clinic_patients") + "#my-requests"
-    with translation.override(settings.LANGUAGE_CODE):
-        if approved:
-            subject = _("Your access request was approved")
-            body = _("%(name)s approved your access request. Open Yilian to see the records shared with you: %(link)s")
-        else:
-            subject = _("Your access request was declined")
-            body = _("%(name)s declined your access request. Open Yilian for details: %(link)s")
-        body = body % {**params, "link": site_link(link)}
-    kind = Notification.Kind.REQUEST_APPROVED if approved else Notification.Kind.REQUEST_DECLINED
-    notify(user=request.requester, kind=kind, params=params, link=link, subject=subject, body=body)
+    notify(
+        user=request.requester,
+        kind=Notification.Kind.REQUEST_APPROVED if approved else Notification.Kind.REQUEST_DECLINED,
+        person=request.patient,
+        link=reverse("clinic_patients") + "#my-requests",
+    )
+    # The patient answered: their notice of the request is no longer news.
+    Notification.objects.filter(
+        user=request.patient,
+        kind=Notification.Kind.REQUEST_RECEIVED,
+        read_at__isnull=True,
+        params__request=str(request.public_id),
+    ).update(read_at=timezone.now())
 
 
 def notifications_mark_read(*, user, notifications) -> int:

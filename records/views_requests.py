@@ -24,6 +24,7 @@ from chain.ledger_services import TxRejected
 from records import requests as services
 from records.forms_sharing import AccessRequestForm, RequestApproveForm
 from records.models import AccessRequest, Notification
+from records.notices import with_texts
 
 NOTIFICATIONS_SHOWN = 100
 
@@ -150,6 +151,7 @@ def clinic_request_withdraw(request, request_id):
 @login_required
 def notifications(request):
     items = list(Notification.objects.filter(user=request.user).order_by("-created_at")[:NOTIFICATIONS_SHOWN])
+    with_texts(items)
     unread = {n.pk for n in items if n.read_at is None}
     services.notifications_mark_read(user=request.user, notifications=items)
     return render(request, "notifications.html", {"items": items, "unread": unread})

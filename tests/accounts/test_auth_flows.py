@@ -48,6 +48,9 @@ def test_patient_signs_up_verifies_email_signs_in_and_out(client):
     assert response["Location"] == reverse("account_email_verification_sent")
     # The verification email carries a confirmation link.
     assert mail.outbox, "no verification email sent"
+    body = mail.outbox[-1].body
+    assert "Hello from testserver" not in body and "Yilian" in body  # greets as the site, not the host
+    assert user.language  # emails to come are written in the language they signed up in
     link = re.search(r"http://testserver(/accounts/confirm-email/\S+/)", mail.outbox[-1].body).group(1)
     response = client.post(link)
     assert response.status_code == 302

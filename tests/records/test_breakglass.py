@@ -25,6 +25,7 @@ from records.breakglass import (
 from records.keys import decrypt_content
 from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED
 from records.models import AccessEvent, BreakGlass, Notification
+from records.notices import with_texts
 from tests.factories import PASSWORD, UserFactory, enable_totp, totp_code
 from tests.records.conftest import login
 from tests.records.test_sharing import can_read, write
@@ -78,7 +79,7 @@ def test_break_glass_opens_records_for_four_hours_notifies_and_stands_out(
     assert not record.current_version.wrapped_keys.filter(user=dave).exists()
 
     # The patient is told, in the portal and by email, without clinical content.
-    notice = Notification.objects.get(user=alice, kind="break_glass")
+    (notice,) = with_texts([Notification.objects.get(user=alice, kind="break_glass")])
     assert dave.display_name in notice.text
     to_patient = next(m for m in mail.outbox if m.to == [alice.email])
     assert "accident" not in to_patient.body and "Warfarin" not in to_patient.body

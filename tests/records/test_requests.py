@@ -15,6 +15,7 @@ from chain.ledger_services import chain_seal
 from chain.models import Transaction as TxRow
 from records.ledger import ACCESS_REQUESTED
 from records.models import AccessEvent, AccessRequest, Grant, Notification
+from records.notices import with_texts
 from records.requests import (
     access_request_approve,
     access_request_create,
@@ -60,7 +61,7 @@ def test_request_notifies_approve_grants_and_tells_the_doctor(
     with django_capture_on_commit_callbacks(execute=True):
         request = ask(dave, alice, scope="kinds", kinds=["prescription"])
     assert request.status == "pending"
-    notice = Notification.objects.get(user=alice)
+    (notice,) = with_texts([Notification.objects.get(user=alice)])
     assert notice.kind == "request_received" and dave.display_name in notice.text
     assert len(mail.outbox) == 1
     email = mail.outbox[0]
@@ -263,3 +264,41 @@ def test_doctor_withdraws_a_pending_request_and_the_patient_notice_goes(client, 
     with pytest.raises(ValidationError):
         access_request_approve(patient=alice, request=request)
     assert not Grant.objects.exists()
+
+
+def test_notices_name_people_in_the_readers_language_and_emails_use_theirs(
+    client, keys_sealed, alice, dave, django_capture_on_commit_callbacks
+):
+    from accounts.models import User
+
+    dave.name, dave.name_en = "吴医生", "Dr Wu"
+    dave.save(update_fields=["name", "name_en"])
+    User.objects.filter(pk=alice.pk).update(language="en")
+    alice.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        ask(dave, alice)
+    email = mail.outbox[-1]
+    assert "Dr Wu asks to see your records" in email.subject
+    assert "http://" in email.body and "/patient/sharing/#requests" in email.body  # an absolute link
+    login(client, alice)
+    chinese = client.get(reverse("notifications"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "吴医生" in chinese and "Dr Wu" not in chinese
+    english = client.get(reverse("notifications"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Dr Wu at" in english
+
+
+def test_the_portal_remembers_the_language_for_emails(client, alice):
+    login(client, alice)
+    client.get(reverse("patient_home"), HTTP_ACCEPT_LANGUAGE="en")
+    alice.refresh_from_db()
+    assert alice.language == "en"
+    client.get(reverse("patient_home"), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    alice.refresh_from_db()
+    assert alice.language == "zh-hans"
+
+
+def test_answering_a_request_clears_its_notice(keys_sealed, alice, dave):
+    request = ask(dave, alice)
+    assert Notification.objects.get(user=alice, kind="request_received").read_at is None
+    access_request_decline(patient=alice, request=request)
+    assert Notification.objects.get(user=alice, kind="request_received").read_at is not None

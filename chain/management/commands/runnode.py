@@ -47,6 +47,8 @@ class Command(BaseCommand):
         run_dir = settings.RUN_DIR
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {**os.environ, "TMPDIR": str(settings.TMP_DIR)}
+        shown_host = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104 - a comparison
+        env.setdefault("SITE_URL", f"http://{shown_host}:{port}")
         children = [
             Child(
                 "web",
