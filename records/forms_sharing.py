@@ -7,6 +7,7 @@ from datetime import datetime, time, timedelta
 from django import forms
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from accounts.models import Institution, Role, User
 from accounts.services import doctors_find, patient_find
@@ -49,7 +50,10 @@ class GrantForm(forms.Form):
         label=_("Kinds of record"), choices=RecordKind.choices, required=False, widget=forms.CheckboxSelectMultiple
     )
     records = forms.MultipleChoiceField(
-        label=_("Records"), choices=(), required=False, widget=forms.CheckboxSelectMultiple
+        label=pgettext_lazy("which records to share", "Records"),
+        choices=(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
     )
     purpose = forms.ChoiceField(label=_("Purpose"), choices=GrantPurpose.choices, initial=GrantPurpose.TREATMENT)
     valid_from = IsoDateField(label=_("From"))

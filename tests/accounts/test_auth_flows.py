@@ -164,3 +164,13 @@ def test_patient_idle_limit_is_longer_than_staff(client, alice, settings):
     session[SESSION_KEY] = session[SESSION_KEY] - settings.SESSION_IDLE_TIMEOUT_STAFF - 5
     session.save()
     assert client.get(reverse("patient_home")).status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_reauthentication_alternatives_are_readable(client, carol):
+    """allauth's "primary, outline" buttons were white text on a white card."""
+    client.force_login(carol)
+    page = client.get(reverse("account_reauthenticate"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    alternatives = page.split("Alternative options", 1)[1] if "Alternative options" in page else ""
+    assert alternatives, "no alternatives offered"
+    assert "btn-outline" in alternatives and "btn-primary" not in alternatives
