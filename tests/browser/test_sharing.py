@@ -74,7 +74,7 @@ def test_patient_grants_doctor_reads_patient_revokes(browser, live_server, story
     pat.check("input[name=kinds][value=lab_report]")
     pat.select_option("select[name=purpose]", "second_opinion")
     pat.screenshot(path=artifacts_dir / "sharing-wizard.png", full_page=True)
-    pat.click("form.grant-form button[type=submit]")
+    pat.click("form.grant-form .actions button[type=submit]")
     pat.wait_for_url(f"{base}/patient/sharing/")
     assert pat.locator("#grants-active .grant").count() == 1
     pat.screenshot(path=artifacts_dir / "sharing-active.png", full_page=True)
