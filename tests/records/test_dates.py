@@ -70,3 +70,12 @@ def test_one_date_format_on_the_record_page(client, alice, carol, visit):
         body = page.content.decode()
         assert not re.search(r"\d{1,2}/\d{1,2}/\d{4}|[ap]\.m\.|年", body), language
         assert timezone.localdate().isoformat() in body
+
+
+def test_the_footprint_axis_reads_naturally_in_both_languages(client, alice):
+    login(client, alice)
+    chinese = client.get(reverse("patient_footprint"), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    ticks = [t.label for t in chinese.context["chart"].ticks]
+    assert ticks and all(re.fullmatch(r"\d{1,2}月\d{1,2}日", t) for t in ticks), ticks
+    english = client.get(reverse("patient_footprint"), HTTP_ACCEPT_LANGUAGE="en")
+    assert all(re.fullmatch(r"\d{1,2} [A-Z][a-z]{2}", t.label) for t in english.context["chart"].ticks)
