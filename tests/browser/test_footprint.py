@@ -22,7 +22,7 @@ def history(chromium_available, node):
     from chain.ledger_services import chain_seal
     from records.access import RecordAccessDenied, record_get_for_user
     from records.models import AccessEvent
-    from records.services import record_create, visit_open
+    from records.services import record_create, record_finalize_imported, visit_open
     from records.tasks import log_accesses
 
     east = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")
@@ -69,6 +69,7 @@ def history(chromium_available, node):
     record = record_create(
         patient=patient, author=doctor, kind="prescription", content={"title": "Amoxicillin"}, visit=visit
     )
+    record = record_finalize_imported(record=record)  # a draft's own work joins the footprint at signing
     record_get_for_user(doctor, record.public_id)
     with pytest.raises(RecordAccessDenied):
         record_get_for_user(stranger, record.public_id)

@@ -63,7 +63,7 @@ def test_a_dicom_with_a_tiff_preamble_is_stored_as_dicom_and_previewed(client, c
 def test_a_dicom_without_an_image_asks_for_no_preview(client, carol, visit):
     record = _imaging_record(client, carol, visit, [upload_file("sr.dcm", dicom_bytes(pixels=False))])
     stored = RecordFile.objects.get()
-    page = client.get(reverse("record_detail", args=[record.public_id])).content.decode()
+    page = client.get(reverse("record_detail", args=[record.public_id]), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert reverse("record_file_preview", args=[record.public_id, stored.public_id]) not in page
     assert "No preview for this DICOM file" in page
     assert "BRAIN WO CONTRAST" in page  # its header fields are still shown

@@ -328,7 +328,7 @@ def test_a_rekeyed_version_reads_as_new_keys_not_as_an_amendment(client, shared,
     from chain import dag_tasks
 
     dag_tasks.dag_gc.apply().get()
-    response = client.get(old_url)
+    response = client.get(old_url, HTTP_ACCEPT_LANGUAGE="en")
     assert response.status_code == 410
     assert "re-encrypted" in response.content.decode()
     history = client.get(reverse("record_history", args=[scan.public_id]), HTTP_ACCEPT_LANGUAGE="en")

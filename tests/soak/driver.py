@@ -252,7 +252,7 @@ class Doctor(Client):
         charts = CHART_LINK.findall(page)
         if not charts:
             return
-        chart = self.get(f"/clinic/patients/{rng.choice(charts)}/").text
+        chart = self.get(f"/clinic/patients/{rng.choice(charts)}/", expect=self.record_statuses).text
         links = RECORD_LINK.findall(chart)
         if links:
             self.get(f"/records/{rng.choice(links)}/", expect=self.record_statuses)
@@ -261,7 +261,7 @@ class Doctor(Client):
 class Reader(Doctor):
     """A doctor at another hospital who reads what patients shared with them."""
 
-    # A patient may revoke between the chart listing a record and the reader opening it.
+    # A patient may revoke between a page listing a chart or record and the reader opening it.
     record_statuses = (200, 403)
 
     def step(self, rng: random.Random) -> None:
