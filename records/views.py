@@ -12,6 +12,7 @@ import re
 import secrets
 from urllib.parse import quote, unquote
 
+from csp.decorators import csp_replace
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
@@ -349,6 +350,7 @@ def _content_disposition(kind: str, name: str) -> str:
 
 
 @xframe_options_sameorigin
+@csp_replace({"frame-ancestors": ["'self'"]})  # the record page frames PDFs; nobody else may
 def record_file(request, record_id, file_id):
     if not request.user.is_authenticated:
         return redirect(f"{reverse('account_login')}?next={request.path}")
