@@ -10,14 +10,13 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from chain.core import crypto
+from chain.kek import node_kek
 from chain.models import NodeIdentity, WorkerHeartbeat
 
 
 @transaction.atomic
 def node_identity() -> NodeIdentity:
     """This node's identity, made with a fresh wrapped Ed25519 key at first start."""
-    from accounts.keys import node_kek
-
     existing = NodeIdentity.objects.filter(node_id=settings.NODE_ID).first()
     if existing is not None:
         return existing
@@ -29,8 +28,6 @@ def node_identity() -> NodeIdentity:
 
 
 def node_signing_key(identity: NodeIdentity) -> bytes:
-    from accounts.keys import node_kek
-
     return crypto.unwrap_private_key(node_kek(), bytes(identity.sign_private_wrapped), owner=identity.key_owner())
 
 

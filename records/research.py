@@ -54,9 +54,9 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from accounts.keys import node_kek
 from accounts.models import Role
 from chain.core import crypto
+from chain.kek import node_kek
 from records import deid
 from records.audit import audit
 from records.keys import decrypt_content, open_dek

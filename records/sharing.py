@@ -36,9 +36,10 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from accounts.keys import node_kek, signing_private_key
+from accounts.keys import signing_private_key
 from accounts.models import Role
 from chain.core import crypto
+from chain.kek import node_kek
 from records.audit import audit
 from records.keys import open_dek, seal_for
 from records.ledger import GRANT_ISSUED, GRANT_REVOKED, grant_state_key

@@ -8,10 +8,10 @@ import os
 import pytest
 from django.db import connection
 
-from accounts import keys
-from accounts.keys import KekError, encryption_private_key, load_kek, signing_private_key
+from accounts.keys import encryption_private_key, signing_private_key
 from chain.core import crypto
 from chain.core.errors import CryptoError
+from chain.kek import forget_kek
 from chain.services import node_identity, node_signing_key
 
 pytestmark = pytest.mark.django_db
@@ -75,42 +75,12 @@ def test_wrong_kek_fails_loudly(alice, tmp_path, settings):
     other.write_bytes(base64.b64encode(os.urandom(32)))
     other.chmod(0o600)
     settings.EMR_KEK_FILE = other
-    keys.forget_kek()
+    forget_kek()
     try:
         with pytest.raises(CryptoError, match="EMR_KEK_FILE"):
             encryption_private_key(alice)
     finally:
-        keys.forget_kek()
-
-
-def test_kek_file_is_created_0600_at_first_start(tmp_path):
-    path = tmp_path / "node.kek"
-    kek = load_kek(path)
-    assert len(kek) == 32
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert load_kek(path) == kek
-
-
-def test_kek_file_readable_by_others_is_refused(tmp_path):
-    path = tmp_path / "node.kek"
-    load_kek(path)
-    path.chmod(0o644)
-    with pytest.raises(KekError, match="0600"):
-        load_kek(path)
-
-
-def test_malformed_kek_file_is_refused(tmp_path):
-    path = tmp_path / "node.kek"
-    path.write_text("not a key")
-    path.chmod(0o600)
-    with pytest.raises(KekError):
-        load_kek(path)
-
-
-def test_production_does_not_invent_a_missing_kek(tmp_path, settings):
-    settings.PRODUCTION = True
-    with pytest.raises(KekError, match="does not exist"):
-        load_kek(tmp_path / "missing.kek")
+        forget_kek()
 
 
 def test_node_identity_is_made_once(db):
