@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
@@ -53,9 +53,6 @@ from chain.core.transaction import now_ms as clock_ms
 from chain.ledger_registry import projections, registry
 from chain.models import Block, LedgerState, MempoolEntry, Transaction, VerificationRun
 from chain.models.ledger import state_key_digest
-
-if TYPE_CHECKING:
-    from chain.ledger_verify import VerifyResult
 
 logger = logging.getLogger(__name__)
 
@@ -635,15 +632,3 @@ def chain_export_car(*, start: int, end: int, out: BinaryIO, store: chainstore.C
         certificate = block.certificate_bytes()
         writer.write_block(CID.of(DAG_CBOR, certificate), certificate)
     return writer.blocks
-
-
-def chain_verify(
-    *, from_height: int = 0, store: chainstore.ChainStore | None = None, record: bool = True
-) -> VerifyResult:
-    """Re-validate every block from the stored bytes and compare the projection with a rebuild.
-
-    The work is in :mod:`chain.ledger_verify` (which builds on this module).
-    """
-    from chain.ledger_verify import chain_verify as verify
-
-    return verify(from_height=from_height, store=store, record=record)
