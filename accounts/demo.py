@@ -65,3 +65,10 @@ HEADLINE_LOGINS = [
     ("admin@demo.yilian", "Institution admin / 机构管理"),
     ("operator@demo.yilian", "Node operator / 节点运维"),
 ]
+
+
+def banner_lines() -> list[str]:
+    """What ``runnode`` prints under its address (``settings.NODE_BANNER``): the demo logins."""
+    lines = [f"Demo logins (password for all: {DEMO_PASSWORD}):"]
+    lines += [f"  {label:<34} {email}" for email, label in HEADLINE_LOGINS]
+    return lines

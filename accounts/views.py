@@ -50,16 +50,12 @@ def _staff_of(user: User):
 
 @role_required(Role.INSTITUTION_ADMIN)
 def institution_home(request):
-    from records.models import BreakGlass  # records builds on accounts, not the other way round
-
+    # Sessions awaiting review come from records' context processor (records builds on accounts).
     staff = _staff_of(request.user)
     context = {
         "institution": request.user.institution,
         "pending_count": staff.filter(verified_at__isnull=True).count(),
         "verified_count": staff.filter(verified_at__isnull=False).count(),
-        "break_glass_awaiting": BreakGlass.objects.filter(
-            institution_id=request.user.institution_id, closed_at__isnull=True
-        ).count(),
     }
     return render(request, "accounts/institution_home.html", context)
 

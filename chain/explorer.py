@@ -18,16 +18,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 
-from accounts.access import role_required
-from accounts.models import Role
 from chain import chainstore
+from chain.access import BROWSE_CHAIN, permission_page
 from chain.core.cid import CID
 from chain.core.errors import CodecError, CoreError
 from chain.core.merkle import merkle_proof, verify_proof
 from chain.ledger_services import datetime_to_ms
 from chain.models import Block, KeyRegistration, MempoolEntry, Transaction, VerificationRun
 
-EXPLORER_ROLES = (Role.OPERATOR, Role.INSTITUTION_ADMIN)
 RECENT_BLOCKS = 20
 CHART_BLOCKS = 60
 TXS_PER_PAGE = 100
@@ -104,7 +102,7 @@ def block_chart(blocks: list[Block], *, width: int = 640, height: int = 180) -> 
 
 
 # -- views ------------------------------------------------------------------------------------------
-@role_required(*EXPLORER_ROLES)
+@permission_page(BROWSE_CHAIN)
 def dashboard(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()
     if query:
@@ -148,7 +146,7 @@ def _stored_block(height: int):
         return None, str(exc)
 
 
-@role_required(*EXPLORER_ROLES)
+@permission_page(BROWSE_CHAIN)
 def block_detail(request: HttpRequest, height: int) -> HttpResponse:
     block = get_object_or_404(Block, height=height)
     pages = max(1, -(-block.tx_count // TXS_PER_PAGE))
@@ -177,7 +175,7 @@ def block_detail(request: HttpRequest, height: int) -> HttpResponse:
     return render(request, "chain/explorer_block.html", context)
 
 
-@role_required(*EXPLORER_ROLES)
+@permission_page(BROWSE_CHAIN)
 def tx_detail(request: HttpRequest, cid: str) -> HttpResponse:
     tx = get_object_or_404(Transaction.objects.select_related("block"), cid=cid)
     stored, store_error = _stored_block(tx.block.height)

@@ -4,13 +4,8 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
-from accounts.access import role_required
-from accounts.models import Role
+from chain.access import OPERATE_NODE, may, permission_page
 from chain.services import health_report, health_summary
-
-
-def _may_see_node_details(user) -> bool:
-    return user.is_authenticated and (user.is_superuser or user.role == Role.OPERATOR)
 
 
 @never_cache
@@ -21,10 +16,10 @@ def healthz(request):
     report (paths, worker hosts, processes), which tells an attacker too much.
     """
     report = health_report()
-    body = report if _may_see_node_details(request.user) else health_summary(report)
+    body = report if may(request.user, OPERATE_NODE) else health_summary(report)
     return JsonResponse(body, status=200 if report["ok"] else 503)
 
 
-@role_required(Role.OPERATOR)
+@permission_page(OPERATE_NODE)
 def ops_home(request):
     return render(request, "chain/ops_home.html", {"report": health_report()})

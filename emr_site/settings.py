@@ -127,6 +127,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.navigation",
                 "records.context_processors.notifications",
+                "records.context_processors.institution_alerts",
             ],
         },
     },
@@ -196,6 +197,7 @@ AUTH_PASSWORD_VALIDATORS = [
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
+    "accounts.backends.RolePermissionsBackend",  # what a role may see of the node (chain.access)
 ]
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "home"
@@ -267,6 +269,8 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Yilian 医链 <no-reply@yilian.localhost>")
+# Extra lines runnode prints under its address (a dotted path to a function returning lines).
+NODE_BANNER = env_str("NODE_BANNER", "accounts.demo.banner_lines")
 # Where people open the site: links in emails are absolute. ``runnode`` sets it to its own address.
 SITE_URL = env_str(
     "SITE_URL",

@@ -18,6 +18,11 @@ class NodeIdentity(models.Model):
     class Meta:
         verbose_name = _("node identity")
         verbose_name_plural = _("node identities")
+        # Who holds them is decided above chain (accounts.backends): chain knows no roles.
+        permissions = [
+            ("operate_node", _("Can see the node's health, processes and paths")),
+            ("browse_chain", _("Can browse the chain explorer")),
+        ]
 
     def __str__(self) -> str:
         return self.node_id

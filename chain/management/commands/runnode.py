@@ -21,8 +21,8 @@ import urllib.request
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.utils.module_loading import import_string
 
-from accounts import demo
 from chain.supervisor import Child, GaveUp, Supervisor
 
 
@@ -142,9 +142,9 @@ class Command(BaseCommand):
     def _banner(self, url: str) -> None:
         line = "=" * 64
         self.stdout.write(self.style.SUCCESS(f"\n{line}\n  Yilian 医链 is running at {url}\n{line}"))
-        self.stdout.write(f"  Demo logins (password for all: {demo.DEMO_PASSWORD}):")
-        for email, label in demo.HEADLINE_LOGINS:
-            self.stdout.write(f"    {label:<34} {email}")
+        # Lines from above chain (the demo logins), named in settings: chain imports no accounts.
+        for text in import_string(settings.NODE_BANNER)() if settings.NODE_BANNER else []:
+            self.stdout.write(f"  {text}")
         self.stdout.write(f"  Emails (sign-up verification) are written to {settings.EMAIL_FILE_PATH}")
         self.stdout.write(f"  Data directory: {settings.DATA_DIR}")
         self.stdout.write("  Press Ctrl-C to stop every process.\n")
