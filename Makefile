@@ -31,6 +31,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
