@@ -295,7 +295,7 @@ def seed_demo_research() -> int:
     from accounts.models import Institution
     from accounts.services import user_create
     from records.models import Grant, ResearchDataset
-    from records.research import dataset_create
+    from records.research.services import dataset_create
 
     institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
     doctor = User.objects.filter(email="doctor@demo.yilian").first()

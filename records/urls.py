@@ -1,8 +1,9 @@
-from django.urls import path
+from django.urls import include, path
 
-from records import views, views_breakglass, views_footprint, views_requests, views_research, views_sharing
+from records import views, views_breakglass, views_footprint, views_requests, views_sharing
 
 urlpatterns = [
+    path("", include("records.research.urls")),
     path("patient/", views.patient_home, name="patient_home"),
     path("patient/upload/", views.patient_upload, name="patient_upload"),
     path("patient/footprint/", views_footprint.patient_footprint, name="patient_footprint"),
@@ -55,12 +56,4 @@ urlpatterns = [
     path("clinic/visits/<uuid:visit_id>/", views.clinic_visit, name="clinic_visit"),
     path("clinic/visits/<uuid:visit_id>/close/", views.clinic_visit_close, name="clinic_visit_close"),
     path("clinic/visits/<uuid:visit_id>/records/new/<str:kind>/", views.clinic_record_new, name="clinic_record_new"),
-    path("research/", views_research.research_home, name="research_home"),
-    path("research/datasets/new/", views_research.research_dataset_new, name="research_dataset_new"),
-    path("research/datasets/<uuid:dataset_id>/", views_research.research_dataset, name="research_dataset"),
-    path(
-        "research/datasets/<uuid:dataset_id>/export/",
-        views_research.research_dataset_export,
-        name="research_dataset_export",
-    ),
 ]

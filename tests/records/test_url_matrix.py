@@ -21,7 +21,7 @@ from chain.ledger_services import chain_seal
 from records.breakglass import break_glass_open
 from records.models import AccessEvent, RecordFile
 from records.requests import access_request_create
-from records.research import dataset_create
+from records.research.services import dataset_create
 from records.sharing import grant_issue
 from tests.factories import InstitutionFactory, UserFactory, enable_totp
 from tests.records.test_access import stored_record  # noqa: F401  (a fixture, used by name)

@@ -57,7 +57,7 @@ from django.utils.translation import gettext_lazy
 from accounts.models import Role
 from chain.core import crypto
 from chain.kek import node_kek
-from records import deid
+from records.research import deid
 from records.audit import audit
 from records.keys import decrypt_content, open_dek
 from records.models import (

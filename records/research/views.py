@@ -1,8 +1,8 @@
 """The research portal: the institute's consented datasets, their summaries and audited exports.
 
 Thin views: the role and the patient-data gate (verified, 2FA), the dataset
-through ``records.research.dataset_get_for_user`` (another institute's is 404,
-and audited), the form, then ``records.research`` services.
+through ``records.research.services.dataset_get_for_user`` (another institute's is 404,
+and audited), the form, then ``records.research.services``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Role
-from records import research
+from records.research import services as research
 from records.models import AccessEvent, RecordKind, ResearchExport
 
 MEDIA_TYPES = {
