@@ -430,7 +430,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": CHAIN_BLOCK_INTERVAL,
         "options": {"queue": "store", "expires": max(CHAIN_BLOCK_INTERVAL * 2, 1.0)},
     },
-    # Access events go on chain in batches; the rows are the outbox (records/footprint.py).
+    # Access events go on chain in batches; the rows are the outbox (records/footprint/services.py).
     "records-log-accesses": {
         "task": "store.records_log_accesses",
         "schedule": 10.0,

@@ -113,7 +113,7 @@ DIGEST_SIZE = 32
 def _validate_access_logged(view: StateView, tx: Transaction) -> None:
     """Only an authority node logs accesses; each entry is one distinct 32-byte digest.
 
-    The digests are opaque (see ``records.footprint.event_digest``): the chain
+    The digests are opaque (see ``records.footprint.services.event_digest``): the chain
     learns how many accesses a node logged and when, nothing about whose.
     """
     from chain.core.consortium import authorities_of

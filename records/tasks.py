@@ -123,7 +123,7 @@ def log_accesses(max_batches: int = 20) -> int:
     Beat runs it every 10 s; the rows are the outbox, so a lost or expired
     message costs nothing: the next run takes the same rows.
     """
-    from records.footprint import BATCH_SIZE, access_events_log
+    from records.footprint.services import BATCH_SIZE, access_events_log
 
     logged = 0
     for _ in range(max_batches):

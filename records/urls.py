@@ -1,12 +1,12 @@
 from django.urls import include, path
 
-from records import views, views_breakglass, views_footprint, views_requests, views_sharing
+from records import views, views_breakglass, views_requests, views_sharing
 
 urlpatterns = [
+    path("", include("records.footprint.urls")),
     path("", include("records.research.urls")),
     path("patient/", views.patient_home, name="patient_home"),
     path("patient/upload/", views.patient_upload, name="patient_upload"),
-    path("patient/footprint/", views_footprint.patient_footprint, name="patient_footprint"),
     path("patient/sharing/", views_sharing.patient_sharing, name="patient_sharing"),
     path("patient/sharing/new/", views_sharing.patient_grant_new, name="patient_grant_new"),
     path("patient/sharing/<uuid:grant_id>/revoke/", views_sharing.patient_grant_revoke, name="patient_grant_revoke"),

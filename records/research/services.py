@@ -57,7 +57,6 @@ from django.utils.translation import gettext_lazy
 from accounts.models import Role
 from chain.core import crypto
 from chain.kek import node_kek
-from records.research import deid
 from records.audit import audit
 from records.keys import decrypt_content, open_dek
 from records.models import (
@@ -72,6 +71,7 @@ from records.models import (
     ResearchExport,
     WrappedKey,
 )
+from records.research import deid
 from records.sharing import grant_in_scope, grants_usable_by
 
 FHIR_BASE = "https://yilian.example/fhir/StructureDefinition/"
@@ -343,7 +343,7 @@ def _band_key(band: str) -> tuple[int, int]:
 
 def band_chart(counts: dict[str, int], *, width: int = 640, height: int = 200) -> BandChart:
     """Bars of released subjects per age band, as numbers an inline SVG template draws."""
-    from records.footprint import value_axis
+    from records.footprint.services import value_axis
 
     left, right, top, bottom = 34, 6, 12, 26
     plot_w, plot_h = width - left - right, height - top - bottom

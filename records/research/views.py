@@ -19,8 +19,8 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Role
-from records.research import services as research
 from records.models import AccessEvent, RecordKind, ResearchExport
+from records.research import services as research
 
 MEDIA_TYPES = {
     ResearchExport.Format.CSV: ("text/csv; charset=utf-8", "csv"),

@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy
 
 from accounts.access import forbidden
 from accounts.models import Institution, Role
-from records import footprint
+from records.footprint import services as footprint
 from records.forms import IsoDateField
 from records.models import AccessEvent
 
