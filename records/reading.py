@@ -102,7 +102,7 @@ def file_after_rekeying(access: RecordAccess, file_id) -> RecordFile | None:
     return access.version.files.filter(position=old.position).first()
 
 
-class _SequentialReader:
+class SequentialReader:
     """``read_at(pos, n)`` over a DAG file that keeps one open stream.
 
     ``decrypt_range`` reads the header, then consecutive segments. Reading each
@@ -142,7 +142,7 @@ class _SequentialReader:
 
 
 def _read_at(root: CID):
-    return _SequentialReader(root)
+    return SequentialReader(root)
 
 
 def file_chunks(

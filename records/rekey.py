@@ -75,9 +75,9 @@ def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new
     Memory: one ciphertext segment read, one plaintext segment, one sealed
     segment. Returns the new root (pinned) and the new ciphertext size.
     """
-    from records.reading import _SequentialReader
+    from records.reading import SequentialReader
 
-    reader = _SequentialReader(CID.decode(old.root_cid))
+    reader = SequentialReader(CID.decode(old.root_cid))
     reader.store = store
     plaintext = stream.decrypt_range(
         old_key,
@@ -128,7 +128,7 @@ def _unpin_once(store, roots) -> int:
 # -- one record ------------------------------------------------------------------------------
 def rekey_item(item_id: int) -> str:
     """Re-key one record; ``done``, ``skipped`` (already done) or raises :class:`RekeyWaiting`."""
-    from records.services import _recipients
+    from records.services import version_recipients
 
     store = _dag()
     new_roots: list[CID] = []
@@ -192,7 +192,7 @@ def rekey_item(item_id: int) -> str:
             version.content_size = len(version.content_ciphertext)
             version.save(update_fields=["content_ciphertext", "content_size"])
 
-            users, institutions = _recipients(record, author=record.patient)
+            users, institutions = version_recipients(record, author=record.patient)
             WrappedKey.objects.bulk_create(seal_for(version, dek, users=users, institutions=institutions))
             grant = item.job.grant
             older = WrappedKey.objects.filter(version__record=record).exclude(version=version)

@@ -65,7 +65,7 @@ def visit_close(*, clinician, visit: Visit) -> Visit:
 # -- records ------------------------------------------------------------------------
 
 
-def _recipients(record: MedicalRecord, *, author):
+def version_recipients(record: MedicalRecord, *, author):
     """Who gets the version key: the patient, the record's author, whoever wrote
     this version, the record's institution (its care team), and every grantee
     of a current or pending grant whose scope covers the record (one query)."""
@@ -84,7 +84,7 @@ def _new_version(
     version.content_ciphertext = encrypt_content(dek, version, content)
     version.content_size = len(version.content_ciphertext)
     version.save()
-    users, institutions = _recipients(record, author=author)
+    users, institutions = version_recipients(record, author=author)
     WrappedKey.objects.bulk_create(seal_for(version, dek, users=users, institutions=institutions))
     return version, dek
 

@@ -7,7 +7,7 @@ the current data key of every in-scope record sealed to the grantee's X25519
 key (an institution grant to the institution's key, which its cleared staff
 open), an audit row, and the ``records.grant_issued`` transaction signed by
 the patient's own key. Records created later are sealed to in-scope grantees
-by ``records.services._recipients``.
+by ``records.services.version_recipients``.
 
 Revocation marks the row revoked, which the access helper checks on every
 request, so it takes effect on the very next request. Expiry needs no job:

@@ -91,6 +91,10 @@ class UploadRejected(Exception):
         self.message = message
         self.status = status
 
+    @classmethod
+    def too_large(cls, limit: int) -> UploadRejected:
+        return cls(_("The file is larger than the limit of %(limit)s.") % {"limit": human_size(limit)}, 413)
+
 
 class EncryptingUploadHandler(FileUploadHandler):
     chunk_size = 1 << 20
@@ -114,9 +118,7 @@ class EncryptingUploadHandler(FileUploadHandler):
 
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
         if content_length and content_length > self.max_bytes + 64 * 1024:
-            self.error = UploadRejected(
-                _("The file is larger than the limit of %(limit)s.") % {"limit": _human(self.max_bytes)}, 413
-            )
+            self.error = UploadRejected.too_large(self.max_bytes)
             raise StopUpload(connection_reset=True)
         return None
 
@@ -145,7 +147,8 @@ class EncryptingUploadHandler(FileUploadHandler):
     def receive_data_chunk(self, raw_data, start):
         self._size += len(raw_data)
         if self._size > self.max_bytes:
-            self._fail(_("The file is larger than the limit of %(limit)s.") % {"limit": _human(self.max_bytes)}, 413)
+            too_large = UploadRejected.too_large(self.max_bytes)
+            self._fail(too_large.message, too_large.status)
         if self._media_type is None:
             self._head += raw_data[: SNIFF_BYTES - len(self._head)]
             if len(self._head) >= SNIFF_BYTES:
@@ -235,7 +238,7 @@ class EncryptingUploadHandler(FileUploadHandler):
     discard_all = discard_unclaimed
 
 
-def _human(size: int) -> str:
+def human_size(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}".replace(".0 ", " ")

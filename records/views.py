@@ -150,9 +150,7 @@ def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | No
     request.upload_handlers = [handler]
     length = int(request.META.get("CONTENT_LENGTH") or 0)
     if length > handler.max_bytes + 64 * 1024:
-        return handler, UploadRejected(
-            _("The file is larger than the limit of %(limit)s.") % {"limit": _human_size(handler.max_bytes)}, 413
-        )
+        return handler, UploadRejected.too_large(handler.max_bytes)
     try:
         if request.content_type == RAW_UPLOAD:
             request._raw_upload_fields = _raw_fields(request)
@@ -173,12 +171,6 @@ def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | No
         handler.discard_all()
         return handler, handler.error
     return handler, None
-
-
-def _human_size(size: int) -> str:
-    from records.uploads import _human
-
-    return _human(size)
 
 
 @csrf_protect

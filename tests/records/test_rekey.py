@@ -20,7 +20,7 @@ from records import rekey, storage
 from records.access import record_get_for_user
 from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
-from records.reading import _SequentialReader, file_chunks
+from records.reading import SequentialReader, file_chunks
 from records.services import record_attach_file, record_create, record_finalize
 from records.sharing import grant_revoke, grants_redrive
 from records.uploads import SpooledUpload
@@ -135,7 +135,7 @@ def test_revocation_rekeys_every_record_and_the_old_key_opens_nothing_new(shared
                 b"".join(
                     stream.decrypt_range(
                         old_file_key,
-                        _SequentialReader(CID.decode(new_file.root_cid)),
+                        SequentialReader(CID.decode(new_file.root_cid)),
                         associated_data=new_file.stream_associated_data(),
                         ciphertext_total=new_file.ciphertext_size,
                     )
