@@ -10,7 +10,7 @@ import pytest
 from records.access import record_get_for_user
 from records.keys import decrypt_content
 from records.models import AccessEvent, MedicalRecord
-from tests.browser.test_records_flow import SIGNED, sign_in
+from tests.browser.test_records_flow import SIGNED, doctor_opens_visit
 from tests.records.conftest import png_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -24,16 +24,8 @@ def _saved_text(doctor, record) -> dict:
 @pytest.fixture
 def draft_page(browser, live_server, people):
     """The doctor on the edit page of a saved note draft."""
-    doctor, secret, patient = people
-    base = live_server.url
-    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    sign_in(page, base, doctor.email, secret)
-    page.wait_for_url(f"{base}/clinic/")
-    page.goto(f"{base}/clinic/patients/")
-    page.fill("input[name=patient]", patient.email)
-    page.click("text=Open visit")
-    page.wait_for_url("**/clinic/visits/**")
+    doctor, _secret, patient = people
+    context, page = doctor_opens_visit(browser, live_server.url, people, patient_as=patient.email)
     page.click("a.btn:has-text('Note')")
     page.fill("input[name=title]", "Follow-up")
     page.fill("textarea[name=text]", "saved text")

@@ -28,19 +28,26 @@ def sign_in(page, base, email, secret=None):
         page.click("form.form button[type=submit]")
 
 
-def test_doctor_writes_patient_reads_and_uploads(browser, live_server, people, artifacts_dir, tmp_path):
-    from chain.ledger_services import chain_seal
-
-    doctor, secret, patient = people
-    base = live_server.url
-    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+def doctor_opens_visit(browser, base, people, *, patient_as: str, height: int = 900):
+    """The doctor signed in (with their code) on a new visit's page; ``patient_as``: email or Yilian ID."""
+    doctor, secret, _patient = people
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": height})
     page = context.new_page()
     sign_in(page, base, doctor.email, secret)
     page.wait_for_url(f"{base}/clinic/")
     page.goto(f"{base}/clinic/patients/")
-    page.fill("input[name=patient]", patient.email)
+    page.fill("input[name=patient]", patient_as)
     page.click("text=Open visit")
     page.wait_for_url("**/clinic/visits/**")
+    return context, page
+
+
+def test_doctor_writes_patient_reads_and_uploads(browser, live_server, people, artifacts_dir, tmp_path):
+    from chain.ledger_services import chain_seal
+
+    _doctor, _secret, patient = people
+    base = live_server.url
+    context, page = doctor_opens_visit(browser, base, people, patient_as=patient.email)
     visit_url = page.url
 
     # A prescription with one medication.

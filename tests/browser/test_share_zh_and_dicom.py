@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_records_flow import SIGNED, sign_in
+from tests.browser.test_records_flow import SIGNED, doctor_opens_visit, sign_in
 from tests.records.conftest import dicom_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -42,16 +42,10 @@ def test_the_chinese_share_form_finds_a_doctor_by_name_and_submits(browser, live
 
 
 def test_dicom_previews_show_or_say_why_not(browser, live_server, people, artifacts_dir, tmp_path):
-    doctor, secret, patient = people
-    base = live_server.url
-    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    sign_in(page, base, doctor.email, secret)
-    page.wait_for_url(f"{base}/clinic/")
-    page.goto(f"{base}/clinic/patients/")
-    page.fill("input[name=patient]", patient.health_id_display)
-    page.click("text=Open visit")
-    page.wait_for_url("**/clinic/visits/**")
+    _doctor, _secret, patient = people
+    context, page = doctor_opens_visit(
+        browser, live_server.url, people, patient_as=patient.health_id_display, height=1000
+    )
     page.click("a.btn:has-text('Imaging study')")
     page.fill("input[name=title]", "CT chest")
     page.select_option("select[name=modality]", "CT")
