@@ -140,6 +140,13 @@ def open_secondary(path: str | Path | None = None) -> BlockStore:
     private_dir = tempfile.mkdtemp(prefix="dag-", dir=_process_dir())
     try:
         return _Secondary(path, private_dir)
+    except StoreError as exc:
+        shutil.rmtree(private_dir, ignore_errors=True)
+        if "Column family not found" in str(exc):
+            # CURRENT is written before the store worker's first open has added
+            # the blocks column family: the store is still being created.
+            raise DagStoreUnavailable(f"the DAG store at {path} is still being created") from None
+        raise
     except BaseException:
         shutil.rmtree(private_dir, ignore_errors=True)
         raise

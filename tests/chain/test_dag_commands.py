@@ -341,11 +341,14 @@ def test_the_command_goes_through_a_running_store_worker_while_this_process_read
     worker = start_worker(env, "store")
     try:
         deadline = time.monotonic() + 60
-        while not (data_dir / "dag" / "CURRENT").exists():  # the worker takes the primary when ready
+        reader = None
+        while reader is None:  # the worker creates the store and takes the primary when ready
             assert worker.poll() is None and time.monotonic() < deadline, "the store worker did not start"
-            time.sleep(0.1)
+            try:
+                reader = stores.dag_reader()  # a web process's view
+            except stores.DagStoreUnavailable:
+                time.sleep(0.1)
         assert stores.primary_held_elsewhere()
-        reader = stores.dag_reader()  # a web process's view
         assert reader.readonly
 
         payload = os.urandom(20_000)

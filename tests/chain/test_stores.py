@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from rocksdict import Rdict
 
 from chain import dag_tasks, stores
 from chain.core.blockstore import ReadOnlyStoreError, StoreError, add_file
@@ -75,6 +76,17 @@ def test_reader_before_the_store_exists_is_unavailable_and_creates_nothing(node)
     with pytest.raises(stores.DagStoreUnavailable, match="no DAG store"):
         stores.dag_reader()
     assert not (node / "dag").exists()
+
+
+def test_reader_while_the_store_is_being_created_is_unavailable_and_leaves_no_directory(node):
+    # What a web process sees between the store worker writing CURRENT and
+    # adding the blocks column family: a database with only the default family.
+    Rdict(str(node / "dag")).close()
+    with pytest.raises(stores.DagStoreUnavailable, match="still being created"):
+        stores.dag_reader()
+    assert not list((node / "secondary").rglob("dag-*"))
+    _create_store(node / "dag")
+    assert stores.dag_reader().readonly
 
 
 def test_reader_is_a_secondary_that_refuses_writes_and_leaves_the_lock_free(node):
