@@ -13,7 +13,7 @@ in one process that plays the store worker, and prints:
   ``grant_issue`` (opening each data key with the patient's envelope and
   sealing it to the grantee).
 * **Access check with 10,000 records and 1,000 grants**: median and p99 time
-  of ``records.access.record_get_for_user(quiet=True)`` for a verified
+  of ``records.policy.record_get_for_user(quiet=True)`` for a verified
   clinician with TOTP, over ``--checks`` calls (default 2,000) on random
   records a grant lets her open and a quarter as many on records she may not
   (``RecordAccessDenied``, audited), and the queries per call (min and max:
@@ -391,7 +391,7 @@ def grow(fx: AccessFixture, *, records: int, grants: int) -> None:
 
 
 def check(user, record_id) -> bool:
-    from records.access import RecordAccessDenied, record_get_for_user
+    from records.policy import RecordAccessDenied, record_get_for_user
 
     try:
         access = record_get_for_user(user, record_id, quiet=True)
@@ -469,8 +469,8 @@ def main() -> None:
         doctor, patient, visit = setup_node()
         from chain.ledger_services import chain_seal
         from records import storage
-        from records.access import record_get_for_user
         from records.models import RecordFile, RecordVersion, RekeyJob
+        from records.policy import record_get_for_user
         from records.rekey import rekey_job_run
         from records.services import record_attach_file, record_create, record_finalize, record_finalize_imported
         from records.sharing import grant_revoke

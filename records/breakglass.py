@@ -41,11 +41,11 @@ from django.utils.translation import gettext as _
 
 from accounts.keys import signing_private_key
 from accounts.models import Role, User
-from records.access import staff_cleared
 from records.audit import audit
 from records.keys import open_message, seal_message
 from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED, break_glass_state_key
 from records.models import AccessEvent, BreakGlass, BreakGlassReason, Notification
+from records.policy import break_glass_active, staff_cleared
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +160,6 @@ def _reader(session: BreakGlass, user):
 
 
 # -- open ----------------------------------------------------------------------------------------------
-def break_glass_active(clinician, patient_id: int, *, now=None) -> BreakGlass | None:
-    """The clinician's open, unexpired session for this patient; one query."""
-    now = now or timezone.now()
-    return (
-        BreakGlass.objects.filter(
-            clinician_id=clinician.pk, patient_id=patient_id, closed_at__isnull=True, expires_at__gt=now
-        )
-        .order_by("-expires_at")
-        .first()
-    )
-
-
 def break_glass_open(
     *, clinician, patient, reason: str, detail: str, credential: str, hours: int = DEFAULT_HOURS
 ) -> BreakGlass:

@@ -15,9 +15,9 @@ from django.utils.translation import gettext_lazy as _
 
 from chain.core import stream
 from chain.core.cid import CID
-from records.access import RecordAccess
 from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import RecordFile, RecordVersion, WrappedKey
+from records.policy import RecordAccess
 
 PREVIEW_MAX_BYTES = 64 << 20
 PREVIEW_MAX_PIXELS = 16 << 20

@@ -28,12 +28,12 @@ from django.utils.translation import gettext as _
 
 from accounts.keys import signing_private_key
 from accounts.models import Role, User
-from records.access import staff_cleared
 from records.audit import audit
 from records.keys import open_message, seal_message
 from records.ledger import ACCESS_REQUESTED
 from records.models import AccessEvent, AccessRequest, GrantPurpose, GrantScope, Notification, RecordKind
 from records.notices import notify
+from records.policy import staff_cleared
 
 REASON_MAX = 1000
 DAYS_MAX = 365

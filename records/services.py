@@ -21,11 +21,11 @@ from django.utils.translation import gettext as _
 
 from accounts.models import Role
 from chain.core import stream
-from records.access import RecordAccess, staff_cleared
 from records.audit import audit
 from records.keys import encrypt_content, seal_for, unwrap_file_key, wrap_file_key
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordKind, RecordVersion, Visit, WrappedKey
-from records.sharing import deliver_to_grantees, grantees_in_scope
+from records.policy import RecordAccess, grantees_in_scope, staff_cleared
+from records.sharing import deliver_to_grantees
 from records.uploads import SpooledUpload
 
 
@@ -409,7 +409,7 @@ def record_amend(*, access: RecordAccess, content: dict, reason: str) -> RecordV
 @transaction.atomic
 def document_upload(*, patient, title: str, description: str, upload: SpooledUpload) -> MedicalRecord:
     """A patient's own document: a record with one file, finalised once stored."""
-    from records.access import record_get_for_user
+    from records.policy import record_get_for_user
 
     record = record_create(
         patient=patient, author=patient, kind=RecordKind.DOCUMENT, content={"title": title, "description": description}

@@ -32,7 +32,7 @@ import os
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -55,58 +55,12 @@ from records.models import (
     RekeyJob,
     WrappedKey,
 )
+from records.policy import grant_in_scope, grantees_in_scope
 
 log = logging.getLogger(__name__)
 
 
 # -- scope ---------------------------------------------------------------------------------
-def grant_in_scope(grant: Grant, record: MedicalRecord, *, named: bool | None = None) -> bool:
-    """Whether ``record`` falls inside ``grant``'s scope (not its window or status).
-
-    ``named``: whether the grant lists the record (pass it when known, e.g.
-    from an ``Exists`` annotation, to avoid a query). A sensitive record is
-    in scope only when the grant names it or the patient included sensitive
-    records explicitly.
-    """
-    if record.patient_id != grant.patient_id:
-        return False
-    if named is None:
-        named = grant.scope == GrantScope.RECORDS and grant.records.filter(pk=record.pk).exists()
-    if record.sensitive and not (named or grant.include_sensitive):
-        return False
-    if grant.scope == GrantScope.ALL:
-        return True
-    if grant.scope == GrantScope.KINDS:
-        return record.kind in (grant.kinds or [])
-    return bool(named)
-
-
-def grants_for_record(record: MedicalRecord, *, now=None):
-    """The patient's grants that are not revoked nor expired, annotated ``named`` for ``record``.
-
-    One query whatever the number of grants.
-    """
-    now = now or timezone.now()
-    named = Grant.records.through.objects.filter(grant_id=OuterRef("pk"), medicalrecord_id=record.pk)
-    return (
-        Grant.objects.filter(patient_id=record.patient_id, status=Grant.Status.ACTIVE, valid_until__gt=now)
-        .select_related("grantee_user", "grantee_institution")
-        .annotate(named=Exists(named))
-    )
-
-
-def grantees_in_scope(record: MedicalRecord) -> tuple[list, list]:
-    """The users and institutions of the patient's current or pending grants that cover ``record``; one query."""
-    users, institutions = [], []
-    for grant in grants_for_record(record):
-        if grant_in_scope(grant, record, named=grant.named):
-            if grant.grantee_user_id:
-                users.append(grant.grantee_user)
-            else:
-                institutions.append(grant.grantee_institution)
-    return users, institutions
-
-
 def scope_digest(grant: Grant, record_handles: list[bytes]) -> bytes:
     """A commitment to the scope: what was granted, without saying it on chain."""
     document = {
@@ -407,37 +361,6 @@ def grants_redrive(limit: int = 200) -> int:
 
 
 # -- the grantee's side ----------------------------------------------------------------------
-def grants_usable_by(user, *, now=None):
-    """Grants usable by ``user`` right now (to them or to their institution); a lazy queryset.
-
-    The caller checks the user is cleared (verified, 2FA). Researchers use
-    research grants only.
-    """
-    now = now or timezone.now()
-    to = Q(grantee_user_id=user.pk)
-    if user.institution_id is not None:
-        to |= Q(grantee_institution_id=user.institution_id)
-    grants = Grant.objects.filter(to, status=Grant.Status.ACTIVE, valid_from__lte=now, valid_until__gt=now)
-    if user.role == Role.RESEARCHER:
-        grants = grants.filter(purpose=GrantPurpose.RESEARCH)
-    return grants
-
-
-def granted_records_q(grants) -> Q:
-    """A filter for the (non-draft) records the given grants cover; mirrors ``grant_in_scope``."""
-    covered = Q(pk__in=[])
-    for grant in grants:
-        named = Q(pk__in=Grant.records.through.objects.filter(grant_id=grant.pk).values("medicalrecord_id"))
-        if grant.scope == GrantScope.RECORDS:
-            in_scope = named
-        else:
-            in_scope = Q() if grant.scope == GrantScope.ALL else Q(kind__in=grant.kinds or [])
-            if not grant.include_sensitive:
-                in_scope &= Q(sensitive=False)
-        covered |= Q(patient_id=grant.patient_id) & in_scope
-    return covered & ~Q(status=MedicalRecord.Status.DRAFT)
-
-
 @transaction.atomic
 def record_set_sensitive(*, patient, record: MedicalRecord, sensitive: bool) -> MedicalRecord:
     """The patient marks one of their records sensitive (or not).

@@ -1,7 +1,7 @@
 """The patient portal, the clinic dashboard and the research portal.
 
 Views are thin: access helper → form → service → redirect. Every protected
-object is loaded through ``records.access``; nothing here calls ``.get(pk=…)``
+object is loaded through ``records.policy``; nothing here calls ``.get(pk=…)``
 on a record.
 """
 
@@ -30,15 +30,15 @@ from django.views.decorators.http import require_POST
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Institution, Role
 from records import reading, services
-from records.access import (
+from records.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm, VisitOpenForm
+from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
+from records.policy import (
     RecordAccessDenied,
     chart_patient_for_user,
     record_get_for_user,
     records_shown_to_patient,
     visit_get_for_user,
 )
-from records.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm, VisitOpenForm
-from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
 from records.uploads import EncryptingUploadHandler, UploadRejected
 
 PAGE_SIZE = 50
@@ -502,7 +502,7 @@ def clinic_patients(request):
 def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
     """The Patients page: seen here, shared with the doctor, their access requests; constant queries."""
     from records.forms_sharing import AccessRequestForm
-    from records.sharing import grants_usable_by
+    from records.policy import grants_usable_by
     from records.views_requests import doctor_requests
 
     visits = (
@@ -533,8 +533,7 @@ def clinic_chart(request, patient_id):
     except RecordAccessDenied as exc:
         return _denied(request, exc)
     user = request.user
-    from records.breakglass import break_glass_active
-    from records.sharing import granted_records_q, grants_usable_by
+    from records.policy import break_glass_active, granted_records_q, grants_usable_by
 
     grants = list(grants_usable_by(user).filter(patient=patient))
     visible = Q(author=user) | Q(institution_id=user.institution_id, visit__status=Visit.Status.OPEN)

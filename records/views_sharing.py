@@ -126,7 +126,7 @@ def patient_grant_revoke(request, grant_id):
 @require_POST
 @role_required(Role.PATIENT)
 def record_set_sensitive(request, record_id):
-    from records.access import RecordAccessDenied, record_get_for_user
+    from records.policy import RecordAccessDenied, record_get_for_user
 
     try:
         access = record_get_for_user(request.user, record_id, action=AccessEvent.Action.EDIT, quiet=True)

@@ -21,7 +21,7 @@ What leaves the node (``records.deid`` holds the pure rules and their argument):
   patient's names, IDs, phone numbers, e-mail, web addresses, dates and long
   numbers.
 
-Keys: the same rules as ``records.access.record_get_for_user`` (a cleared
+Keys: the same rules as ``records.policy.record_get_for_user`` (a cleared
 researcher's only basis is a research grant in scope), applied in bulk: the
 grants, their named records, the records and the envelopes in four queries,
 whatever the number of records. An export writes one ``ResearchExport`` and
@@ -71,8 +71,8 @@ from records.models import (
     ResearchExport,
     WrappedKey,
 )
+from records.policy import grant_in_scope, grants_usable_by
 from records.research import deid
-from records.sharing import grant_in_scope, grants_usable_by
 
 FHIR_BASE = "https://yilian.example/fhir/StructureDefinition/"
 AGE_BAND_URL = FHIR_BASE + "age-band"
@@ -502,7 +502,7 @@ def record_rows(content: dict, *, kind: str, base: dict, names: list[str]) -> li
 def _keys_for(user, grants: list[Grant], records: list[MedicalRecord]) -> dict[int, WrappedKey]:
     """The envelope the researcher may open for each record's current version, by record pk.
 
-    The rules of ``records.access._decide`` / ``_key_for`` for a cleared
+    The rules of ``records.policy._decide`` / ``_key_for`` for a cleared
     researcher, in bulk: the research grants in scope of the record, then a
     personal envelope (if a grant names the user) before the institute's.
     """

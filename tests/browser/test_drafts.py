@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from records.access import record_get_for_user
 from records.keys import decrypt_content
 from records.models import AccessEvent, MedicalRecord
+from records.policy import record_get_for_user
 from tests.browser.test_records_flow import SIGNED, doctor_opens_visit
 from tests.records.conftest import png_bytes
 

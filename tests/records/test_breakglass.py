@@ -13,7 +13,6 @@ from django.utils import timezone
 from chain.ledger_services import TxRejected, chain_seal, tx_submit
 from chain.models import MempoolEntry
 from chain.models import Transaction as TxRow
-from records.access import RecordAccessDenied, record_get_for_user
 from records.breakglass import (
     ReauthenticationFailed,
     break_glass_close,
@@ -26,6 +25,7 @@ from records.keys import decrypt_content
 from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED
 from records.models import AccessEvent, BreakGlass, Notification
 from records.notices import with_texts
+from records.policy import RecordAccessDenied, record_get_for_user
 from tests.factories import PASSWORD, UserFactory, enable_totp, totp_code
 from tests.records.conftest import login
 from tests.records.test_sharing import can_read, write

@@ -9,9 +9,9 @@ import pytest
 from django.urls import reverse
 
 from chain.ledger_services import chain_seal
-from records.access import record_get_for_user
 from records.keys import decrypt_content
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordVersion
+from records.policy import record_get_for_user
 from tests.records.conftest import login, png_bytes, upload_file
 from tests.records.test_flow import ingest_all, prescription_post
 

@@ -17,9 +17,9 @@ from chain.ledger_services import chain_seal
 from chain.models import Transaction as TxRow
 from chain.stores import dag_writer
 from records import rekey, storage
-from records.access import record_get_for_user
 from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
+from records.policy import record_get_for_user
 from records.reading import SequentialReader, file_chunks
 from records.services import record_attach_file, record_create, record_finalize
 from records.sharing import grant_revoke, grants_redrive

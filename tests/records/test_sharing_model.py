@@ -37,10 +37,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from chain.ledger_services import chain_seal, datetime_to_ms
-from records.access import RecordAccessDenied, record_get_for_user
 from records.breakglass import break_glass_close, break_glass_open
 from records.keys import decrypt_content
 from records.models import AccessEvent
+from records.policy import RecordAccessDenied, record_get_for_user
 from records.requests import access_request_approve, access_request_create, access_request_decline
 from records.services import record_create, record_finalize_imported, visit_open
 from records.sharing import grant_issue, grant_revoke, record_set_sensitive
@@ -130,7 +130,7 @@ class MSession:
 
 
 def predicted_basis(user: str, record: MRecord, grants, sessions, now: datetime) -> str | None:
-    """The rules of ``records.access`` restated: the basis ``user`` reads ``record`` on, or None."""
+    """The rules of ``records.policy`` restated: the basis ``user`` reads ``record`` on, or None."""
     if user == record.patient:
         return None if record.draft else "patient"  # the author is never the patient here
     role = ROLE_OF[user]

@@ -27,8 +27,8 @@ from django.test import Client
 from django.urls import reverse
 
 from records import storage
-from records.access import record_get_for_user
 from records.models import MedicalRecord, RecordFile
+from records.policy import record_get_for_user
 from records.reading import content_of
 from records.services import record_create
 from records.uploads import sanitize_filename

@@ -13,10 +13,10 @@ from django.utils import timezone
 from chain.ledger_services import TxRejected, chain_seal, tx_sign_and_submit
 from chain.models import MempoolEntry
 from records import ledger
-from records.access import RecordAccessDenied, record_get_for_user
 from records.audit import audit
 from records.footprint import services as footprint
 from records.models import AccessEvent
+from records.policy import RecordAccessDenied, record_get_for_user
 from records.services import record_create, record_finalize_imported
 from records.tasks import log_accesses
 from tests.records.conftest import login

@@ -1,8 +1,9 @@
-"""Who may read or write which record: the one access helper every view uses.
+"""Who may read or write which record: the one access helper every view uses, and its predicates.
 
 ``record_get_for_user`` decides, audits the decision (allowed or denied, in
 the same transaction as whatever the caller then does) and returns the key
-material the user may open. Rules for now (the sharing issue extends them):
+material the user may open. It reads models only: the write paths (the
+rooms' services) build on it, never the reverse. The rules:
 
 - the patient, for their own records;
 - the record's author, while a verified staff member with 2FA on;
@@ -12,10 +13,11 @@ material the user may open. Rules for now (the sharing issue extends them):
   patient to this clinician, or to their institution (verified staff with
   2FA), through the key sealed for the grant's recipient. Researchers never
   open a single record: research grants feed the de-identified datasets of
-  ``records.research``, which apply the same scope rules in bulk. Revocation and expiry are checked here on
-  every request, so they take effect on the very next one;
+  ``records.research``, which apply the same scope rules in bulk
+  (``grant_in_scope``, ``granted_records_q``, below). Revocation and expiry
+  are checked here on every request, so they take effect on the very next one;
 - break-glass: a cleared clinician's open, unexpired emergency session for
-  the patient (``records.breakglass``), through the patient's own envelope
+  the patient (``records.sharing.breakglass``), through the patient's own envelope
   (no key is delivered, so nothing outlives the session). Drafts stay out.
 
 Everyone else is denied, and the denial is an audit row. The decision costs a
@@ -36,7 +38,17 @@ from django.utils import timezone
 from accounts.models import Role
 from records.audit import audit
 from records.keys import open_dek
-from records.models import AccessEvent, Grant, MedicalRecord, RecordVersion, Visit, WrappedKey
+from records.models import (
+    AccessEvent,
+    BreakGlass,
+    Grant,
+    GrantPurpose,
+    GrantScope,
+    MedicalRecord,
+    RecordVersion,
+    Visit,
+    WrappedKey,
+)
 
 
 class RecordAccessDenied(PermissionDenied):
@@ -69,8 +81,6 @@ def _grants_for(user, record: MedicalRecord) -> list[Grant]:
 
     Grants to the user come before grants to their institution.
     """
-    from records.sharing import grant_in_scope
-
     now = timezone.now()
     to = Q(grantee_user_id=user.pk)
     if user.institution_id is not None:
@@ -122,11 +132,8 @@ def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
     grants = _grants_for(user, record)
     if grants:
         return "grant", grants
-    if user.role == Role.CLINICIAN:
-        from records.breakglass import break_glass_active
-
-        if break_glass_active(user, record.patient_id) is not None:
-            return "break-glass", []
+    if break_glass_active(user, record.patient_id) is not None:
+        return "break-glass", []
     return None, []
 
 
@@ -196,13 +203,16 @@ def record_get_for_user(
         if (basis and version is not None)
         else None
     )
-    if wrapped is None and basis == "grant" and user.role == Role.CLINICIAN and version is not None:
-        # A grant without a key for this version must not hide an emergency session.
-        from records.breakglass import break_glass_active
-
-        if break_glass_active(user, record.patient_id) is not None:
-            basis, grants = "break-glass", []
-            wrapped = _key_for(user, version, basis, patient_id=record.patient_id)
+    # A grant without a key for this version must not hide an emergency session.
+    if (
+        wrapped is None
+        and basis == "grant"
+        and user.role == Role.CLINICIAN
+        and version is not None
+        and break_glass_active(user, record.patient_id) is not None
+    ):
+        basis, grants = "break-glass", []
+        wrapped = _key_for(user, version, basis, patient_id=record.patient_id)
     if wrapped is not None and basis == "grant":
         purpose = _grant_of(wrapped, grants).purpose
     elif basis == "break-glass":
@@ -276,16 +286,12 @@ def chart_patient_for_user(user, patient_id):
         if open_visit is not None or visits.filter(opened_by=user).exists():
             audit(actor=user, action=AccessEvent.Action.VIEW_CHART, patient=patient, visit=open_visit)
             return patient, open_visit
-        from records.sharing import grants_usable_by
-
         grant = grants_usable_by(user).filter(patient=patient).first()
         if grant is not None:
             audit(
                 actor=user, action=AccessEvent.Action.VIEW_CHART, patient=patient, basis="grant", purpose=grant.purpose
             )
             return patient, None
-        from records.breakglass import break_glass_active
-
         if break_glass_active(user, patient.pk) is not None:
             audit(
                 actor=user,
@@ -303,3 +309,97 @@ def chart_patient_for_user(user, patient_id):
         detail="no visit at this institution",
     )
     raise RecordAccessDenied("You may not open this chart.")
+
+
+# -- grants: which records a grant covers, which grants a reader holds ------------------------------
+
+def grant_in_scope(grant: Grant, record: MedicalRecord, *, named: bool | None = None) -> bool:
+    """Whether ``record`` falls inside ``grant``'s scope (not its window or status).
+
+    ``named``: whether the grant lists the record (pass it when known, e.g.
+    from an ``Exists`` annotation, to avoid a query). A sensitive record is
+    in scope only when the grant names it or the patient included sensitive
+    records explicitly.
+    """
+    if record.patient_id != grant.patient_id:
+        return False
+    if named is None:
+        named = grant.scope == GrantScope.RECORDS and grant.records.filter(pk=record.pk).exists()
+    if record.sensitive and not (named or grant.include_sensitive):
+        return False
+    if grant.scope == GrantScope.ALL:
+        return True
+    if grant.scope == GrantScope.KINDS:
+        return record.kind in (grant.kinds or [])
+    return bool(named)
+
+
+def grants_for_record(record: MedicalRecord, *, now=None):
+    """The patient's grants that are not revoked nor expired, annotated ``named`` for ``record``.
+
+    One query whatever the number of grants.
+    """
+    now = now or timezone.now()
+    named = Grant.records.through.objects.filter(grant_id=OuterRef("pk"), medicalrecord_id=record.pk)
+    return (
+        Grant.objects.filter(patient_id=record.patient_id, status=Grant.Status.ACTIVE, valid_until__gt=now)
+        .select_related("grantee_user", "grantee_institution")
+        .annotate(named=Exists(named))
+    )
+
+
+def grantees_in_scope(record: MedicalRecord) -> tuple[list, list]:
+    """The users and institutions of the patient's current or pending grants that cover ``record``; one query."""
+    users, institutions = [], []
+    for grant in grants_for_record(record):
+        if grant_in_scope(grant, record, named=grant.named):
+            if grant.grantee_user_id:
+                users.append(grant.grantee_user)
+            else:
+                institutions.append(grant.grantee_institution)
+    return users, institutions
+
+
+def grants_usable_by(user, *, now=None):
+    """Grants usable by ``user`` right now (to them or to their institution); a lazy queryset.
+
+    The caller checks the user is cleared (verified, 2FA). Researchers use
+    research grants only.
+    """
+    now = now or timezone.now()
+    to = Q(grantee_user_id=user.pk)
+    if user.institution_id is not None:
+        to |= Q(grantee_institution_id=user.institution_id)
+    grants = Grant.objects.filter(to, status=Grant.Status.ACTIVE, valid_from__lte=now, valid_until__gt=now)
+    if user.role == Role.RESEARCHER:
+        grants = grants.filter(purpose=GrantPurpose.RESEARCH)
+    return grants
+
+
+def granted_records_q(grants) -> Q:
+    """A filter for the (non-draft) records the given grants cover; mirrors ``grant_in_scope``."""
+    covered = Q(pk__in=[])
+    for grant in grants:
+        named = Q(pk__in=Grant.records.through.objects.filter(grant_id=grant.pk).values("medicalrecord_id"))
+        if grant.scope == GrantScope.RECORDS:
+            in_scope = named
+        else:
+            in_scope = Q() if grant.scope == GrantScope.ALL else Q(kind__in=grant.kinds or [])
+            if not grant.include_sensitive:
+                in_scope &= Q(sensitive=False)
+        covered |= Q(patient_id=grant.patient_id) & in_scope
+    return covered & ~Q(status=MedicalRecord.Status.DRAFT)
+
+
+# -- break-glass -----------------------------------------------------------------------------------
+
+def break_glass_active(clinician, patient_id: int, *, now=None) -> BreakGlass | None:
+    """The clinician's open, unexpired session for this patient; one query."""
+    now = now or timezone.now()
+    return (
+        BreakGlass.objects.filter(
+            clinician_id=clinician.pk, patient_id=patient_id, closed_at__isnull=True, expires_at__gt=now
+        )
+        .order_by("-expires_at")
+        .first()
+    )
