@@ -8,7 +8,7 @@ spool, filesystem broker) and prints MB/s (10**6 bytes per second):
   into an imaging draft over real HTTP (multipart framed by hand, the body a
   generator, so neither side holds it), then signs and finalises it over HTTP.
   This process then plays the store worker (DESIGN section 3: the only RocksDB
-  writer): ``records.storage.file_ingest`` (spool → DAG, pin; it stores and
+  writer): ``records.clinical.storage.file_ingest`` (spool → DAG, pin; it stores and
   anchors the finalised version) and ``chain_seal``. The clock runs from the
   first byte of the request until the anchor transaction is in a sealed block.
   Target: >= 150 MB/s end to end. The floor it is compared with is
@@ -117,7 +117,7 @@ def setup_node():
 
     from accounts.services import institution_create, user_create
     from chain.ledger_services import chain_ensure_genesis, chain_seal
-    from records.services import visit_open
+    from records.clinical.services import visit_open
 
     call_command("migrate", verbosity=0)
     chain_ensure_genesis()
@@ -193,9 +193,9 @@ def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes,
 
     from chain.ledger_services import chain_seal
     from chain.models import Transaction
-    from records import storage
+    from records.clinical import storage
+    from records.clinical.services import record_create
     from records.models import RecordFile, RecordVersion
-    from records.services import record_create
 
     record = record_create(
         patient=patient,
@@ -319,7 +319,7 @@ def download(port: int, doctor, result: dict, expected: str) -> tuple[float, boo
 def make_records(doctor, patient, visit, count: int) -> float:
     from django.db import transaction
 
-    from records.services import record_create
+    from records.clinical.services import record_create
 
     kinds = [
         ("prescription", {"title": "Amoxicillin", "medications": [{"name": "Amoxicillin", "dose": "500 mg"}]}),

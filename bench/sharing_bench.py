@@ -70,7 +70,7 @@ def spooled(size: int):
     from django.conf import settings
 
     from chain.core import stream
-    from records.uploads import SpooledUpload
+    from records.clinical.uploads import SpooledUpload
 
     stream_id = uuid.uuid4()
     key = stream.new_data_key()
@@ -468,11 +468,16 @@ def main() -> None:
     try:
         doctor, patient, visit = setup_node()
         from chain.ledger_services import chain_seal
-        from records import storage
+        from records.clinical import storage
+        from records.clinical.services import (
+            record_attach_file,
+            record_create,
+            record_finalize,
+            record_finalize_imported,
+        )
         from records.models import RecordFile, RecordVersion, RekeyJob
         from records.policy import record_get_for_user
         from records.rekey import rekey_job_run
-        from records.services import record_attach_file, record_create, record_finalize, record_finalize_imported
         from records.sharing import grant_revoke
 
         dave = other_doctor()

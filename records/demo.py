@@ -13,8 +13,8 @@ from datetime import timedelta
 from django.utils import timezone
 
 from accounts.models import User
+from records.clinical.services import record_create, record_finalize_imported, visit_open
 from records.models import MedicalRecord, Visit
-from records.services import record_create, record_finalize_imported, visit_open
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from django.utils.translation import pgettext_lazy
 
 from accounts.models import Institution, Role, User
 from accounts.services import doctors_find, patient_find
-from records.forms import IsoDateField, VisitOpenForm
+from records.clinical.forms import IsoDateField, VisitOpenForm
 from records.models import BreakGlass, BreakGlassReason, GrantPurpose, GrantScope, MedicalRecord, RecordKind
 
 DEFAULT_DAYS = 30

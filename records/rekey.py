@@ -19,7 +19,7 @@ own database transaction:
 
 After the commit the old version's manifest and file roots are unpinned (the
 periodic ``store.dag_gc`` drops the old ciphertext) and the new version is
-stored and anchored as ``records.rekeyed`` by ``records.storage.version_store``,
+stored and anchored as ``records.rekeyed`` by ``records.clinical.storage.version_store``,
 signed by the patient and naming the revoked grant; it waits while the previous
 anchor or the revocation is unsealed.
 
@@ -75,7 +75,7 @@ def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new
     Memory: one ciphertext segment read, one plaintext segment, one sealed
     segment. Returns the new root (pinned) and the new ciphertext size.
     """
-    from records.reading import SequentialReader
+    from records.clinical.reading import SequentialReader
 
     reader = SequentialReader(CID.decode(old.root_cid))
     reader.store = store
@@ -128,7 +128,7 @@ def _unpin_once(store, roots) -> int:
 # -- one record ------------------------------------------------------------------------------
 def rekey_item(item_id: int) -> str:
     """Re-key one record; ``done``, ``skipped`` (already done) or raises :class:`RekeyWaiting`."""
-    from records.services import version_recipients
+    from records.clinical.services import version_recipients
 
     store = _dag()
     new_roots: list[CID] = []
@@ -227,8 +227,8 @@ def rekey_job_run(job_id: int) -> str:
     Each item commits on its own; an unexpected error is recorded on the job
     (which stays ``running``, so the redrive re-queues it) and re-raised.
     """
+    from records.clinical.storage import version_store
     from records.sharing import grant_revocation_submit
-    from records.storage import version_store
 
     job = RekeyJob.objects.filter(pk=job_id).first()
     if job is None:

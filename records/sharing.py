@@ -7,7 +7,7 @@ the current data key of every in-scope record sealed to the grantee's X25519
 key (an institution grant to the institution's key, which its cleared staff
 open), an audit row, and the ``records.grant_issued`` transaction signed by
 the patient's own key. Records created later are sealed to in-scope grantees
-by ``records.services.version_recipients``.
+by ``records.clinical.services.version_recipients``.
 
 Revocation marks the row revoked, which the access helper checks on every
 request, so it takes effect on the very next request. Expiry needs no job:
@@ -41,6 +41,7 @@ from accounts.models import Role
 from chain.core import crypto
 from chain.kek import node_kek
 from records.audit import audit
+from records.clinical.services import deliver_to_grantees
 from records.keys import open_dek, seal_for
 from records.ledger import GRANT_ISSUED, GRANT_REVOKED, grant_state_key
 from records.models import (
@@ -55,7 +56,7 @@ from records.models import (
     RekeyJob,
     WrappedKey,
 )
-from records.policy import grant_in_scope, grantees_in_scope
+from records.policy import grant_in_scope
 
 log = logging.getLogger(__name__)
 
@@ -219,33 +220,6 @@ def _deliver_keys(grant: Grant, chosen: list[MedicalRecord]) -> int:
             )
         )
     WrappedKey.objects.bulk_create(rows, batch_size=500)
-    return len(rows)
-
-
-def deliver_to_grantees(record: MedicalRecord) -> int:
-    """Seal ``record``'s current data key to every current grantee whose scope now covers it.
-
-    For records that enter a grant's scope after the grant was issued: a draft
-    signed later, a record no longer marked sensitive. Opens the key through
-    the patient's own envelope; constant queries whatever the number of grants.
-    Returns how many envelopes were added.
-    """
-    version = record.current_version
-    if version is None or record.status == MedicalRecord.Status.DRAFT:
-        return 0
-    users, institutions = grantees_in_scope(record)
-    if not users and not institutions:
-        return 0
-    held = WrappedKey.objects.filter(version=version).values_list("user_id", "institution_id")
-    held_users = {u for u, _i in held if u}
-    held_institutions = {i for _u, i in held if i}
-    users = [u for u in users if u.pk not in held_users]
-    institutions = [i for i in institutions if i.pk not in held_institutions]
-    own = WrappedKey.objects.select_related("user").filter(version=version, user_id=record.patient_id).first()
-    if own is None or not (users or institutions):
-        return 0
-    rows = seal_for(version, open_dek(version, own), users=users, institutions=institutions)
-    WrappedKey.objects.bulk_create(rows)
     return len(rows)
 
 

@@ -9,42 +9,9 @@ import time
 from celery import shared_task
 from django.conf import settings
 
+from records.clinical.tasks import ingest_file, store_version
+
 log = logging.getLogger(__name__)
-
-
-@shared_task(name="store.records_ingest_file", soft_time_limit=3500, time_limit=3600, ignore_result=True)
-def ingest_file(file_id: int) -> str:
-    from records.storage import file_ingest
-
-    return file_ingest(file_id)
-
-
-@shared_task(
-    bind=True,
-    name="store.records_store_version",
-    soft_time_limit=600,
-    time_limit=620,
-    ignore_result=True,
-    max_retries=60,
-)
-def store_version(self, version_id: int) -> str:
-    from records.storage import version_store
-
-    outcome = version_store(version_id)
-    if outcome == "waiting-previous":
-        # The previous version's anchor is not sealed yet (about one block interval).
-        raise self.retry(countdown=max(1.0, settings.CHAIN_BLOCK_INTERVAL))
-    return outcome
-
-
-@shared_task(name="store.records_unpin", soft_time_limit=60, time_limit=70, ignore_result=True)
-def unpin(root: str) -> None:
-    from chain.core.cid import CID
-    from chain.stores import dag_writer
-
-    store = dag_writer()
-    if store.pin_count(CID.decode(root)):
-        store.unpin(CID.decode(root))
 
 
 @shared_task(
@@ -76,8 +43,8 @@ def rekey(self, job_id: int) -> str:
 def redrive() -> dict:
     """Re-queue spooled files and pending versions whose messages were lost; clean stale partial uploads."""
     from records.breakglass import break_glass_redrive
+    from records.clinical.storage import pending_too_long
     from records.rekey import rekey_jobs_stale
-    from records.services import pending_too_long
     from records.sharing import grants_redrive
 
     grants_redrive()

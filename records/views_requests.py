@@ -22,9 +22,12 @@ from accounts.access import patient_data_gate, role_required
 from accounts.models import Role
 from chain.ledger_services import TxRejected
 from records import requests as services
+from records.clinical import services as clinical
+from records.clinical.forms import VisitOpenForm
 from records.forms_sharing import AccessRequestForm, RequestApproveForm
-from records.models import AccessRequest, Notification
+from records.models import AccessRequest, Notification, Visit
 from records.notices import with_texts
+from records.policy import grants_usable_by
 
 NOTIFICATIONS_SHOWN = 100
 
@@ -43,8 +46,6 @@ def doctor_requests(user) -> list[AccessRequest]:
 @role_required(Role.CLINICIAN)
 @patient_data_gate
 def clinic_request_new(request):
-    from records.views import clinic_patients_context
-
     form = AccessRequestForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
@@ -155,3 +156,43 @@ def notifications(request):
     unread = {n.pk for n in items if n.read_at is None}
     services.notifications_mark_read(user=request.user, notifications=items)
     return render(request, "notifications.html", {"items": items, "unread": unread})
+
+
+@role_required(Role.CLINICIAN)
+@patient_data_gate
+def clinic_patients(request):
+    user = request.user
+    form = VisitOpenForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            visit = clinical.visit_open(
+                clinician=user, patient=form.cleaned_data["patient"], kind=form.cleaned_data["kind"]
+            )
+        except (PermissionDenied, ValidationError) as exc:
+            form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
+        else:
+            messages.success(request, _("Visit opened for %(name)s.") % {"name": visit.patient.display_name})
+            return redirect("clinic_visit", visit_id=visit.public_id)
+    return render(request, "clinic/patients.html", clinic_patients_context(user, form=form))
+
+
+def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
+    """The Patients page: seen here, shared with the doctor, their access requests; constant queries."""
+    visits = (
+        Visit.objects.filter(institution_id=user.institution_id)
+        .select_related("patient", "opened_by")
+        .order_by("-opened_at")[:100]
+    )
+    seen, patients = set(), []
+    for visit in visits:
+        if visit.patient_id not in seen:
+            seen.add(visit.patient_id)
+            patients.append(visit)
+    shared = list(grants_usable_by(user).select_related("patient", "grantee_institution").order_by("valid_until")[:200])
+    return {
+        "form": form or VisitOpenForm(),
+        "request_form": request_form or AccessRequestForm(),
+        "patients": patients,
+        "shared": shared,
+        "my_requests": doctor_requests(user),
+    }

@@ -18,7 +18,8 @@ from django.views.decorators.http import require_POST
 from accounts.access import role_required
 from accounts.models import Role
 from chain.ledger_services import TxRejected
-from records import reading, sharing
+from records import sharing
+from records.clinical import reading
 from records.forms_sharing import GrantForm
 from records.models import AccessEvent, Grant, MedicalRecord, RekeyJob
 

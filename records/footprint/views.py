@@ -14,8 +14,8 @@ from django.utils.translation import gettext_lazy
 
 from accounts.access import forbidden
 from accounts.models import Institution, Role
+from records.clinical.forms import IsoDateField
 from records.footprint import services as footprint
-from records.forms import IsoDateField
 from records.models import AccessEvent
 
 PAGE_SIZE = 50

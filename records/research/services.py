@@ -194,7 +194,7 @@ def dataset_create(*, user, title: str, kinds, imported: bool = False) -> Resear
     """A dataset of ``kinds`` for ``user``'s institute (cleared researchers only).
 
     ``imported``: made by an operator command (seeding) for a verified
-    researcher without a live 2FA session, as ``records.services.record_create``.
+    researcher without a live 2FA session, as ``records.clinical.services.record_create``.
     """
     if not (imported and user.role == Role.RESEARCHER and user.is_verified_staff):
         _require_cleared(user)

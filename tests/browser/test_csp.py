@@ -32,8 +32,8 @@ def _context(browser, seen):
 
 
 def test_no_page_violates_the_policy(browser, live_server, people, tmp_path):
+    from records.clinical.services import record_create, record_finalize_imported, visit_open
     from records.models import MedicalRecord
-    from records.services import record_create, record_finalize_imported, visit_open
 
     doctor, secret, patient = people
     base = live_server.url

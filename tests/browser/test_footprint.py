@@ -20,9 +20,9 @@ def history(chromium_available, node):
     from django.utils import timezone
 
     from chain.ledger_services import chain_seal
+    from records.clinical.services import record_create, record_finalize_imported, visit_open
     from records.models import AccessEvent
     from records.policy import RecordAccessDenied, record_get_for_user
-    from records.services import record_create, record_finalize_imported, visit_open
     from records.tasks import log_accesses
 
     east = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")

@@ -26,8 +26,8 @@ def study(chromium_available, node):
 
     from accounts.models import User
     from chain.ledger_services import chain_seal
-    from records import storage
-    from records.services import record_create, record_finalize_imported, visit_open
+    from records.clinical import storage
+    from records.clinical.services import record_create, record_finalize_imported, visit_open
     from records.sharing import grant_issue
 
     hospital = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")

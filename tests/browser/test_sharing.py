@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(trans
 @pytest.fixture
 def story(chromium_available, node):
     from chain.ledger_services import chain_seal
-    from records import storage
+    from records.clinical import storage
+    from records.clinical.services import record_create, record_finalize_imported, visit_open
     from records.models import RecordVersion
-    from records.services import record_create, record_finalize_imported, visit_open
 
     east = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")
     west = InstitutionFactory(code="west", kind="hospital", name="西院", name_en="West Hospital")

@@ -66,8 +66,8 @@ def test_every_portal_page(client, request, who, names):
 
 @pytest.mark.django_db
 def test_admin_and_the_record_pages(client, node, operator, carol, alice):
+    from records.clinical.services import visit_open
     from records.models import MedicalRecord, RecordFile
-    from records.services import visit_open
     from tests.records.test_flow import ingest_all
 
     visit = visit_open(clinician=carol, patient=alice)

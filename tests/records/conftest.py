@@ -15,7 +15,7 @@ SENTINEL = "SENTINEL-7f3a91c2-PLAINTEXT"
 
 @pytest.fixture
 def visit(node, carol, alice):
-    from records.services import visit_open
+    from records.clinical.services import visit_open
 
     return visit_open(clinician=carol, patient=alice)
 

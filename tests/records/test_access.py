@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from records import storage
+from records.clinical import storage
+from records.clinical.services import record_create, visit_close
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordVersion
-from records.services import record_create, visit_close
 from tests.records.conftest import login, pdf_bytes, upload_file
 
 pytestmark = pytest.mark.django_db

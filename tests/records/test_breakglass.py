@@ -118,7 +118,7 @@ def test_the_break_glass_chart_of_a_patient_without_records_speaks_to_the_doctor
 
 
 def test_break_glass_expires_by_itself_and_skips_drafts(keys_sealed, alice, carol, dave, visit):
-    from records.services import record_create
+    from records.clinical.services import record_create
 
     record = write(alice, carol, visit)
     draft = record_create(patient=alice, author=carol, kind="note", content={"title": "unsigned"}, visit=visit)
@@ -313,7 +313,7 @@ def test_a_second_open_returns_the_running_session(keys_sealed, alice, dave):
 
 
 def test_break_glass_does_not_reach_other_patients(keys_sealed, alice, bob, carol, dave, visit):
-    from records.services import visit_open
+    from records.clinical.services import visit_open
 
     bob_visit = visit_open(clinician=carol, patient=bob)
     bobs = write(bob, carol, bob_visit)

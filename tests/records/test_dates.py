@@ -59,7 +59,7 @@ def test_a_grant_shows_its_last_day_not_the_midnight_after(client, keys_sealed, 
 
 
 def test_one_date_format_on_the_record_page(client, alice, carol, visit):
-    from records.services import record_create, record_finalize_imported
+    from records.clinical.services import record_create, record_finalize_imported
 
     record = record_finalize_imported(
         record=record_create(patient=alice, author=carol, kind="note", content={"title": "t", "text": "x"}, visit=visit)

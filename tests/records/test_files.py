@@ -10,8 +10,8 @@ import pytest
 from django.urls import reverse
 
 from chain.ledger_services import chain_seal
+from records.clinical.uploads import sniff_media_type
 from records.models import MedicalRecord, RecordFile
-from records.uploads import sniff_media_type
 from tests.records.conftest import dicom_bytes, login, pdf_bytes, upload_file
 from tests.records.test_flow import ingest_all
 

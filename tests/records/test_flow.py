@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from chain.ledger_services import chain_seal
-from records import storage
+from records.clinical import storage
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordVersion
 from tests.records.conftest import SENTINEL, dicom_bytes, login, pdf_bytes, png_bytes, upload_file
 

@@ -16,14 +16,15 @@ from chain.core.errors import CryptoError
 from chain.ledger_services import chain_seal
 from chain.models import Transaction as TxRow
 from chain.stores import dag_writer
-from records import rekey, storage
+from records import rekey
+from records.clinical import storage
+from records.clinical.reading import SequentialReader, file_chunks
+from records.clinical.services import record_attach_file, record_create, record_finalize
+from records.clinical.uploads import SpooledUpload
 from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
 from records.policy import record_get_for_user
-from records.reading import SequentialReader, file_chunks
-from records.services import record_attach_file, record_create, record_finalize
 from records.sharing import grant_revoke, grants_redrive
-from records.uploads import SpooledUpload
 from tests.records.conftest import login
 from tests.records.test_sharing import issue, keys_sealed, write  # noqa: F401 (fixture)
 
@@ -243,7 +244,7 @@ def test_a_killed_item_rolls_back_and_drops_its_new_pins(shared, alice, monkeypa
 
 
 def test_rekey_waits_for_a_version_still_being_stored(shared, alice, carol):
-    from records.services import record_amend
+    from records.clinical.services import record_amend
 
     scan = shared["scan"]
     access = record_get_for_user(carol, scan.public_id, action="amend")

@@ -14,11 +14,11 @@ from django.utils import timezone
 from chain.ledger_services import TxRejected, chain_seal, tx_sign_and_submit, tx_submit
 from chain.models import MempoolEntry
 from chain.models import Transaction as TxRow
+from records.clinical.services import record_create, record_finalize_imported
 from records.keys import decrypt_content
 from records.ledger import GRANT_ISSUED, GRANT_REVOKED
 from records.models import AccessEvent, Grant, MedicalRecord, WrappedKey
 from records.policy import RecordAccessDenied, grant_in_scope, record_get_for_user
-from records.services import record_create, record_finalize_imported
 from records.sharing import grant_issue, grant_revoke, grants_redrive
 from tests.factories import UserFactory, enable_totp
 from tests.records.conftest import login

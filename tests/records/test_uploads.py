@@ -26,12 +26,12 @@ from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
-from records import storage
+from records.clinical import storage
+from records.clinical.reading import content_of
+from records.clinical.services import record_create
+from records.clinical.uploads import sanitize_filename
 from records.models import MedicalRecord, RecordFile
 from records.policy import record_get_for_user
-from records.reading import content_of
-from records.services import record_create
-from records.uploads import sanitize_filename
 from tests.records.conftest import login, pdf_bytes, png_bytes
 from tests.records.test_sentinel import CeleryOutbox
 

@@ -14,10 +14,10 @@ from chain.ledger_services import TxRejected, chain_seal, tx_sign_and_submit
 from chain.models import MempoolEntry
 from records import ledger
 from records.audit import audit
+from records.clinical.services import record_create, record_finalize_imported
 from records.footprint import services as footprint
 from records.models import AccessEvent
 from records.policy import RecordAccessDenied, record_get_for_user
-from records.services import record_create, record_finalize_imported
 from records.tasks import log_accesses
 from tests.records.conftest import login
 

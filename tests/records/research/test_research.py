@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from accounts.models import User
 from chain.ledger_services import chain_seal
-from records import storage
+from records.clinical import storage
+from records.clinical.services import record_create, record_finalize_imported, visit_open
 from records.models import AccessEvent, Grant, RecordVersion, ResearchDataset, ResearchExport
 from records.research import deid
 from records.research import services as research
-from records.services import record_create, record_finalize_imported, visit_open
 from records.sharing import grant_issue, grant_revoke
 from tests.factories import InstitutionFactory, UserFactory, enable_totp
 from tests.records.conftest import login

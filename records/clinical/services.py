@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from datetime import timedelta
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -22,11 +20,10 @@ from django.utils.translation import gettext as _
 from accounts.models import Role
 from chain.core import stream
 from records.audit import audit
-from records.keys import encrypt_content, seal_for, unwrap_file_key, wrap_file_key
+from records.clinical.uploads import SpooledUpload, spool_path
+from records.keys import encrypt_content, open_dek, seal_for, unwrap_file_key, wrap_file_key
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordKind, RecordVersion, Visit, WrappedKey
 from records.policy import RecordAccess, grantees_in_scope, staff_cleared
-from records.sharing import deliver_to_grantees
-from records.uploads import SpooledUpload
 
 
 class RecordStateError(ValidationError):
@@ -278,13 +275,13 @@ def record_discard_draft(*, access: RecordAccess) -> None:
 
 
 def _queue_ingest(file_id: int) -> None:
-    from records.tasks import ingest_file
+    from records.clinical.tasks import ingest_file
 
     ingest_file.delay(file_id)
 
 
 def queue_version_store(version_id: int) -> None:
-    from records.tasks import store_version
+    from records.clinical.tasks import store_version
 
     store_version.delay(version_id)
 
@@ -317,7 +314,7 @@ def _discard_spool(path: str) -> None:
 
 
 def _queue_unpin(root: str) -> None:
-    from records.tasks import unpin
+    from records.clinical.tasks import unpin
 
     unpin.delay(root)
 
@@ -420,12 +417,31 @@ def document_upload(*, patient, title: str, description: str, upload: SpooledUpl
     return record
 
 
-def pending_too_long(minutes: int = 2):
-    cutoff = timezone.now() - timedelta(minutes=minutes)
-    files = RecordFile.objects.filter(status=RecordFile.Status.SPOOLED, uploaded_at__lt=cutoff)
-    versions = RecordVersion.objects.filter(storage=RecordVersion.Storage.PENDING, finalized_at__lt=cutoff)
-    return files, versions
+# -- grantees whose scope a record enters ------------------------------------------------------
 
 
-def spool_path(stream_id) -> str:
-    return os.path.join(settings.SPOOL_DIR, f"{stream_id}.enc")
+def deliver_to_grantees(record: MedicalRecord) -> int:
+    """Seal ``record``'s current data key to every current grantee whose scope now covers it.
+
+    For records that enter a grant's scope after the grant was issued: a draft
+    signed later, a record no longer marked sensitive. Opens the key through
+    the patient's own envelope; constant queries whatever the number of grants.
+    Returns how many envelopes were added.
+    """
+    version = record.current_version
+    if version is None or record.status == MedicalRecord.Status.DRAFT:
+        return 0
+    users, institutions = grantees_in_scope(record)
+    if not users and not institutions:
+        return 0
+    held = WrappedKey.objects.filter(version=version).values_list("user_id", "institution_id")
+    held_users = {u for u, _i in held if u}
+    held_institutions = {i for _u, i in held if i}
+    users = [u for u in users if u.pk not in held_users]
+    institutions = [i for i in institutions if i.pk not in held_institutions]
+    own = WrappedKey.objects.select_related("user").filter(version=version, user_id=record.patient_id).first()
+    if own is None or not (users or institutions):
+        return 0
+    rows = seal_for(version, open_dek(version, own), users=users, institutions=institutions)
+    WrappedKey.objects.bulk_create(rows)
+    return len(rows)

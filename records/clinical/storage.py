@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -24,8 +25,8 @@ from chain.core.cid import CID, DAG_PB
 from chain.core.dagpb import PBLink, PBNode, encode_node
 from chain.ledger_services import tx_sign_and_submit
 from records import ledger
+from records.clinical.uploads import spool_path
 from records.models import MedicalRecord, RecordFile, RecordVersion
-from records.services import spool_path
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +172,10 @@ def version_store(version_id: int) -> str:
         )
         raise
     return "stored"
+
+
+def pending_too_long(minutes: int = 2):
+    cutoff = timezone.now() - timedelta(minutes=minutes)
+    files = RecordFile.objects.filter(status=RecordFile.Status.SPOOLED, uploaded_at__lt=cutoff)
+    versions = RecordVersion.objects.filter(storage=RecordVersion.Storage.PENDING, finalized_at__lt=cutoff)
+    return files, versions

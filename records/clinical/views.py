@@ -29,8 +29,9 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Institution, Role
-from records import reading, services
-from records.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm, VisitOpenForm
+from records.clinical import reading, services
+from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm
+from records.clinical.uploads import EncryptingUploadHandler, UploadRejected
 from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
 from records.policy import (
     RecordAccessDenied,
@@ -39,7 +40,6 @@ from records.policy import (
     records_shown_to_patient,
     visit_get_for_user,
 )
-from records.uploads import EncryptingUploadHandler, UploadRejected
 
 PAGE_SIZE = 50
 
@@ -479,50 +479,6 @@ def clinic_home(request):
         "today": timezone.localdate(),
     }
     return render(request, "clinic/home.html", context)
-
-
-@role_required(Role.CLINICIAN)
-@patient_data_gate
-def clinic_patients(request):
-    user = request.user
-    form = VisitOpenForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            visit = services.visit_open(
-                clinician=user, patient=form.cleaned_data["patient"], kind=form.cleaned_data["kind"]
-            )
-        except (PermissionDenied, ValidationError) as exc:
-            form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
-        else:
-            messages.success(request, _("Visit opened for %(name)s.") % {"name": visit.patient.display_name})
-            return redirect("clinic_visit", visit_id=visit.public_id)
-    return render(request, "clinic/patients.html", clinic_patients_context(user, form=form))
-
-
-def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
-    """The Patients page: seen here, shared with the doctor, their access requests; constant queries."""
-    from records.forms_sharing import AccessRequestForm
-    from records.policy import grants_usable_by
-    from records.views_requests import doctor_requests
-
-    visits = (
-        Visit.objects.filter(institution_id=user.institution_id)
-        .select_related("patient", "opened_by")
-        .order_by("-opened_at")[:100]
-    )
-    seen, patients = set(), []
-    for visit in visits:
-        if visit.patient_id not in seen:
-            seen.add(visit.patient_id)
-            patients.append(visit)
-    shared = list(grants_usable_by(user).select_related("patient", "grantee_institution").order_by("valid_until")[:200])
-    return {
-        "form": form or VisitOpenForm(),
-        "request_form": request_form or AccessRequestForm(),
-        "patients": patients,
-        "shared": shared,
-        "my_requests": doctor_requests(user),
-    }
 
 
 @role_required(Role.CLINICIAN)

@@ -7,7 +7,7 @@ web process holds at most one chunk and the spool holds ciphertext only. The
 first bytes are kept (in memory) just long enough to check the file's type by
 its content; a disallowed type or an oversize body stops the upload and
 removes the partial spool file. The store worker later ingests the spool file
-into the DAG (``records.tasks.ingest_file``).
+into the DAG (``records.clinical.tasks.ingest_file``).
 """
 
 from __future__ import annotations
@@ -244,3 +244,7 @@ def human_size(size: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}".replace(".0 ", " ")
         size /= 1024
     return f"{size} B"
+
+
+def spool_path(stream_id) -> str:
+    return os.path.join(settings.SPOOL_DIR, f"{stream_id}.enc")

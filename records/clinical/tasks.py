@@ -1,0 +1,41 @@
+"""The chart's background work on the store worker: ingest files, store and anchor versions, unpin."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+
+@shared_task(name="store.records_ingest_file", soft_time_limit=3500, time_limit=3600, ignore_result=True)
+def ingest_file(file_id: int) -> str:
+    from records.clinical.storage import file_ingest
+
+    return file_ingest(file_id)
+
+
+@shared_task(
+    bind=True,
+    name="store.records_store_version",
+    soft_time_limit=600,
+    time_limit=620,
+    ignore_result=True,
+    max_retries=60,
+)
+def store_version(self, version_id: int) -> str:
+    from records.clinical.storage import version_store
+
+    outcome = version_store(version_id)
+    if outcome == "waiting-previous":
+        # The previous version's anchor is not sealed yet (about one block interval).
+        raise self.retry(countdown=max(1.0, settings.CHAIN_BLOCK_INTERVAL))
+    return outcome
+
+
+@shared_task(name="store.records_unpin", soft_time_limit=60, time_limit=70, ignore_result=True)
+def unpin(root: str) -> None:
+    from chain.core.cid import CID
+    from chain.stores import dag_writer
+
+    store = dag_writer()
+    if store.pin_count(CID.decode(root)):
+        store.unpin(CID.decode(root))
