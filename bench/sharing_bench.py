@@ -5,7 +5,7 @@ in one process that plays the store worker, and prints:
 
 * **Re-keying throughput** (MB/s, 10**6 bytes per second): a ``--size-mib``
   file (default 64 MiB) in a stored, anchored record shared with a doctor;
-  the grant is revoked and ``records.rekey.rekey_job_run`` re-keys it (stream
+  the grant is revoked and ``records.sharing.rekey.rekey_job_run`` re-keys it (stream
   decrypt from the DAG, re-encrypt, add to the DAG, new version stored and
   anchored). Compared with raw AES-256-GCM encryption of the same number of
   bytes in 64 KiB segments, measured in the same run.
@@ -116,7 +116,7 @@ def other_doctor():
 def issue(patient, grantee):
     from django.utils import timezone
 
-    from records.sharing import grant_issue
+    from records.sharing.grants import grant_issue
 
     now = timezone.now()
     return grant_issue(
@@ -191,7 +191,7 @@ def access_fixture(author) -> AccessFixture:
 
 
 def _erin_covers(spec, *, kind: str, sensitive: bool, named: bool) -> bool:
-    """``records.sharing.grant_in_scope`` for the fixture's own plan (status and window aside)."""
+    """``records.policy.grant_in_scope`` for the fixture's own plan (status and window aside)."""
     _to, scope, _state, include_sensitive = spec
     if sensitive and not (named or include_sensitive):
         return False
@@ -477,8 +477,8 @@ def main() -> None:
         )
         from records.models import RecordFile, RecordVersion, RekeyJob
         from records.policy import record_get_for_user
-        from records.rekey import rekey_job_run
-        from records.sharing import grant_revoke
+        from records.sharing.grants import grant_revoke
+        from records.sharing.rekey import rekey_job_run
 
         dave = other_doctor()
         # -- the access check, first: the node then holds exactly the records and grants it counts

@@ -14,7 +14,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from records.clinical.services import record_create, record_finalize_imported, visit_open
-from records.models import MedicalRecord, Visit
+from records.models import Grant, MedicalRecord, ResearchDataset, Visit
+from records.research.services import dataset_create
+from records.sharing.grants import grant_issue
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +270,6 @@ def _grant_research(patient, institute) -> bool:
     from django.db import transaction
 
     from chain.ledger_services import TxRejected
-    from records.sharing import grant_issue
 
     try:
         with transaction.atomic():
@@ -294,8 +295,6 @@ def seed_demo_research() -> int:
     """
     from accounts.models import Institution
     from accounts.services import user_create
-    from records.models import Grant, ResearchDataset
-    from records.research.services import dataset_create
 
     institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
     doctor = User.objects.filter(email="doctor@demo.yilian").first()

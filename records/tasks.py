@@ -1,4 +1,10 @@
-"""Record tasks. ``store.*`` run on the store worker (the RocksDB writer)."""
+"""The records app's tasks: each room's task module, and the redrive that sweeps all of them.
+
+``store.*`` tasks run on the store worker (the RocksDB writer). The rooms'
+tasks live beside their work (``records.clinical.tasks``,
+``records.sharing.tasks``, ``records.footprint.tasks``); ``redrive`` re-queues
+whatever any room's outbox rows show as waiting too long.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +15,24 @@ import time
 from celery import shared_task
 from django.conf import settings
 
+from records.clinical.storage import pending_too_long
 from records.clinical.tasks import ingest_file, store_version
+from records.footprint import tasks as footprint_tasks
+from records.sharing.breakglass import break_glass_redrive
+from records.sharing.grants import grants_redrive
+from records.sharing.rekey import rekey_jobs_stale
+from records.sharing.tasks import rekey
+
+# Celery's autodiscovery imports this module only: the rooms' task modules
+# register their tasks by being imported here.
+__all__ = ["footprint_tasks", "ingest_file", "redrive", "rekey", "store_version"]
 
 log = logging.getLogger(__name__)
-
-
-@shared_task(
-    bind=True,
-    name="store.records_rekey",
-    soft_time_limit=3500,
-    time_limit=3600,
-    ignore_result=True,
-    max_retries=120,
-)
-def rekey(self, job_id: int) -> str:
-    """Re-key the records of a revoked grant (resumable: finished records are skipped)."""
-    from records.models import RecordVersion
-    from records.rekey import rekey_job_run
-
-    outcome = rekey_job_run(job_id)
-    # Re-keyed versions waiting for their predecessor's anchor to be sealed.
-    for version_id in RecordVersion.objects.filter(
-        storage=RecordVersion.Storage.PENDING, rekeyed_by__job_id=job_id
-    ).values_list("pk", flat=True):
-        store_version.delay(version_id)
-    if outcome == "waiting":
-        # A record's current version is still being stored: come back shortly.
-        raise self.retry(countdown=max(5.0, settings.CHAIN_BLOCK_INTERVAL * 2))
-    return outcome
 
 
 @shared_task(name="default.records_redrive", soft_time_limit=60, time_limit=70, ignore_result=True)
 def redrive() -> dict:
     """Re-queue spooled files and pending versions whose messages were lost; clean stale partial uploads."""
-    from records.breakglass import break_glass_redrive
-    from records.clinical.storage import pending_too_long
-    from records.rekey import rekey_jobs_stale
-    from records.sharing import grants_redrive
 
     grants_redrive()
     break_glass_redrive()
@@ -81,23 +68,3 @@ def redrive() -> dict:
         "partials_removed": removed,
         "rekey_jobs": len(job_ids),
     }
-
-
-@shared_task(name="store.records_log_accesses", soft_time_limit=8, time_limit=10, ignore_result=True)
-def log_accesses(max_batches: int = 20) -> int:
-    """Put unlogged access events on chain, oldest first, one batch transaction per 500.
-
-    Beat runs it every 10 s; the rows are the outbox, so a lost or expired
-    message costs nothing: the next run takes the same rows.
-    """
-    from records.footprint.services import BATCH_SIZE, access_events_log
-
-    logged = 0
-    for _ in range(max_batches):
-        count, _cid = access_events_log()
-        logged += count
-        if count < BATCH_SIZE:
-            break
-    if logged:
-        log.info("logged %d access events on chain", logged)
-    return logged

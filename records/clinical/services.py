@@ -20,10 +20,11 @@ from django.utils.translation import gettext as _
 from accounts.models import Role
 from chain.core import stream
 from records.audit import audit
+from records.clinical import tasks
 from records.clinical.uploads import SpooledUpload, spool_path
-from records.keys import encrypt_content, open_dek, seal_for, unwrap_file_key, wrap_file_key
+from records.keys import decrypt_content, encrypt_content, open_dek, seal_for, unwrap_file_key, wrap_file_key
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordKind, RecordVersion, Visit, WrappedKey
-from records.policy import RecordAccess, grantees_in_scope, staff_cleared
+from records.policy import RecordAccess, grantees_in_scope, record_get_for_user, staff_cleared
 
 
 class RecordStateError(ValidationError):
@@ -180,8 +181,6 @@ def record_update_draft(*, access: RecordAccess, content: dict) -> RecordVersion
     version = _lock_draft(access)
     files = content.get("files")
     if files is None:
-        from records.keys import decrypt_content
-
         files = decrypt_content(access.dek, version).get("files", [])
     version.content_ciphertext = encrypt_content(access.dek, version, {**content, "files": files})
     version.content_size = len(version.content_ciphertext)
@@ -200,8 +199,6 @@ def record_update_draft(*, access: RecordAccess, content: dict) -> RecordVersion
 @transaction.atomic
 def record_attach_file(*, access: RecordAccess, upload: SpooledUpload) -> RecordFile:
     """Attach an uploaded (already encrypted, spooled) file to a draft version."""
-    from records.keys import decrypt_content
-
     version = _lock_draft(access)
     record_file = RecordFile(
         version=version,
@@ -275,21 +272,15 @@ def record_discard_draft(*, access: RecordAccess) -> None:
 
 
 def _queue_ingest(file_id: int) -> None:
-    from records.clinical.tasks import ingest_file
-
-    ingest_file.delay(file_id)
+    tasks.ingest_file.delay(file_id)
 
 
 def queue_version_store(version_id: int) -> None:
-    from records.clinical.tasks import store_version
-
-    store_version.delay(version_id)
+    tasks.store_version.delay(version_id)
 
 
 @transaction.atomic
 def record_remove_file(*, access: RecordAccess, file_public_id) -> None:
-    from records.keys import decrypt_content
-
     version = _lock_draft(access)
     record_file = version.files.filter(public_id=file_public_id).first()
     if record_file is None:
@@ -314,9 +305,7 @@ def _discard_spool(path: str) -> None:
 
 
 def _queue_unpin(root: str) -> None:
-    from records.clinical.tasks import unpin
-
-    unpin.delay(root)
+    tasks.unpin.delay(root)
 
 
 @transaction.atomic
@@ -343,8 +332,6 @@ def record_finalize(*, access: RecordAccess) -> MedicalRecord:
 @transaction.atomic
 def record_amend(*, access: RecordAccess, content: dict, reason: str) -> RecordVersion:
     """A new version replacing the current one; history keeps every version."""
-    from records.keys import decrypt_content
-
     record = MedicalRecord.objects.select_for_update().get(pk=access.record.pk)
     if record.status == MedicalRecord.Status.DRAFT:
         raise RecordStateError(_("A draft is edited, not amended."))
@@ -406,8 +393,6 @@ def record_amend(*, access: RecordAccess, content: dict, reason: str) -> RecordV
 @transaction.atomic
 def document_upload(*, patient, title: str, description: str, upload: SpooledUpload) -> MedicalRecord:
     """A patient's own document: a record with one file, finalised once stored."""
-    from records.policy import record_get_for_user
-
     record = record_create(
         patient=patient, author=patient, kind=RecordKind.DOCUMENT, content={"title": title, "description": description}
     )

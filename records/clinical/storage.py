@@ -26,7 +26,8 @@ from chain.core.dagpb import PBLink, PBNode, encode_node
 from chain.ledger_services import tx_sign_and_submit
 from records import ledger
 from records.clinical.uploads import spool_path
-from records.models import MedicalRecord, RecordFile, RecordVersion
+from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem
+from records.revocation import grant_revocation_submit
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def _revoked_grant(version: RecordVersion):
     """The grant whose revocation a re-keyed version follows; None for any other version."""
     if version.origin != RecordVersion.Origin.REKEY:
         return None
-    from records.models import RekeyItem
-
     item = RekeyItem.objects.select_related("job__grant").filter(new_version=version).first()
     return item.job.grant if item is not None else None
 
@@ -116,8 +115,6 @@ def version_store(version_id: int) -> str:
             return "waiting-previous"
     revoked = _revoked_grant(version)
     if revoked is not None and not revoked.revoked_tx:
-        from records.sharing import grant_revocation_submit
-
         grant_revocation_submit(revoked)  # it waited for the grant's own issue to be sealed
         revoked.refresh_from_db(fields=["revoked_tx"])
     if revoked is not None and not Transaction.objects.filter(cid=revoked.revoked_tx).exists():

@@ -5,11 +5,13 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
+from chain.core.cid import CID
+from chain.stores import dag_writer
+from records.clinical.storage import file_ingest, version_store
+
 
 @shared_task(name="store.records_ingest_file", soft_time_limit=3500, time_limit=3600, ignore_result=True)
 def ingest_file(file_id: int) -> str:
-    from records.clinical.storage import file_ingest
-
     return file_ingest(file_id)
 
 
@@ -22,8 +24,6 @@ def ingest_file(file_id: int) -> str:
     max_retries=60,
 )
 def store_version(self, version_id: int) -> str:
-    from records.clinical.storage import version_store
-
     outcome = version_store(version_id)
     if outcome == "waiting-previous":
         # The previous version's anchor is not sealed yet (about one block interval).
@@ -33,9 +33,6 @@ def store_version(self, version_id: int) -> str:
 
 @shared_task(name="store.records_unpin", soft_time_limit=60, time_limit=70, ignore_result=True)
 def unpin(root: str) -> None:
-    from chain.core.cid import CID
-    from chain.stores import dag_writer
-
     store = dag_writer()
     if store.pin_count(CID.decode(root)):
         store.unpin(CID.decode(root))

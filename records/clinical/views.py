@@ -29,13 +29,17 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Institution, Role
+from records.anchors import anchor_proof
 from records.clinical import reading, services
 from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm
 from records.clinical.uploads import EncryptingUploadHandler, UploadRejected
 from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
 from records.policy import (
     RecordAccessDenied,
+    break_glass_active,
     chart_patient_for_user,
+    granted_records_q,
+    grants_usable_by,
     record_get_for_user,
     records_shown_to_patient,
     visit_get_for_user,
@@ -233,8 +237,6 @@ def _access(request, record_id, **kwargs):
 def _anchor_info(version: RecordVersion) -> dict | None:
     if not version.anchor_tx:
         return None
-    from records.anchors import anchor_proof
-
     return anchor_proof(version.anchor_tx)
 
 
@@ -489,8 +491,6 @@ def clinic_chart(request, patient_id):
     except RecordAccessDenied as exc:
         return _denied(request, exc)
     user = request.user
-    from records.policy import break_glass_active, granted_records_q, grants_usable_by
-
     grants = list(grants_usable_by(user).filter(patient=patient))
     visible = Q(author=user) | Q(institution_id=user.institution_id, visit__status=Visit.Status.OPEN)
     visible |= granted_records_q(grants)

@@ -16,7 +16,8 @@ from accounts.access import forbidden
 from accounts.models import Institution, Role
 from records.clinical.forms import IsoDateField
 from records.footprint import services as footprint
-from records.models import AccessEvent
+from records.models import AccessEvent, BreakGlass
+from records.sharing.breakglass import break_glass_detail, break_glass_review_note
 
 PAGE_SIZE = 50
 
@@ -115,8 +116,6 @@ def patient_footprint(request):
 def _emergencies(patient) -> list[dict]:
     """The patient's break-glass sessions (newest first) with the clinician's own words, opened with their key."""
     from chain.core.errors import CryptoError
-    from records.breakglass import break_glass_detail, break_glass_review_note
-    from records.models import BreakGlass
 
     items = []
     for session in BreakGlass.objects.filter(patient=patient).select_related("clinician", "institution")[:10]:

@@ -130,9 +130,9 @@ class PatientSecret(models.Model):
 class RekeyJob(models.Model):
     """Re-keying the records a revoked grant covered: one job per revocation.
 
-    Its ``RekeyItem`` rows are the outbox: ``records.sharing.grant_revoke``
+    Its ``RekeyItem`` rows are the outbox: ``records.sharing.grants.grant_revoke``
     writes them in the revocation's transaction; the store worker
-    (``records.rekey``) works through the pending ones, each in its own
+    (``records.sharing.rekey``) works through the pending ones, each in its own
     transaction, so a killed run resumes where it stopped.
     """
 
@@ -190,7 +190,7 @@ class AccessRequest(models.Model):
 
     The reason is a message between two people and may be clinical, so it
     exists only encrypted: AES-256-GCM under a random key, that key sealed to
-    the patient's and the requester's X25519 keys (``records.requests``). The
+    the patient's and the requester's X25519 keys (``records.sharing.requests``). The
     ``records.access_requested`` transaction names the request by its random
     ``chain_id`` and the patient by the relationship's pseudonym.
     """
@@ -270,7 +270,7 @@ class BreakGlass(models.Model):
     with basis ``break-glass``, and reviewed and closed by an administrator of
     the clinician's institution. The free-text reason may be clinical, so it
     exists only encrypted to the patient, the clinician and the institution
-    (``records.breakglass``). On chain: ``records.break_glass_opened`` signed by
+    (``records.sharing.breakglass``). On chain: ``records.break_glass_opened`` signed by
     the clinician, ``records.break_glass_closed`` by the reviewer.
     """
 

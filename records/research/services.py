@@ -58,6 +58,7 @@ from accounts.models import Role
 from chain.core import crypto
 from chain.kek import node_kek
 from records.audit import audit
+from records.footprint.services import value_axis
 from records.keys import decrypt_content, open_dek
 from records.models import (
     AccessEvent,
@@ -343,8 +344,6 @@ def _band_key(band: str) -> tuple[int, int]:
 
 def band_chart(counts: dict[str, int], *, width: int = 640, height: int = 200) -> BandChart:
     """Bars of released subjects per age band, as numbers an inline SVG template draws."""
-    from records.footprint.services import value_axis
-
     left, right, top, bottom = 34, 6, 12, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     bands = sorted(counts, key=_band_key)

@@ -13,7 +13,7 @@ from accounts.services import doctors_find, patient_find
 from records.models import Grant, Visit
 from tests.factories import UserFactory
 from tests.records.conftest import login
-from tests.records.test_sharing import keys_sealed  # noqa: F401 (fixture)
+from tests.records.sharing.test_grants import keys_sealed  # noqa: F401 (fixture)
 
 
 def test_ids_are_short_checked_and_forgiving_to_type():

@@ -21,9 +21,9 @@ def history(chromium_available, node):
 
     from chain.ledger_services import chain_seal
     from records.clinical.services import record_create, record_finalize_imported, visit_open
+    from records.footprint.tasks import log_accesses
     from records.models import AccessEvent
     from records.policy import RecordAccessDenied, record_get_for_user
-    from records.tasks import log_accesses
 
     east = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")
     west = InstitutionFactory(code="west", kind="hospital", name="西院", name_en="West Hospital")

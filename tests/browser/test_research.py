@@ -28,7 +28,7 @@ def study(chromium_available, node):
     from chain.ledger_services import chain_seal
     from records.clinical import storage
     from records.clinical.services import record_create, record_finalize_imported, visit_open
-    from records.sharing import grant_issue
+    from records.sharing.grants import grant_issue
 
     hospital = InstitutionFactory(code="east", kind="hospital", name="东院", name_en="East Hospital")
     institute = InstitutionFactory(code="lab", kind="research", name="研究院", name_en="Research Institute")

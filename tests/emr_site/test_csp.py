@@ -68,7 +68,7 @@ def test_every_portal_page(client, request, who, names):
 def test_admin_and_the_record_pages(client, node, operator, carol, alice):
     from records.clinical.services import visit_open
     from records.models import MedicalRecord, RecordFile
-    from tests.records.test_flow import ingest_all
+    from tests.records.clinical.test_flow import ingest_all
 
     visit = visit_open(clinician=carol, patient=alice)
     client.force_login(operator)

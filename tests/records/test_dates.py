@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from records.models import Grant
 from tests.records.conftest import login
-from tests.records.test_sharing import issue, keys_sealed  # noqa: F401 (fixture)
+from tests.records.sharing.test_grants import issue, keys_sealed  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
 

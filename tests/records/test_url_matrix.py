@@ -18,13 +18,13 @@ from django.urls import reverse
 
 from accounts.demo import DEMO_PASSWORD
 from chain.ledger_services import chain_seal
-from records.breakglass import break_glass_open
 from records.models import AccessEvent, RecordFile
-from records.requests import access_request_create
 from records.research.services import dataset_create
-from records.sharing import grant_issue
+from records.sharing.breakglass import break_glass_open
+from records.sharing.grants import grant_issue
+from records.sharing.requests import access_request_create
 from tests.factories import InstitutionFactory, UserFactory, enable_totp
-from tests.records.test_access import stored_record  # noqa: F401  (a fixture, used by name)
+from tests.records.test_policy import stored_record  # noqa: F401  (a fixture, used by name)
 
 pytestmark = pytest.mark.django_db
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts import demo
 from accounts.models import Institution, User
 from accounts.services import institution_create, user_create
+from records.demo import seed_demo_records, seed_demo_research
 
 
 class Command(BaseCommand):
@@ -57,8 +58,6 @@ class Command(BaseCommand):
                 user.verified_at = timezone.now()
                 user.verified_by = admins.get(item.institution) if item.role != "institution_admin" else None
                 user.save(update_fields=["verified_at", "verified_by"])
-        from records.demo import seed_demo_records, seed_demo_research
-
         created += seed_demo_records()
         created += seed_demo_research()
         self.stdout.write(f"Demo data ready ({created} new objects).")

@@ -16,9 +16,9 @@ from records import ledger
 from records.audit import audit
 from records.clinical.services import record_create, record_finalize_imported
 from records.footprint import services as footprint
+from records.footprint.tasks import log_accesses
 from records.models import AccessEvent
 from records.policy import RecordAccessDenied, record_get_for_user
-from records.tasks import log_accesses
 from tests.records.conftest import login
 
 pytestmark = pytest.mark.django_db

@@ -22,7 +22,7 @@ from records.clinical.services import record_create, record_finalize_imported, v
 from records.models import AccessEvent, Grant, RecordVersion, ResearchDataset, ResearchExport
 from records.research import deid
 from records.research import services as research
-from records.sharing import grant_issue, grant_revoke
+from records.sharing.grants import grant_issue, grant_revoke
 from tests.factories import InstitutionFactory, UserFactory, enable_totp
 from tests.records.conftest import login
 

@@ -12,8 +12,8 @@ from django.urls import reverse
 from chain.ledger_services import chain_seal
 from records.clinical.uploads import sniff_media_type
 from records.models import MedicalRecord, RecordFile
+from tests.records.clinical.test_flow import ingest_all
 from tests.records.conftest import dicom_bytes, login, pdf_bytes, upload_file
-from tests.records.test_flow import ingest_all
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ from chain.ledger_services import chain_seal
 from records.keys import decrypt_content
 from records.models import AccessEvent, MedicalRecord, RecordFile, RecordVersion
 from records.policy import record_get_for_user
+from tests.records.clinical.test_flow import ingest_all, prescription_post
 from tests.records.conftest import login, png_bytes, upload_file
-from tests.records.test_flow import ingest_all, prescription_post
 
 pytestmark = pytest.mark.django_db
 

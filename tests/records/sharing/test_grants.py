@@ -19,7 +19,7 @@ from records.keys import decrypt_content
 from records.ledger import GRANT_ISSUED, GRANT_REVOKED
 from records.models import AccessEvent, Grant, MedicalRecord, WrappedKey
 from records.policy import RecordAccessDenied, grant_in_scope, record_get_for_user
-from records.sharing import grant_issue, grant_revoke, grants_redrive
+from records.sharing.grants import grant_issue, grant_revoke, grants_redrive
 from tests.factories import UserFactory, enable_totp
 from tests.records.conftest import login
 

@@ -1,7 +1,7 @@
 """Access requests and notifications: the doctor asks, the patient decides, both are told.
 
 Thin views: the patient's own requests only (another patient's request id is
-404), the form, then ``records.requests`` services.
+404), the form, then ``records.sharing.requests`` services.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from django.views.decorators.http import require_POST
 from accounts.access import patient_data_gate, role_required
 from accounts.models import Role
 from chain.ledger_services import TxRejected
-from records import requests as services
 from records.clinical import services as clinical
 from records.clinical.forms import VisitOpenForm
-from records.forms_sharing import AccessRequestForm, RequestApproveForm
 from records.models import AccessRequest, Notification, Visit
 from records.notices import with_texts
 from records.policy import grants_usable_by
+from records.sharing import requests as services
+from records.sharing.forms import AccessRequestForm, RequestApproveForm
 
 NOTIFICATIONS_SHOWN = 100
 

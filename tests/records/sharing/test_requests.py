@@ -16,7 +16,7 @@ from chain.models import Transaction as TxRow
 from records.ledger import ACCESS_REQUESTED
 from records.models import AccessEvent, AccessRequest, Grant, Notification
 from records.notices import with_texts
-from records.requests import (
+from records.sharing.requests import (
     access_request_approve,
     access_request_create,
     access_request_decline,
@@ -25,7 +25,7 @@ from records.requests import (
 )
 from tests.factories import UserFactory, enable_totp
 from tests.records.conftest import login
-from tests.records.test_sharing import can_read, write
+from tests.records.sharing.test_grants import can_read, write
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,6 @@ from chain.core.errors import CryptoError
 from chain.ledger_services import chain_seal
 from chain.models import Transaction as TxRow
 from chain.stores import dag_writer
-from records import rekey
 from records.clinical import storage
 from records.clinical.reading import SequentialReader, file_chunks
 from records.clinical.services import record_attach_file, record_create, record_finalize
@@ -24,9 +23,10 @@ from records.clinical.uploads import SpooledUpload
 from records.keys import decrypt_content, open_dek, unwrap_file_key
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
 from records.policy import record_get_for_user
-from records.sharing import grant_revoke, grants_redrive
+from records.sharing import rekey
+from records.sharing.grants import grant_revoke, grants_redrive
 from tests.records.conftest import login
-from tests.records.test_sharing import issue, keys_sealed, write  # noqa: F401 (fixture)
+from tests.records.sharing.test_grants import issue, keys_sealed, write  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -232,7 +232,7 @@ def test_a_killed_item_rolls_back_and_drops_its_new_pins(shared, alice, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("worker killed")
 
-    monkeypatch.setattr("records.rekey.seal_for", boom)
+    monkeypatch.setattr("records.sharing.rekey.seal_for", boom)
     with pytest.raises(RuntimeError):
         rekey.rekey_item(scan_item.pk)
     scan_item.refresh_from_db()

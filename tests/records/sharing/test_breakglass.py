@@ -13,7 +13,12 @@ from django.utils import timezone
 from chain.ledger_services import TxRejected, chain_seal, tx_submit
 from chain.models import MempoolEntry
 from chain.models import Transaction as TxRow
-from records.breakglass import (
+from records.keys import decrypt_content
+from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED
+from records.models import AccessEvent, BreakGlass, Notification
+from records.notices import with_texts
+from records.policy import RecordAccessDenied, record_get_for_user
+from records.sharing.breakglass import (
     ReauthenticationFailed,
     break_glass_close,
     break_glass_detail,
@@ -21,14 +26,9 @@ from records.breakglass import (
     break_glass_redrive,
     break_glass_review_note,
 )
-from records.keys import decrypt_content
-from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED
-from records.models import AccessEvent, BreakGlass, Notification
-from records.notices import with_texts
-from records.policy import RecordAccessDenied, record_get_for_user
 from tests.factories import PASSWORD, UserFactory, enable_totp, totp_code
 from tests.records.conftest import login
-from tests.records.test_sharing import can_read, write
+from tests.records.sharing.test_grants import can_read, write
 
 pytestmark = pytest.mark.django_db
 
@@ -365,7 +365,7 @@ def test_the_review_list_counts_reads_within_each_session(client, keys_sealed, a
 
 
 def test_the_lockout_counts_audited_failures_in_the_last_fifteen_minutes(keys_sealed, alice, dave):
-    from records.breakglass import REAUTH_FAILED, REAUTH_FAILURES_MAX, reauthenticate
+    from records.sharing.breakglass import REAUTH_FAILED, REAUTH_FAILURES_MAX, reauthenticate
 
     for _ in range(REAUTH_FAILURES_MAX):
         with pytest.raises(ReauthenticationFailed):

@@ -1,7 +1,7 @@
 """The patient's sharing page: grants listed, issued through the wizard, revoked.
 
 Thin views: the patient's own grants only (another patient's grant id is 404),
-the form, then ``records.sharing`` services.
+the form, then ``records.sharing.grants`` services.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from django.views.decorators.http import require_POST
 from accounts.access import role_required
 from accounts.models import Role
 from chain.ledger_services import TxRejected
-from records import sharing
 from records.clinical import reading
-from records.forms_sharing import GrantForm
 from records.models import AccessEvent, Grant, MedicalRecord, RekeyJob
+from records.policy import RecordAccessDenied, record_get_for_user
+from records.sharing import grants as sharing
+from records.sharing.forms import GrantForm
+from records.sharing.views.requests import pending_requests_for
 
 
 def _own_grant(user, grant_id) -> Grant:
@@ -57,8 +59,6 @@ def patient_sharing(request):
         if grant.rekey_job is not None and grant.rekey_job.status in (RekeyJob.Status.PENDING, RekeyJob.Status.RUNNING):
             rekeying = True
         groups["past" if state in ("expired", "revoked") else state].append(grant)
-    from records.views_requests import pending_requests_for
-
     context = {"groups": groups, "now": now, "rekeying": rekeying, "requests": pending_requests_for(request.user)}
     return render(request, "patient/sharing.html", context)
 
@@ -127,8 +127,6 @@ def patient_grant_revoke(request, grant_id):
 @require_POST
 @role_required(Role.PATIENT)
 def record_set_sensitive(request, record_id):
-    from records.policy import RecordAccessDenied, record_get_for_user
-
     try:
         access = record_get_for_user(request.user, record_id, action=AccessEvent.Action.EDIT, quiet=True)
     except RecordAccessDenied:

@@ -1,6 +1,6 @@
 """Break-glass pages: the clinician opens emergency access; the institution admin reviews and closes it.
 
-Thin views over ``records.breakglass``. A session of another institution is
+Thin views over ``records.sharing.breakglass``. A session of another institution is
 404 for an admin; the clinician sees only their own sessions.
 """
 
@@ -18,9 +18,9 @@ from django.utils.translation import gettext as _
 from accounts.access import forbidden, mfa_required, patient_data_gate, role_required
 from accounts.models import Role
 from chain.ledger_services import TxRejected
-from records import breakglass as services
-from records.forms_sharing import BreakGlassForm, BreakGlassReviewForm
 from records.models import AccessEvent, BreakGlass
+from records.sharing import breakglass as services
+from records.sharing.forms import BreakGlassForm, BreakGlassReviewForm
 
 SESSIONS_SHOWN = 50
 

@@ -623,7 +623,7 @@ def test_a_web_process_reads_a_stored_upload_through_a_secondary_instance(client
     record_file.refresh_from_db()
     web = subprocess.run(
         [sys.executable, "-c", SECONDARY_READ, str(settings.DAG_DIR), record_file.root_cid],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         capture_output=True,
         text=True,

@@ -45,7 +45,9 @@ from records.audit import audit
 from records.keys import open_message, seal_message
 from records.ledger import BREAK_GLASS_CLOSED, BREAK_GLASS_OPENED, break_glass_state_key
 from records.models import AccessEvent, BreakGlass, BreakGlassReason, Notification
+from records.notices import notify
 from records.policy import break_glass_active, staff_cleared
+from records.sharing.grants import pseudonym_for
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,6 @@ def break_glass_open(
 @transaction.atomic
 def _open(*, clinician, patient, reason: str, detail: str, hours: int) -> BreakGlass:
     from chain.ledger_services import tx_sign_and_submit
-    from records.sharing import pseudonym_for
 
     # The clinician's row lock serialises their sessions: two cannot race in for one patient.
     User.objects.select_for_update().filter(pk=clinician.pk).first()
@@ -245,8 +246,6 @@ def _ms(value) -> int:
 
 
 def _notify_patient(session: BreakGlass) -> None:
-    from records.notices import notify
-
     notify(
         user=session.patient,
         kind=Notification.Kind.BREAK_GLASS,
@@ -258,8 +257,6 @@ def _notify_patient(session: BreakGlass) -> None:
 
 def _notify_reviewers(session: BreakGlass) -> None:
     """Tell the institution's verified administrators there is a session to review (names only)."""
-    from records.notices import notify
-
     reviewers = User.objects.filter(
         role=Role.INSTITUTION_ADMIN, institution_id=session.institution_id, verified_at__isnull=False, is_active=True
     ).exclude(pk=session.clinician_id)

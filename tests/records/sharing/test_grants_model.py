@@ -37,13 +37,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from chain.ledger_services import chain_seal, datetime_to_ms
-from records.breakglass import break_glass_close, break_glass_open
 from records.clinical.services import record_create, record_finalize_imported, visit_open
 from records.keys import decrypt_content
 from records.models import AccessEvent
 from records.policy import RecordAccessDenied, record_get_for_user
-from records.requests import access_request_approve, access_request_create, access_request_decline
-from records.sharing import grant_issue, grant_revoke, record_set_sensitive
+from records.sharing.breakglass import break_glass_close, break_glass_open
+from records.sharing.grants import grant_issue, grant_revoke, record_set_sensitive
+from records.sharing.requests import access_request_approve, access_request_create, access_request_decline
 from tests.factories import PASSWORD, InstitutionFactory, UserFactory, enable_totp
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ request, so it takes effect on the very next request. Expiry needs no job:
 the helper compares the window with ``timezone.now()``. What a grantee
 already viewed cannot be recalled. In the same transaction the revocation
 writes a ``RekeyJob`` with one ``RekeyItem`` per record the grant covered (the
-outbox) and queues ``store.records_rekey`` on commit; ``records.rekey`` then
+outbox) and queues ``store.records_rekey`` on commit; ``records.sharing.rekey`` then
 re-encrypts each record under a fresh key the revoked grantee never held.
 
 On chain the patient appears only under a per-relationship pseudonym:
@@ -43,7 +43,7 @@ from chain.kek import node_kek
 from records.audit import audit
 from records.clinical.services import deliver_to_grantees
 from records.keys import open_dek, seal_for
-from records.ledger import GRANT_ISSUED, GRANT_REVOKED, grant_state_key
+from records.ledger import GRANT_ISSUED
 from records.models import (
     AccessEvent,
     Grant,
@@ -57,6 +57,8 @@ from records.models import (
     WrappedKey,
 )
 from records.policy import grant_in_scope
+from records.revocation import grant_revocation_submit, revocation_submit
+from records.sharing import tasks
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +241,7 @@ def grant_revoke(*, patient, grant: Grant) -> Grant:
     grant.status = Grant.Status.REVOKED
     grant.revoked_at = timezone.now()
     grant.save(update_fields=["status", "revoked_at"])
-    _submit_revocation(grant, patient)
+    revocation_submit(grant, patient)
     rekey_job_create(grant)
     audit(
         actor=patient,
@@ -291,37 +293,7 @@ def rekey_job_create(grant: Grant) -> RekeyJob:
 
 
 def _queue_rekey(job_id: int) -> None:
-    from records.tasks import rekey
-
-    rekey.delay(job_id)
-
-
-def _submit_revocation(grant: Grant, patient) -> bool:
-    from chain.ledger_services import DbState, tx_sign_and_submit
-
-    if DbState().get(grant_state_key(bytes(grant.chain_id))) is None:
-        return False  # the issue is not sealed yet: the row is the outbox
-    entry = tx_sign_and_submit(
-        private_key=signing_private_key(patient), type=GRANT_REVOKED, payload={"grant": bytes(grant.chain_id)}
-    )
-    grant.revoked_tx = entry.cid
-    grant.save(update_fields=["revoked_tx"])
-    return True
-
-
-def grant_revocation_submit(grant: Grant) -> bool:
-    """Put a revoked grant's revocation on chain if it waited and now can; whether it did."""
-    from chain.ledger_services import TxRejected
-
-    if grant.status != Grant.Status.REVOKED or grant.revoked_tx:
-        return False
-    try:
-        with transaction.atomic():
-            locked = Grant.objects.select_for_update().select_related("patient").get(pk=grant.pk)
-            return not locked.revoked_tx and _submit_revocation(locked, locked.patient)
-    except TxRejected as exc:  # already revoked on chain by another path: nothing to redo
-        log.warning("revocation of grant %s refused: %s", grant.public_id, exc)
-        return False
+    tasks.rekey.delay(job_id)
 
 
 def grants_redrive(limit: int = 200) -> int:

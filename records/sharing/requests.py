@@ -34,6 +34,7 @@ from records.ledger import ACCESS_REQUESTED
 from records.models import AccessEvent, AccessRequest, GrantPurpose, GrantScope, Notification, RecordKind
 from records.notices import notify
 from records.policy import staff_cleared
+from records.sharing.grants import grant_issue, pseudonym_for
 
 REASON_MAX = 1000
 DAYS_MAX = 365
@@ -111,7 +112,6 @@ def access_request_create(
     form never says whether an account exists. Nobody is notified and nothing goes on chain.
     """
     from chain.ledger_services import tx_sign_and_submit
-    from records.sharing import pseudonym_for
 
     if not staff_cleared(requester):
         raise PermissionDenied(_("Only verified doctors with two-factor sign-in can request access."))
@@ -189,8 +189,6 @@ def _pending_for_patient(patient, request: AccessRequest) -> AccessRequest:
 @transaction.atomic
 def access_request_approve(*, patient, request: AccessRequest, valid_until=None) -> AccessRequest:
     """Grant the requester what they asked for, until ``valid_until`` (default: the requested days)."""
-    from records.sharing import grant_issue
-
     request = _pending_for_patient(patient, request)
     now = timezone.now()
     grant = grant_issue(

@@ -1,6 +1,6 @@
 """Re-keying after a revocation (DESIGN section 5): the store worker's side.
 
-``records.sharing.grant_revoke`` writes a ``RekeyJob`` and one ``RekeyItem``
+``records.sharing.grants.grant_revoke`` writes a ``RekeyJob`` and one ``RekeyItem``
 per record the grant covered, in the revocation's own transaction, and queues
 ``store.records_rekey`` on commit. Here every pending item is processed in its
 own database transaction:
@@ -46,8 +46,12 @@ from chain.core import stream
 from chain.core.blockstore import add_file
 from chain.core.cid import CID
 from chain.core.errors import CryptoError
+from records.clinical.reading import SequentialReader
+from records.clinical.services import version_recipients
+from records.clinical.storage import version_store
 from records.keys import decrypt_content, encrypt_content, open_dek, seal_for, unwrap_file_key, wrap_file_key
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem, RekeyJob, WrappedKey
+from records.revocation import grant_revocation_submit
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +79,6 @@ def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new
     Memory: one ciphertext segment read, one plaintext segment, one sealed
     segment. Returns the new root (pinned) and the new ciphertext size.
     """
-    from records.clinical.reading import SequentialReader
-
     reader = SequentialReader(CID.decode(old.root_cid))
     reader.store = store
     plaintext = stream.decrypt_range(
@@ -128,8 +130,6 @@ def _unpin_once(store, roots) -> int:
 # -- one record ------------------------------------------------------------------------------
 def rekey_item(item_id: int) -> str:
     """Re-key one record; ``done``, ``skipped`` (already done) or raises :class:`RekeyWaiting`."""
-    from records.clinical.services import version_recipients
-
     store = _dag()
     new_roots: list[CID] = []
     try:
@@ -227,9 +227,6 @@ def rekey_job_run(job_id: int) -> str:
     Each item commits on its own; an unexpected error is recorded on the job
     (which stays ``running``, so the redrive re-queues it) and re-raised.
     """
-    from records.clinical.storage import version_store
-    from records.sharing import grant_revocation_submit
-
     job = RekeyJob.objects.filter(pk=job_id).first()
     if job is None:
         return "gone"

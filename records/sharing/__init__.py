@@ -1,0 +1,1 @@
+"""Consent: grants, access requests, break-glass, and re-keying after a revocation."""

@@ -1,0 +1,1 @@
+"""The sharing pages: the patient's grants, access requests and notices, break-glass."""
