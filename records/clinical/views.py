@@ -343,6 +343,43 @@ def _content_disposition(kind: str, name: str) -> str:
     return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 
+def _file_unavailable(access, record_file) -> HttpResponse | None:
+    """409 while the file is still being stored; 410 for the old copy of a re-encrypted file once deleted."""
+    if record_file.status != "stored":
+        return HttpResponse(
+            _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
+        )
+    if _rekeyed_away(access.version) and not reading.file_present(record_file):
+        message = _(
+            "This copy of the file was re-encrypted with new keys after access was revoked, and the old copy "
+            "was deleted. Open the current version of the record to get the same file."
+        )
+        return HttpResponse(message, status=410, content_type="text/plain; charset=utf-8")
+    return None
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int, bool] | None:
+    """(first, last, partial) for a ``Range`` header; None when the range cannot be satisfied (416).
+
+    RFC 9110 section 14.2: a server may ignore a Range it cannot parse, or one
+    asking for several ranges, and answer 200 with the whole file, which is
+    what clients expect.
+    """
+    match = _RANGE.match(header.strip()) if header and size else None
+    if match and match.group(1) and match.group(2) and int(match.group(2)) < int(match.group(1)):
+        match = None  # "last < first" is not a valid range: ignored like any other
+    if not (match and (match.group(1) or match.group(2))):
+        return 0, size - 1, False
+    if match.group(1):
+        start = int(match.group(1))
+        end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+    else:
+        start, end = max(0, size - int(match.group(2))), size - 1
+    if start > end or start >= size:
+        return None
+    return start, end, True
+
+
 @xframe_options_sameorigin
 @csp_replace({"frame-ancestors": ["'self'"]})  # the record page frames PDFs; nobody else may
 def record_file(request, record_id, file_id):
@@ -370,39 +407,21 @@ def record_file(request, record_id, file_id):
         query.pop("version", None)
         target = reverse("record_file", args=[record_id, moved.public_id])
         return redirect(f"{target}?{query.urlencode()}" if query else target)
-    if record_file.status != "stored":
-        return HttpResponse(
-            _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
-        )
-    if _rekeyed_away(access.version) and not reading.file_present(record_file):
-        message = _(
-            "This copy of the file was re-encrypted with new keys after access was revoked, and the old copy "
-            "was deleted. Open the current version of the record to get the same file."
-        )
-        return HttpResponse(message, status=410, content_type="text/plain; charset=utf-8")
+    unavailable = _file_unavailable(access, record_file)
+    if unavailable is not None:
+        return unavailable
     size = record_file.size
-    start, end = 0, size - 1
-    status = 200
-    header = request.headers.get("Range")
-    # RFC 9110 section 14.2: a server may ignore a Range it cannot parse, or one asking for several
-    # ranges, and answer 200 with the whole file, which is what clients expect.
-    match = _RANGE.match(header.strip()) if header and size else None
-    if match and match.group(1) and match.group(2) and int(match.group(2)) < int(match.group(1)):
-        match = None  # "last < first" is not a valid range: ignored like any other
-    if match and (match.group(1) or match.group(2)):
-        if match.group(1):
-            start = int(match.group(1))
-            end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-        else:
-            start = max(0, size - int(match.group(2)))
-        if start > end or start >= size:
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{size}"
-            return response
-        status = 206
+    span = _byte_range(request.headers.get("Range"), size)
+    if span is None:
+        response = HttpResponse(status=416)
+        response["Content-Range"] = f"bytes */{size}"
+        return response
+    start, end, partial = span
     length = end - start + 1 if size else 0
     response = StreamingHttpResponse(
-        reading.file_chunks(access, record_file, start, length), status=status, content_type=record_file.media_type
+        reading.file_chunks(access, record_file, start, length),
+        status=206 if partial else 200,
+        content_type=record_file.media_type,
     )
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
@@ -411,7 +430,7 @@ def record_file(request, record_id, file_id):
         record_file.media_type.startswith("image/") or record_file.media_type == "application/pdf"
     )
     response["Content-Disposition"] = _content_disposition("inline" if inline else "attachment", name)
-    if status == 206:
+    if partial:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
     if record_file.media_type.startswith("image/"):
         response["Content-Security-Policy"] = "sandbox; default-src 'none'; img-src 'self'"

@@ -42,6 +42,7 @@ from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from accounts.models import Institution
 from records import ledger
 from records.models import AccessEvent, MedicalRecord
 
@@ -348,6 +349,10 @@ class Filters:
     date_to: date | None = None
     include_own: bool = False
 
+    def any(self) -> bool:
+        """Whether anything narrows the list (showing one's own events does not)."""
+        return any([self.institution, self.action, self.outcome, self.basis, self.date_from, self.date_to])
+
 
 def _day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
@@ -382,6 +387,36 @@ def footprint_events(patient, filters: Filters) -> QuerySet[AccessEvent]:
     if filters.date_to:
         qs = qs.filter(at__lt=_day_start(filters.date_to + timedelta(days=1)))
     return qs.select_related(*EVENT_RELATED).order_by("-at", "-pk")
+
+
+# -- the page's rows ------------------------------------------------------------------------------
+def institutions_seen(patient) -> list:
+    """The institutions whose people appear in the patient's footprint, for the filter; one query."""
+    seen = AccessEvent.objects.filter(patient=patient, actor_institution__isnull=False).values("actor_institution")
+    return list(Institution.objects.filter(pk__in=seen).order_by("code"))
+
+
+def footprint_rows(events: list[AccessEvent], *, reader) -> list[dict]:
+    """The page's rows: each event with its chain proof, purpose and basis in words, and whether it is the reader's."""
+    proofs = chain_proofs(events)
+    return [
+        {
+            "event": e,
+            "chain": proofs[e.pk],
+            "purpose": PURPOSES.get(e.purpose, e.purpose),
+            "basis": BASES.get(e.basis, e.basis),
+            "own": e.actor_id == reader.pk,
+        }
+        for e in events
+    ]
+
+
+def row_to_check(rows: list[dict], check: str) -> dict | None:
+    """The row whose proof the page shows: the one asked for when it has a proof, else the first verified one."""
+    selected = next((r for r in rows if str(r["event"].public_id) == check and r["chain"].proof), None)
+    if selected is None:
+        selected = next((r for r in rows if r["chain"].state == "verified"), None)
+    return selected
 
 
 # -- the chart ------------------------------------------------------------------------------------------

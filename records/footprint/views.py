@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from accounts.access import forbidden
-from accounts.models import Institution, Role
+from accounts.models import Role
 from records.clinical.forms import IsoDateField
 from records.footprint import services as footprint
 from records.models import AccessEvent, BreakGlass
@@ -70,39 +70,18 @@ def patient_footprint(request):
     # Only a patient has a footprint; superusers are not let in either (role_required would).
     if user.role != Role.PATIENT:
         return forbidden(request, _("This page is not part of your portal."))
-    institutions = list(
-        Institution.objects.filter(
-            pk__in=AccessEvent.objects.filter(patient=user, actor_institution__isnull=False).values("actor_institution")
-        ).order_by("code")
-    )
-    form = FootprintFilterForm(request.GET, institutions=institutions)
+    form = FootprintFilterForm(request.GET, institutions=footprint.institutions_seen(user))
     filters = form.filters()
     page = Paginator(footprint.footprint_events(user, filters), PAGE_SIZE).get_page(request.GET.get("page"))
-    events = list(page.object_list)
-    proofs = footprint.chain_proofs(events)
-    rows = [
-        {
-            "event": e,
-            "chain": proofs[e.pk],
-            "purpose": footprint.PURPOSES.get(e.purpose, e.purpose),
-            "basis": footprint.BASES.get(e.basis, e.basis),
-            "own": e.actor_id == user.pk,
-        }
-        for e in events
-    ]
-    check = request.GET.get("check", "")
-    selected = next((r for r in rows if str(r["event"].public_id) == check and r["chain"].proof), None)
-    if selected is None:
-        selected = next((r for r in rows if r["chain"].state == "verified"), None)
+    rows = footprint.footprint_rows(list(page.object_list), reader=user)
+    selected = footprint.row_to_check(rows, request.GET.get("check", ""))
     today = timezone.localdate()
     chart_first = today - timedelta(days=footprint.CHART_DAYS - 1)
     counts = footprint.chart_counts(footprint.footprint_base(user, filters), first=chart_first)
     context = {
         "form": form,
         "filters": filters,
-        "filtered": any(
-            [filters.institution, filters.action, filters.outcome, filters.basis, filters.date_from, filters.date_to]
-        ),
+        "filtered": filters.any(),
         "page": page,
         "rows": rows,
         "chart": footprint.footprint_chart(counts, last=today),
