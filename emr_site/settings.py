@@ -117,7 +117,11 @@ AUTH_USER_MODEL = "accounts.User"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # The project's layout and shared pieces, then each records room's pages (same names as before the rooms).
+        "DIRS": [
+            BASE_DIR / "templates",
+            *(BASE_DIR / "records" / room / "templates" for room in ("clinical", "sharing", "footprint", "research")),
+        ],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
