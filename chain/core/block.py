@@ -54,24 +54,30 @@ def vote_message(block_cid: CID) -> bytes:
 
 @dataclass(frozen=True)
 class Vote:
-    """One authority's signature over a block's CID."""
+    """One authority's signature for a block: ``[authority, signature]`` over the block's CID (a
+    node deciding alone, or a proposer signing what it proposes), or ``[authority, signature,
+    round]``, a consensus precommit for the block at that round (:mod:`~chain.core.consensus`)."""
 
     authority: str
     signature: bytes
+    round: int | None = None
 
     def to_cbor(self) -> list[Any]:
-        return [self.authority, self.signature]
+        if self.round is None:
+            return [self.authority, self.signature]
+        return [self.authority, self.signature, self.round]
 
     @classmethod
     def from_cbor(cls, value: Any) -> Vote:
         if (
             not isinstance(value, list)
-            or len(value) != 2
+            or len(value) not in (2, 3)
             or not isinstance(value[0], str)
             or not isinstance(value[1], bytes)
+            or (len(value) == 3 and (type(value[2]) is not int or value[2] < 0))
         ):
-            raise CodecError("a vote is [authority id, signature]")
-        return cls(value[0], value[1])
+            raise CodecError("a vote is [authority id, signature] or [authority id, signature, round]")
+        return cls(value[0], value[1], value[2] if len(value) == 3 else None)
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,14 @@ class Block:
             merged.setdefault(vote.authority, vote)
         block = replace(self, certificate=tuple(merged[k] for k in sorted(merged)))
         # The header is unchanged, so its encoding and CID carry over.
+        for name in ("header_bytes", "cid"):
+            if name in self.__dict__:
+                block.__dict__[name] = self.__dict__[name]
+        return block
+
+    def with_certificate(self, votes: Iterable[Vote]) -> Block:
+        """This block with ``votes`` as its whole certificate (the precommits that decided it)."""
+        block = replace(self, certificate=tuple(sorted(votes, key=lambda v: v.authority)))
         for name in ("header_bytes", "cid"):
             if name in self.__dict__:
                 block.__dict__[name] = self.__dict__[name]

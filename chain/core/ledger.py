@@ -41,8 +41,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import crypto
-from .block import Block, Genesis, vote_message
+from . import consensus, crypto
+from .block import Block, Genesis, Vote, vote_message
 from .cid import CID
 from .consortium import (
     BUILTIN_TYPES,
@@ -288,7 +288,12 @@ def check_certificate(
     if block.proposer not in keys:
         raise ValidationError(Reason.BAD_PROPOSER, f"{block.proposer!r} is not an authority")
     voters = [vote.authority for vote in block.certificate]
-    if block.proposer not in voters:
+    rounds = {vote.round for vote in block.certificate}
+    if rounds - {None}:
+        # A decided block's certificate: precommits of one round (the proposer need not be among them).
+        if len(rounds) != 1:
+            raise ValidationError(Reason.BAD_CERTIFICATE, "the precommits are not all of one round")
+    elif block.proposer not in voters:
         raise ValidationError(Reason.BAD_PROPOSER, "the proposer did not sign the block")
     if len(set(voters)) != len(voters):
         raise ValidationError(Reason.BAD_CERTIFICATE, "an authority voted twice")
@@ -297,14 +302,28 @@ def check_certificate(
         raise ValidationError(
             Reason.BAD_CERTIFICATE, f"{len(voters)} of {len(keys)} votes; {needed} needed"
         )
-    message = vote_message(block.cid)
     for vote in block.certificate:
+        message = _vote_message(block, vote)
         if vote.authority not in keys:
             raise ValidationError(
                 Reason.BAD_CERTIFICATE, f"vote by {vote.authority!r}, not an authority"
             )
         if not crypto.is_valid_signature(keys[vote.authority], vote.signature, message):
             raise ValidationError(Reason.BAD_CERTIFICATE, f"invalid vote by {vote.authority!r}")
+
+
+def precommit_message(block: Block, authority: str, round_: int) -> bytes:
+    """What a precommit for ``block`` at ``round_`` signs: the consensus bytes of that round."""
+    precommit = consensus.Vote(
+        consensus.Kind.PRECOMMIT, block.height, round_, block.cid.to_bytes(), authority
+    )
+    return consensus.sign_bytes(block.chain_id, precommit)
+
+
+def _vote_message(block: Block, vote: Vote) -> bytes:
+    if vote.round is None:
+        return vote_message(block.cid)
+    return precommit_message(block, vote.authority, vote.round)
 
 
 # -- blocks ---------------------------------------------------------------------------

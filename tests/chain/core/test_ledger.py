@@ -822,6 +822,34 @@ def test_the_proposer_must_have_voted() -> None:
     assert block_reason(net, without, txs) is Reason.BAD_PROPOSER
 
 
+def precommits(net: Net, block: Block, ids: Sequence[str], round_: int) -> list[Vote]:
+    """Consensus precommits for ``block`` at ``round_`` by ``ids``."""
+    return [
+        Vote(i, crypto.sign(net.keys[i].private, ledger.precommit_message(block, i, round_)), round_) for i in ids
+    ]
+
+
+def test_a_block_decided_by_consensus_carries_the_precommits_of_its_round() -> None:
+    net = Net(4)
+    block, txs = proposal(net)
+    decided = block.with_certificate(precommits(net, block, ["node1", "node2", "node3"], 2))
+    net.validate(decided, txs)  # the proposer need not be among them
+    assert decided.cid == block.cid
+    assert Block.decode(decided.encode()).certificate == decided.certificate
+    assert [v.round for v in decided.certificate] == [2, 2, 2]
+    two = block.with_certificate(precommits(net, block, ["node1", "node2"], 2))
+    assert block_reason(net, two, txs) is Reason.BAD_CERTIFICATE
+
+
+def test_precommits_of_mixed_rounds_or_signed_for_another_round_are_refused() -> None:
+    net = Net(4)
+    block, txs = proposal(net)
+    mixed = precommits(net, block, ["node1", "node2"], 1) + precommits(net, block, ["node3"], 2)
+    assert block_reason(net, block.with_certificate(mixed), txs) is Reason.BAD_CERTIFICATE
+    relabelled = [dataclasses.replace(v, round=3) for v in precommits(net, block, ["node1", "node2", "node3"], 2)]
+    assert block_reason(net, block.with_certificate(relabelled), txs) is Reason.BAD_CERTIFICATE
+
+
 def test_certificate_order_is_canonical() -> None:
     net = Net(4)
     block, _ = proposal(net)
