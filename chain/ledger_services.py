@@ -41,11 +41,13 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Max
 
 from chain import chainstore
+from chain.cluster import genesis_path, in_consortium
 from chain.core import crypto, dagcbor, ledger
 from chain.core.block import Block as CoreBlock
 from chain.core.car import CarWriter
 from chain.core.cid import CID, DAG_CBOR
 from chain.core.consortium import Authority, ChainParams, params_of
+from chain.core.errors import CodecError
 from chain.core.reasons import Reason, ValidationError
 from chain.core.state import StateChange, last_seq, seq_key
 from chain.core.transaction import Transaction as CoreTx
@@ -460,6 +462,15 @@ def _ensure_genesis(store: chainstore.ChainStore) -> tuple[CoreBlock, int]:
         head = _head_block(store)
         if head is not None:
             return head, recovered
+        founded = genesis_path()
+        if founded.exists():  # a consortium's block 0, signed by every founding authority
+            genesis = CoreBlock.decode(founded.read_bytes())
+            if genesis.chain_id != settings.CHAIN_ID:
+                raise ChainError(f"{founded} is for chain {genesis.chain_id!r}, not {settings.CHAIN_ID!r}")
+            result = ledger.validate_genesis(genesis)
+            _commit_block(result, store.write_block(genesis, []))
+            logger.info("wrote the consortium's genesis block %s", genesis.cid)
+            return genesis, recovered
         node_key = _node_key()
         genesis = ledger.make_genesis(
             chain_id=settings.CHAIN_ID,
@@ -529,6 +540,8 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
     Idempotent and safe to call at any time by the primary's holder: with
     nothing pending it only checks that the projection is complete.
     """
+    if in_consortium():
+        raise ChainError("this node is one of a consortium: its blocks are decided by consensus, not sealed alone")
     store = store or chainstore.primary()
     with _seal_lock:
         head, recovered = _ensure_genesis(store)
@@ -632,3 +645,123 @@ def chain_export_car(*, start: int, end: int, out: BinaryIO, store: chainstore.C
         certificate = block.certificate_bytes()
         writer.write_block(CID.of(DAG_CBOR, certificate), certificate)
     return writer.blocks
+
+
+# -- consensus (a node of a consortium; the consensus process holds the primary store) -----------------
+@dataclass(frozen=True)
+class Proposed:
+    """A block this node proposes: the block, its transactions, and the value's bytes on the wire."""
+
+    block: CoreBlock
+    txs: list[CoreTx]
+    value: bytes
+
+
+def encode_value(block: CoreBlock, txs: Sequence[CoreTx]) -> bytes:
+    """A proposed value as it travels: the block and its transactions' bytes, in order."""
+    return dagcbor.encode({"block": block.encode(), "txs": [tx.encoded for tx in txs]})
+
+
+def decode_value(data: bytes, *, max_tx_size: int) -> tuple[CoreBlock, list[CoreTx]]:
+    """Parse :func:`encode_value`; :class:`ValidationError` (``bad-encoding``) for anything else."""
+    try:
+        value = dagcbor.decode(data)
+    except CodecError as exc:
+        raise ValidationError(Reason.BAD_ENCODING, f"value: {exc}") from None
+    if not isinstance(value, dict) or set(value) != {"block", "txs"} or not isinstance(value["txs"], list):
+        raise ValidationError(Reason.BAD_ENCODING, "a value is a map {block, txs}")
+    if not isinstance(value["block"], bytes) or not all(isinstance(t, bytes) for t in value["txs"]):
+        raise ValidationError(Reason.BAD_ENCODING, "a value holds bytes")
+    return CoreBlock.decode(value["block"]), [CoreTx.decode(t, max_size=max_tx_size) for t in value["txs"]]
+
+
+def chain_head(*, store: chainstore.ChainStore | None = None) -> CoreBlock:
+    """The head block of this node's chain store (genesis written first if the chain is new)."""
+    return _ensure_genesis(store or chainstore.primary())[0]
+
+
+def chain_propose(*, node_id: str, node_key: bytes, store: chainstore.ChainStore | None = None) -> Proposed:
+    """Build the next block from this node's mempool, signed by its proposer (empty when nothing is pending)."""
+    store = store or chainstore.primary()
+    with _seal_lock:
+        head, _ = _ensure_genesis(store)
+        state = DbState()
+        params = state.params()
+        pending = _load_pending(params.max_block_txs + 256, params.max_tx_size)
+        state.prefetch([seq_key(tx.signer) for tx in pending.txs])
+        sealed = ledger.seal_block(
+            parent=head,
+            pending=pending.txs,
+            state=state,
+            registry=registry(),
+            node_id=node_id,
+            node_key=node_key,
+            threads=SIGNATURE_THREADS,
+        )
+        txs = list(sealed.result.txs)
+        return Proposed(sealed.block, txs, encode_value(sealed.block, txs))
+
+
+def chain_check_proposal(
+    block: CoreBlock, txs: Sequence[CoreTx], *, store: chainstore.ChainStore | None = None
+) -> ValidationError | None:
+    """Whether ``block`` may be voted for on top of this node's head: None if valid, else why not."""
+    store = store or chainstore.primary()
+    with _seal_lock:
+        head, _ = _ensure_genesis(store)
+        try:
+            ledger.validate_block(
+                block,
+                parent=head,
+                txs=txs,
+                state=DbState(),
+                registry=registry(),
+                require_quorum=False,
+                threads=SIGNATURE_THREADS,
+            )
+        except ValidationError as exc:
+            return exc
+        return None
+
+
+def chain_commit(block: CoreBlock, txs: Sequence[CoreTx], *, store: chainstore.ChainStore | None = None) -> Block:
+    """Validate a decided block (its certificate a quorum of precommits), store it and project it.
+
+    The same path takes blocks this node helped decide and blocks fetched from
+    a peer to catch up: either way nothing is stored unproven. The block's
+    transactions leave this node's mempool in the projection's transaction.
+    """
+    store = store or chainstore.primary()
+    with _seal_lock:
+        head, _ = _ensure_genesis(store)
+        if block.height <= head.height:
+            stored = store.cid_at(block.height)
+            if stored == block.cid:
+                return Block.objects.get(height=block.height)
+            raise ChainError(f"a second block at height {block.height}: {block.cid}, stored {stored}")
+        result = ledger.validate_block(
+            block,
+            parent=head,
+            txs=txs,
+            state=DbState(),
+            registry=registry(),
+            now_ms=max(clock_ms(), block.timestamp),  # decided by a quorum: a slow local clock must not refuse it
+            threads=SIGNATURE_THREADS,
+        )
+        size = store.write_block(block, txs)
+        row = _commit_block(result, size)
+        _head_cache[store.path] = block
+        return row
+
+
+def chain_blocks(start: int, limit: int, *, store: chainstore.ChainStore | None = None) -> list[bytes]:
+    """Blocks ``start``… (at most ``limit``) with their transactions, as values, for a peer catching up."""
+    store = store or chainstore.primary()
+    top = store.head()
+    if top is None:
+        return []
+    blocks = []
+    for height in range(start, min(top[0], start + limit - 1) + 1):
+        block = store.block_at(height)
+        blocks.append(encode_value(block, store.get_txs(block.txs)))
+    return blocks

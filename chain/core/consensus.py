@@ -62,6 +62,7 @@ from typing import Any
 
 from . import dagcbor
 from .consortium import quorum
+from .errors import CodecError
 
 SIGN_LABEL = b"yilian/consensus/v1\x00"
 ROUND_WINDOW = 2  # votes are kept for rounds up to round + ROUND_WINDOW
@@ -699,3 +700,79 @@ def may_sign(last: LastSigned | None, message: Message, message_bytes: bytes) ->
     if position == last.position and message_bytes == last.sign_bytes:
         return "again"
     return "refuse"
+
+
+# -- encodings: the wire and the node's own log ------------------------------------------------------
+def message_to_cbor(message: Message) -> dict[str, Any]:
+    """A signed message as a DAG-CBOR map (the signature included)."""
+    value: dict[str, Any] = {
+        "type": int(message.kind),
+        "height": message.height,
+        "round": message.round,
+        "block": message.value,
+        "sender": message.sender,
+        "signature": message.signature,
+    }
+    if isinstance(message, Proposal):
+        value["valid_round"] = message.valid_round
+    return value
+
+
+def message_from_cbor(value: Any) -> Message:
+    """Parse :func:`message_to_cbor` output; ``CodecError`` for anything malformed."""
+    common = {"type", "height", "round", "block", "sender", "signature"}
+    if not isinstance(value, dict):
+        raise CodecError("a consensus message is a map")
+    kind = value.get("type")
+    expected = common | {"valid_round"} if kind == Kind.PROPOSAL else common
+    if set(value) != expected or kind not in (0, 1, 2):
+        raise CodecError("a consensus message has missing or unknown fields")
+    height, round_, block, sender, signature = (value[k] for k in ("height", "round", "block", "sender", "signature"))
+    if type(height) is not int or type(round_) is not int or height < 0 or round_ < 0:
+        raise CodecError("height and round are natural numbers")
+    if not isinstance(sender, str) or not 0 < len(sender) <= 64 or not isinstance(signature, bytes):
+        raise CodecError("bad sender or signature")
+    if not (block is None or (isinstance(block, bytes) and len(block) <= 64)):
+        raise CodecError("a block id is at most 64 bytes, or null")
+    if kind == Kind.PROPOSAL:
+        valid_round = value["valid_round"]
+        if block is None or type(valid_round) is not int or not -1 <= valid_round < round_:
+            raise CodecError("a proposal names a block and a valid round below its own")
+        return Proposal(height, round_, block, valid_round, sender, signature)
+    return Vote(Kind(kind), height, round_, block, sender, signature)
+
+
+def durable_to_cbor(state: Durable) -> dict[str, Any]:
+    return {
+        "height": state.height,
+        "round": state.round,
+        "step": int(state.step),
+        "locked_round": state.locked_round,
+        "locked_value": state.locked_value,
+        "valid_round": state.valid_round,
+        "valid_value": state.valid_value,
+        "valid_block": state.valid_block,
+        "valid_polka": [message_to_cbor(v) for v in state.valid_polka],
+    }
+
+
+def durable_from_cbor(value: Any) -> Durable:
+    if not isinstance(value, dict):
+        raise CodecError("persisted consensus state is a map")
+    try:
+        polka = tuple(message_from_cbor(v) for v in value["valid_polka"])
+        if not all(isinstance(v, Vote) for v in polka):
+            raise CodecError("a proof of lock holds votes")
+        return Durable(
+            value["height"],
+            value["round"],
+            Step(value["step"]),
+            value["locked_round"],
+            value["locked_value"],
+            value["valid_round"],
+            value["valid_value"],
+            value["valid_block"],
+            polka,  # type: ignore[arg-type]
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CodecError(f"persisted consensus state: {exc}") from None

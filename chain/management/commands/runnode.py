@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils.module_loading import import_string
 
+from chain.cluster import in_consortium
 from chain.supervisor import Child, GaveUp, Supervisor
 
 
@@ -78,6 +79,11 @@ class Command(BaseCommand):
                 "store",
                 self._celery(bin_dir, "worker", "-Q", "store", "-P", "threads", "-c", "4", "-n", f"store-{suffix}@%h"),
                 env,
+            ),
+            *(
+                [Child("consensus", [sys.executable, os.path.join(settings.BASE_DIR, "manage.py"), "consensus"], env)]
+                if in_consortium()
+                else []
             ),
             Child(
                 "default",

@@ -1,0 +1,169 @@
+"""A local consortium on this machine: ``cluster init`` makes it, ``cluster run`` serves it.
+
+``make cluster`` runs both. Node ``i`` (1…N) keeps everything in
+``$CLUSTER_DIR/node-<i>/`` (its own embedded database, chain and DAG stores,
+KEK, broker), answers the web on ``BASE_PORT + i`` and its peers on
+``BASE_PORT + 100 + i``. Founding the chain: every node makes its key, block 0
+names all of them as authorities, and each node signs block 0 with its own key
+(inside its own process: no key leaves its data directory). ``cluster run``
+starts each node's ``runnode`` (web, store worker, consensus, default worker,
+beat), prints the URLs, and stops them all on Ctrl-C.
+
+The subcommands ``identity`` and ``sign-genesis`` run inside one node (its
+``EMR_DATA_DIR``); ``init`` calls them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chain.cluster import ClusterConfig, genesis_path, write_config
+from chain.core import ledger
+from chain.core.block import Block, Vote
+from chain.core.consortium import Authority
+from chain.core.transaction import now_ms
+from chain.ledger_services import configured_params
+from chain.services import node_identity, node_signing_key
+from chain.supervisor import Child, GaveUp, Supervisor
+
+CHAIN_ID = "yilian-cluster"
+PEER_OFFSET = 100
+
+
+def node_env(data_dir: Path, node_id: str) -> dict[str, str]:
+    """A cluster node's environment: its own data directory and the embedded default services."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REQUIRE_SERVICES"}}
+    env.update(EMR_DATA_DIR=str(data_dir), EMR_NODE_ID=node_id, CHAIN_ID=CHAIN_ID)
+    return env
+
+
+class Command(BaseCommand):
+    help = "Create (init) or serve (run) a local consortium of N nodes; see the module docstring."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        init = sub.add_parser("init", help="create a fresh consortium")
+        run = sub.add_parser("run", help="start every node of a consortium made by init")
+        for p in (init, run):
+            p.add_argument("--dir", type=Path, default=Path("var/cluster"))
+            p.add_argument("--base-port", type=int, default=8000)
+        init.add_argument("--nodes", type=int, default=4)
+        init.add_argument("--no-seed", action="store_true", help="do not seed the demo data")
+        sub.add_parser("identity", help="(inside a node) print this node's public key")
+        sign = sub.add_parser("sign-genesis", help="(inside a node) print this node's vote for block 0")
+        sign.add_argument("file", type=Path)
+
+    def handle(self, *args, **options) -> None:
+        getattr(self, "handle_" + options["action"].replace("-", "_"))(options)
+
+    # -- inside one node ----------------------------------------------------------------------------
+    def handle_identity(self, options: dict) -> None:
+        self.stdout.write(bytes(node_identity().sign_public).hex())
+
+    def handle_sign_genesis(self, options: dict) -> None:
+        block = Block.decode(options["file"].read_bytes())
+        vote = block.vote(settings.NODE_ID, node_signing_key(node_identity()))
+        self.stdout.write(vote.signature.hex())
+
+    # -- the whole consortium ---------------------------------------------------------------------------
+    def handle_init(self, options: dict) -> None:
+        count, root, base = options["nodes"], options["dir"].resolve(), options["base_port"]
+        if not 1 <= count <= 16:
+            raise CommandError("a local consortium has 1 to 16 nodes")
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True, mode=0o700)
+        ids = [f"node-{i}" for i in range(1, count + 1)]
+        dirs = {node: root / node for node in ids}
+        keys = {}
+        for node in ids:
+            self._manage(dirs[node], node, "migrate", "--no-input", "-v", "0")
+            keys[node] = bytes.fromhex(self._manage(dirs[node], node, "cluster", "identity").strip())
+        genesis = ledger.make_genesis(
+            chain_id=CHAIN_ID,
+            authorities=[Authority(node, keys[node]) for node in ids],
+            timestamp=now_ms(),
+            params=configured_params(),
+        )
+        unsigned = root / "genesis.unsigned"
+        unsigned.write_bytes(genesis.encode())
+        votes = [
+            Vote(node, bytes.fromhex(self._manage(dirs[node], node, "cluster", "sign-genesis", str(unsigned)).strip()))
+            for node in ids
+        ]
+        genesis = genesis.with_votes(votes)
+        ledger.validate_genesis(genesis)
+        unsigned.unlink()
+        for i, node in enumerate(ids, start=1):
+            genesis_path(dirs[node]).write_bytes(genesis.encode())
+            peers = {other: f"http://127.0.0.1:{base + PEER_OFFSET + j}" for j, other in enumerate(ids, 1) if j != i}
+            write_config(dirs[node], ClusterConfig(CHAIN_ID, node, "127.0.0.1", base + PEER_OFFSET + i, peers))
+        if not options["no_seed"]:
+            for node in ids:
+                self._manage(dirs[node], node, "seed_demo", "--quiet-logins")
+        self.stdout.write(f"consortium {CHAIN_ID}: {count} authorities, block 0 {genesis.cid}")
+        for i, node in enumerate(ids, start=1):
+            self.stdout.write(f"  {node}: {dirs[node]}  web :{base + i}  peers :{base + PEER_OFFSET + i}")
+
+    def handle_run(self, options: dict) -> None:
+        root, base = options["dir"].resolve(), options["base_port"]
+        nodes = sorted((p for p in root.glob("node-*") if (p / "consortium.json").exists()), key=_index)
+        if not nodes:
+            raise CommandError(f"no consortium in {root}; run `manage.py cluster init` (or `make cluster`) first")
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        children = [
+            Child(
+                node.name,
+                [sys.executable, manage, "runnode", "--port", str(base + _index(node))],
+                node_env(node, node.name),
+            )
+            for node in nodes
+        ]
+        stopping = False
+
+        def request_stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        supervisor = Supervisor(children, root / "run", log=lambda m: self.stdout.write(f"[cluster] {m}"))
+        supervisor.start_all()
+        self.stdout.write(f"consortium {CHAIN_ID} in {root}:")
+        for node in nodes:
+            i = _index(node)
+            self.stdout.write(f"  {node.name}: http://localhost:{base + i}/  (peers on :{base + PEER_OFFSET + i})")
+        self.stdout.flush()
+        try:
+            while not stopping:
+                supervisor.tick()
+                time.sleep(0.5)
+        except GaveUp as exc:
+            self.stderr.write(str(exc))
+        self.stdout.write("stopping the consortium…")
+        supervisor.stop_all(timeout=60)
+
+    def _manage(self, data_dir: Path, node: str, *args: str) -> str:
+        done = subprocess.run(  # noqa: S603 - our own manage.py
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args],
+            env=node_env(data_dir, node),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise CommandError(f"{node}: manage.py {' '.join(args)} failed:\n{done.stderr}")
+        return done.stdout
+
+
+def _index(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])

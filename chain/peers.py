@@ -1,0 +1,266 @@
+"""Node-to-node HTTP on the peer port: consensus messages, transactions, block sync, status.
+
+Every request is authenticated by its sending node: headers ``X-Yilian-Node``
+(its authority id) and ``X-Yilian-Signature`` (base64 Ed25519 over the method,
+path and body), checked against the authorities this node knows. Consensus
+messages inside are signed again by their own senders and checked against the
+validator set of their height by the consensus loop; a forwarded message is
+as trustworthy as its signature, whoever forwards it.
+
+Endpoints (bodies are DAG-CBOR):
+
+* ``POST /peer/v1/messages`` ``{"messages": [...], "blocks": [[value id, block], ...]}``
+* ``POST /peer/v1/txs`` ``{"txs": [raw, ...]}`` → ``{"accepted": n, "refused": m}``
+* ``GET /peer/v1/status`` → ``{"height", "head", "round", "step"}``
+* ``GET /peer/v1/blocks?from=H&limit=N`` → ``{"blocks": [value, ...]}``
+
+Bad input (unknown node, bad signature, oversized, malformed) gets 4xx and is
+counted; a peer sending more than its share is answered 429. The server is
+threaded; whatever must be decided goes to the single consensus loop
+through its inbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable
+from http.client import HTTPConnection, HTTPException
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from chain.core import crypto, dagcbor
+from chain.core.errors import CodecError
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024
+RATE = 200.0  # requests per second per peer, sustained
+BURST = 400.0
+PREFIX = "/peer/v1/"
+
+
+def request_signature_bytes(method: str, path: str, body: bytes) -> bytes:
+    return b"yilian/peer/v1\x00" + method.encode() + b" " + path.encode() + b"\x00" + body
+
+
+class _Bucket:
+    def __init__(self) -> None:
+        self.tokens = BURST
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.at) * RATE)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class PeerServer(ThreadingHTTPServer):
+    """Answers peers. ``keys()`` gives the authorities' public keys (it changes with membership)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        keys: Callable[[], dict[str, bytes]],
+        on_messages: Callable[[str, Any], bool],
+        on_txs: Callable[[str, list[bytes]], dict[str, int]],
+        status: Callable[[], dict[str, Any]],
+        blocks: Callable[[int, int], list[bytes]],
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.keys = keys
+        self.on_messages = on_messages
+        self.on_txs = on_txs
+        self.status = status
+        self.blocks = blocks
+        self.dropped: Counter[str] = Counter()
+        self.last_heard: dict[str, float] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, node: str) -> bool:
+        with self._lock:
+            bucket = self._buckets.setdefault(node, _Bucket())
+            return bucket.take()
+
+    def count(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: PeerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("peer %s: " + format, self.client_address[0], *args)
+
+    def _reply(self, status: int, value: Any = None) -> None:
+        body = dagcbor.encode(value if value is not None else {})
+        self.send_response(status)
+        self.send_header("Content-Type", "application/cbor")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self.server.count(reason)
+        self._reply(status, {"error": reason})
+
+    def _authenticated(self, body: bytes) -> str | None:
+        node = self.headers.get("X-Yilian-Node", "")
+        key = self.server.keys().get(node)
+        if key is None:
+            self._refuse(403, "not a member")
+            return None
+        try:
+            signature = base64.b64decode(self.headers.get("X-Yilian-Signature", ""), validate=True)
+        except ValueError:
+            signature = b""
+        if not crypto.is_valid_signature(key, signature, request_signature_bytes(self.command, self.path, body)):
+            self._refuse(401, "bad signature")
+            return None
+        if not self.server.admit(node):
+            self._refuse(429, "rate limited")
+            return None
+        self.server.last_heard[node] = time.time()
+        return node
+
+    def _body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._refuse(413, "oversized")
+            self.close_connection = True
+            return None
+        return self.rfile.read(length)
+
+    def do_POST(self) -> None:
+        body = self._body()
+        if body is None:
+            return
+        node = self._authenticated(body)
+        if node is None:
+            return
+        try:
+            value = dagcbor.decode(body)
+            if not isinstance(value, dict):
+                raise CodecError("a request body is a map")
+        except CodecError:
+            self._refuse(400, "malformed")
+            return
+        if self.path == PREFIX + "messages":
+            if not self.server.on_messages(node, value):
+                self._refuse(503, "inbox full")
+                return
+            self._reply(202)
+        elif self.path == PREFIX + "txs":
+            txs = value.get("txs")
+            if not isinstance(txs, list) or not all(isinstance(t, bytes) for t in txs):
+                self._refuse(400, "malformed")
+                return
+            self._reply(200, self.server.on_txs(node, txs))
+        else:
+            self._refuse(404, "no such endpoint")
+
+    def do_GET(self) -> None:
+        if self._authenticated(b"") is None:
+            return
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == PREFIX + "status":
+            self._reply(200, self.server.status())
+        elif url.path == PREFIX + "blocks":
+            query = urllib.parse.parse_qs(url.query)
+            try:
+                start, limit = int(query["from"][0]), min(int(query.get("limit", ["50"])[0]), 200)
+            except (KeyError, ValueError):
+                self._refuse(400, "malformed")
+                return
+            self._reply(200, {"blocks": self.server.blocks(start, max(1, limit))})
+        else:
+            self._refuse(404, "no such endpoint")
+
+
+class PeerClient:
+    """Sends to every peer from one thread per peer; a slow or dead peer delays nobody else."""
+
+    def __init__(self, node_id: str, private_key: bytes, peers: dict[str, str]) -> None:
+        self.node_id = node_id
+        self._key = private_key
+        self.peers = dict(peers)
+        self.reachable: dict[str, bool] = dict.fromkeys(peers, False)
+        self.heights: dict[str, int] = {}
+        self._queues: dict[str, queue.Queue[tuple[str, bytes]]] = {p: queue.Queue(maxsize=2000) for p in peers}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._sender, args=(p,), name=f"peer-{p}", daemon=True) for p in peers
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def broadcast(self, path: str, value: Any) -> None:
+        body = dagcbor.encode(value)
+        for peer, box in self._queues.items():
+            try:
+                box.put_nowait((path, body))
+            except queue.Full:
+                logger.warning("the queue to %s is full; dropping a message (it is re-sent later)", peer)
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        signature = crypto.sign(self._key, request_signature_bytes(method, path, body))
+        return {
+            "X-Yilian-Node": self.node_id,
+            "X-Yilian-Signature": base64.b64encode(signature).decode(),
+            "Content-Type": "application/cbor",
+        }
+
+    def request(self, peer: str, method: str, path: str, body: bytes = b"", *, timeout: float = 5.0) -> Any:
+        """One request to ``peer``; its decoded answer, or None when it failed."""
+        url = urllib.parse.urlsplit(self.peers[peer])
+        connection = HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+        try:
+            connection.request(method, path, body=body, headers=self._headers(method, path, body))
+            response = connection.getresponse()
+            data = response.read()
+            self.reachable[peer] = True
+            if response.status >= 400:
+                logger.info("peer %s answered %s to %s %s", peer, response.status, method, path)
+                return None
+            return dagcbor.decode(data)
+        except (OSError, HTTPException, CodecError) as exc:
+            if self.reachable.get(peer):
+                logger.warning("peer %s unreachable: %s", peer, exc)
+            self.reachable[peer] = False
+            return None
+        finally:
+            connection.close()
+
+    def _sender(self, peer: str) -> None:
+        box = self._queues[peer]
+        while not self._stop.is_set():
+            try:
+                path, body = box.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if self.request(peer, "POST", path, body, timeout=3.0) is None and not self.reachable[peer]:
+                time.sleep(0.2)  # do not spin on a dead peer; consensus re-sends what matters
