@@ -4,7 +4,12 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: install run dev test test-fast lint bench migrate seed messages clean
+.PHONY: install run cluster dev test test-fast lint bench migrate seed messages clean
+
+# `make cluster`: a fresh local consortium (node i: $(CLUSTER_DIR)/node-<i>/, web on BASE_PORT+i, peers on BASE_PORT+100+i).
+NODES ?= 4
+CLUSTER_DIR ?= var/cluster
+BASE_PORT ?= 8000
 
 install:
 	@scripts/install
@@ -17,6 +22,10 @@ seed: migrate
 
 run: seed
 	$(PY) manage.py runnode --port $(PORT)
+
+cluster: install
+	$(PY) manage.py cluster init --nodes $(NODES) --dir $(CLUSTER_DIR) --base-port $(BASE_PORT)
+	$(PY) manage.py cluster run --dir $(CLUSTER_DIR) --base-port $(BASE_PORT)
 
 dev: seed
 	EMR_DEBUG=1 $(PY) manage.py runserver $(PORT)

@@ -202,7 +202,7 @@ class ConsensusNode:
     def _on_item(self, kind: str, node: str, value: Any) -> None:
         if kind == "messages":
             self._on_messages(node, value)
-        elif kind == "behind" and value >= self.height:
+        elif kind == "behind" and value > self.head.height:
             self._catch_up(node)
 
     # -- messages from peers ---------------------------------------------------------------------------------
@@ -392,7 +392,7 @@ class ConsensusNode:
                 status = self.client.request(peer, "GET", "/peer/v1/status", timeout=1.0)
                 if isinstance(status, dict) and isinstance(status.get("height"), int):
                     self.client.heights[peer] = status["height"]
-                    if status["height"] > self.height:
+                    if status["height"] > self.head.height:
                         with contextlib.suppress(queue.Full):  # the loop is busy; the next look asks again
                             self.inbox.put_nowait(("behind", peer, status["height"]))
 

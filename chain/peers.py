@@ -91,6 +91,11 @@ class PeerServer(ThreadingHTTPServer):
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A peer that hung up or sent garbage costs a log line, not a traceback on stderr.
+        self.count("connection error")
+        logger.debug("peer connection from %s failed", client_address, exc_info=True)
+
     def admit(self, node: str) -> bool:
         with self._lock:
             bucket = self._buckets.setdefault(node, _Bucket())

@@ -103,10 +103,37 @@ def chain_summary() -> dict:
     return {"height": head["height"], "head": head["cid"], "state_hash": head["state_hash"], "authorities": authorities}
 
 
+def chain_status_json() -> dict:
+    """``chain status --json``: this node's chain as its database projects it, with the authority set."""
+    from chain.core.consortium import authorities_of
+    from chain.ledger_services import DbState
+    from chain.models import MempoolEntry
+
+    summary = chain_summary()
+    authorities = authorities_of(DbState()) if summary["height"] is not None else ()
+    return {
+        "chain_id": settings.CHAIN_ID,
+        "node": settings.NODE_ID,
+        "height": summary["height"],
+        "head": summary["head"],
+        "state_hash": summary["state_hash"],
+        "authorities": [{"id": a.id, "public_key": a.public_key.hex()} for a in authorities],
+        "pending": MempoolEntry.objects.count(),
+    }
+
+
 def _processes() -> dict | None:
     from chain.supervisor import read_status
 
     return read_status(settings.RUN_DIR)
+
+
+def _consensus() -> dict | None:
+    """The consensus process's last report on a consortium node; None on a single node."""
+    from chain.cluster import in_consortium
+    from chain.consensus_node import read_status
+
+    return read_status() if in_consortium() else None
 
 
 def health_report() -> dict:
@@ -118,6 +145,7 @@ def health_report() -> dict:
         "store": _check_store(),
         "chain": chain_summary(),
         "processes": _processes(),
+        "consensus": _consensus(),
         "node_id": settings.NODE_ID,
         "time": timezone.now().isoformat(),
     }

@@ -8,6 +8,8 @@ itself when no process holds it, and otherwise asks the store worker (the
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -16,11 +18,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from chain import chainstore
+from chain.cluster import in_consortium
 from chain.core import crypto
 from chain.core.transaction import Transaction as CoreTx
 from chain.ledger_registry import DEMO
 from chain.ledger_services import TxRejected, chain_export_car, chain_seal, chain_status, next_seq, tx_submit
 from chain.ledger_verify import chain_verify
+from chain.services import chain_status_json
 
 
 class Command(BaseCommand):
@@ -28,7 +32,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-        sub.add_parser("status", help="height, head CID, pending count, last verification")
+        status = sub.add_parser("status", help="height, head CID, pending count, last verification")
+        status.add_argument("--json", action="store_true", help="height, head, state hash and authorities as JSON")
         seal = sub.add_parser("seal", help="seal what is pending now")
         seal.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the store worker")
         verify = sub.add_parser("verify", help="re-validate every block and compare the database projection")
@@ -40,6 +45,9 @@ class Command(BaseCommand):
         demo = sub.add_parser("submit-demo", help="submit N signed chain.demo transactions from throwaway signers")
         demo.add_argument("count", type=int, metavar="N")
         demo.add_argument("--signers", type=int, default=10, help="number of throwaway signers (default 10)")
+        demo.add_argument(
+            "--per-second", type=float, default=0.0, help="submit one at a time at this rate (default: all at once)"
+        )
 
     def handle(self, *args, **options) -> None:
         action = options["action"]
@@ -50,6 +58,9 @@ class Command(BaseCommand):
 
     # -- actions ----------------------------------------------------------------------------
     def handle_status(self, options: dict) -> None:
+        if options["json"]:
+            self.stdout.write(json.dumps(chain_status_json(), indent=2))
+            return
         status = chain_status()
         self.stdout.write(f"chain:             {settings.CHAIN_ID} (node {settings.NODE_ID})")
         if status.height is None:
@@ -132,33 +143,44 @@ class Command(BaseCommand):
             f"{sections} sections, {out.stat().st_size} bytes"
         )
 
+    def _submit_demo(self, keys: list, seqs: dict, count: int, pace: float, started: float) -> None:
+        for i in range(count):
+            pair = keys[i % len(keys)]
+            tx = CoreTx.create(
+                chain_id=settings.CHAIN_ID,
+                type=DEMO.name,
+                payload={"nonce": i, "memo": "submit-demo"},
+                seq=seqs[pair.public],
+                private_key=pair.private,
+            )
+            try:
+                with transaction.atomic():
+                    tx_submit(tx)
+            except TxRejected as exc:
+                raise CommandError(f"transaction {i} refused after {i} were accepted: {exc}") from None
+            seqs[pair.public] += 1
+            if pace > 0:
+                time.sleep(max(0.0, started + (i + 1) / pace - time.perf_counter()))
+
     def handle_submit_demo(self, options: dict) -> None:
         count, signers = options["count"], max(1, options["signers"])
         if count < 1:
             raise CommandError("N must be at least 1")
         keys = [crypto.new_ed25519() for _ in range(min(signers, count))]
+        pace = options["per_second"]
         started = time.perf_counter()
-        submitted = 0
-        with transaction.atomic():
+        # All at once: one database transaction. Paced: each one acknowledged (committed) on its own.
+        batch = transaction.atomic() if pace <= 0 else contextlib.nullcontext()
+        with batch:
             seqs = {pair.public: next_seq(pair.public) for pair in keys}
-            for i in range(count):
-                pair = keys[i % len(keys)]
-                tx = CoreTx.create(
-                    chain_id=settings.CHAIN_ID,
-                    type=DEMO.name,
-                    payload={"nonce": i, "memo": "submit-demo"},
-                    seq=seqs[pair.public],
-                    private_key=pair.private,
-                )
-                try:
-                    tx_submit(tx)
-                except TxRejected as exc:
-                    raise CommandError(f"transaction {i} refused: {exc}") from None
-                seqs[pair.public] += 1
-                submitted += 1
+            self._submit_demo(keys, seqs, count, pace, started)
         took = time.perf_counter() - started
+        then = (
+            "the consortium decides them in its next blocks"
+            if in_consortium()
+            else f"they are sealed within {settings.CHAIN_BLOCK_INTERVAL} s by the store worker, or now by `chain seal`"
+        )
         self.stdout.write(
-            f"submitted {submitted} chain.demo transactions from {len(keys)} throwaway signers "
-            f"in {took:.2f} s ({submitted / took:,.0f} tx/s); they are sealed within {settings.CHAIN_BLOCK_INTERVAL} s "
-            "by the store worker, or now by `chain seal`"
+            f"submitted {count} chain.demo transactions from {len(keys)} throwaway signers "
+            f"in {took:.2f} s ({count / took:,.0f} tx/s); {then}"
         )

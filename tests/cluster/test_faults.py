@@ -1,0 +1,117 @@
+"""The consortium in real processes on loopback, under faults (``pytest -m cluster``).
+
+One four-node consortium (made as ``make cluster`` makes it) goes through the
+scenarios in order; each ends with every running node on the same head and
+state hash, an empty mempool everywhere, and every acknowledged transaction
+committed exactly once.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.cluster.harness import Cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster") / "consortium")
+    c.init()
+    c.start_all()
+    c.wait_until(lambda: all(c.consensus_status(n) for n in c.ids), 90, "every node's consensus to start")
+    yield c
+    c.stop_all()
+
+
+def settled(cluster: Cluster) -> dict:
+    head = cluster.converged()
+    for node in cluster.up():
+        assert cluster.committed_txs(node) == cluster.acknowledged
+    assert not cluster.evidence(), cluster.evidence()  # nobody here is Byzantine
+    return head
+
+
+def test_without_faults_a_hundred_heights_agree(cluster):
+    cluster.submit("node-1", 4)  # the first block
+    cluster.wait_until(lambda: cluster.height("node-2") >= 1, 60, "the first block")
+    start = cluster.height("node-1")
+    feeders = [cluster.submit_in_background(n, 90, per_second=6) for n in ("node-1", "node-3")]
+    for feeder in feeders:
+        feeder.join()
+    head = settled(cluster)
+    assert head["height"] - start >= 100 or head["height"] >= 100, head["height"]
+    assert len(head["authorities"]) == 4
+
+
+def test_a_killed_node_does_not_halt_the_others_and_catches_up(cluster):
+    before = cluster.height("node-1")
+    cluster.kill("node-3")
+    cluster.submit("node-1", 30, per_second=10)
+    cluster.wait_until(lambda: cluster.height("node-1") > before + 3, 60, "progress without node-3")
+    time.sleep(max(0.0, 10 - 3))
+    cluster.start("node-3")
+    settled(cluster)
+
+
+def test_a_stopped_node_resumes_and_catches_up(cluster):
+    before = cluster.height("node-2")
+    cluster.kill("node-4", signal.SIGSTOP)
+    cluster.submit("node-2", 30, per_second=10)
+    cluster.wait_until(lambda: cluster.height("node-2") > before + 3, 60, "progress with node-4 stopped")
+    cluster.kill("node-4", signal.SIGCONT)
+    settled(cluster)
+
+
+def test_a_node_stopped_mid_round_restarts_without_a_conflicting_vote(cluster):
+    feeder = cluster.submit_in_background("node-1", 40, per_second=20)
+    time.sleep(1.0)
+    cluster.kill("node-2", signal.SIGTERM)
+    cluster.start("node-2")
+    feeder.join()
+    settled(cluster)
+
+
+def test_a_minority_cut_off_catches_up_when_the_partition_heals(cluster):
+    before = cluster.height("node-1")
+    cluster.partition(["node-4"], ["node-1", "node-2", "node-3"])
+    cluster.submit("node-1", 30, per_second=10)
+    cluster.wait_until(lambda: cluster.height("node-2") > before + 3, 60, "the majority's progress")
+    assert cluster.height("node-4") <= before + 1
+    cluster.heal()
+    settled(cluster)
+
+
+def test_an_even_split_makes_no_progress_and_no_fork_then_resumes(cluster):
+    before = {n: cluster.height(n) for n in cluster.ids}
+    cluster.partition(["node-1", "node-2"], ["node-3", "node-4"])
+    cluster.submit("node-1", 10)
+    cluster.submit("node-3", 10)
+    time.sleep(8)
+    assert all(cluster.height(n) <= before[n] + 1 for n in cluster.ids), "a half decided alone"
+    cluster.heal()
+    settled(cluster)
+
+
+def test_two_nodes_down_halts_and_one_returning_resumes(cluster):
+    cluster.kill("node-3")
+    cluster.kill("node-4")
+    before = cluster.height("node-1")
+    cluster.submit("node-1", 10)
+    time.sleep(6)
+    assert cluster.height("node-1") == before, "two of four decided a block"
+    cluster.start("node-3")
+    cluster.wait_until(lambda: cluster.height("node-1") > before, 90, "progress once a third node returned")
+    cluster.start("node-4")
+    settled(cluster)
+
+
+def test_delays_up_to_two_seconds_on_every_link(cluster):
+    cluster.slow(2.0)
+    cluster.submit("node-2", 40, per_second=8)
+    cluster.heal()
+    settled(cluster)
