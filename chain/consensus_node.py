@@ -60,6 +60,7 @@ from chain.core.block import Block as CoreBlock
 from chain.core.block import Vote as BlockVote
 from chain.core.consortium import authorities_of
 from chain.core.errors import CodecError
+from chain.core.evidence import EVIDENCE, evidence_payload
 from chain.core.reasons import Reason, ValidationError
 from chain.core.transaction import Transaction as CoreTx
 from chain.ledger_services import (
@@ -72,6 +73,7 @@ from chain.ledger_services import (
     chain_head,
     chain_propose,
     decode_value,
+    tx_sign_and_submit,
     tx_submit,
 )
 from chain.models import MempoolEntry
@@ -351,6 +353,13 @@ class ConsensusNode:
         }
         self.evidence.append(entry)
         logger.warning("evidence: %s signed two %ss at height %s round %s", *list(entry.values())[:4])
+        try:
+            with transaction.atomic():
+                tx_sign_and_submit(
+                    private_key=self._key, type=EVIDENCE.name, payload=evidence_payload(out.first, out.second)
+                )
+        except TxRejected as exc:  # another node's report got there first, or it is already on chain
+            logger.info("evidence not submitted: %s", exc)
 
     # -- catching up ---------------------------------------------------------------------------------------------
     def _catch_up(self, peer: str) -> None:

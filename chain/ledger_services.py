@@ -534,6 +534,21 @@ def _orphans(deferred: Sequence[CoreTx], committed: dict[bytes, int], dropping: 
     ]
 
 
+def _refused(pending: _Pending, sealed: ledger.SealResult, state: DbState) -> tuple[list[tuple[int, str, str]], int]:
+    """The pending rows a seal found can never be valid (row id, CID, reason), logged; and how many wait."""
+    committed = {tx.signer: last_seq(state, tx.signer) for tx in pending.txs}
+    for tx in sealed.result.txs:
+        committed[tx.signer] = tx.seq
+    dropped = list(pending.undecodable)
+    dropped += [(pending.ids[r.tx], str(r.tx.cid), f"{r.error.reason}: {r.error.message}") for r in sealed.rejected]
+    orphans = _orphans(sealed.deferred, committed, {pk for pk, _, _ in dropped})
+    refused = f"{Reason.BAD_SEQ}: an earlier transaction of this signer was refused"
+    dropped += [(pending.ids[tx], str(tx.cid), refused) for tx in orphans]
+    for _, cid, reason in dropped:
+        logger.warning("dropped pending transaction %s: %s", cid, reason)
+    return dropped, len(sealed.deferred) - len(orphans)
+
+
 def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None = None) -> SealOutcome:
     """Seal what is pending into one block, validate it, store it and project it.
 
@@ -563,17 +578,7 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
             threads=SIGNATURE_THREADS,
         )
         included = sealed.result.txs
-        committed = {signer: last_seq(state, signer) for signer in signers}
-        for tx in included:
-            committed[tx.signer] = tx.seq
-        dropped = list(pending.undecodable)
-        dropped += [(pending.ids[r.tx], str(r.tx.cid), f"{r.error.reason}: {r.error.message}") for r in sealed.rejected]
-        orphans = _orphans(sealed.deferred, committed, {pk for pk, _, _ in dropped})
-        refused = f"{Reason.BAD_SEQ}: an earlier transaction of this signer was refused"
-        dropped += [(pending.ids[tx], str(tx.cid), refused) for tx in orphans]
-        deferred = len(sealed.deferred) - len(orphans)
-        for _, cid, reason in dropped:
-            logger.warning("dropped pending transaction %s: %s", cid, reason)
+        dropped, deferred = _refused(pending, sealed, state)
         drop_ids = [pk for pk, _, _ in dropped]
         if not included:
             _delete_mempool(ids=drop_ids)
@@ -698,6 +703,8 @@ def chain_propose(*, node_id: str, node_key: bytes, store: chainstore.ChainStore
             node_key=node_key,
             threads=SIGNATURE_THREADS,
         )
+        dropped, _ = _refused(pending, sealed, state)
+        _delete_mempool(ids=[pk for pk, _, _ in dropped])  # never valid: proposing them again changes nothing
         txs = list(sealed.result.txs)
         return Proposed(sealed.block, txs, encode_value(sealed.block, txs))
 

@@ -55,6 +55,7 @@ from .consortium import (
     quorum,
 )
 from .errors import CodecError
+from .evidence import EVIDENCE
 from .merkle import EMPTY_ROOT, merkle_root
 from .reasons import Reason, ValidationError
 from .registry import Registry, TxType, check_payload
@@ -73,7 +74,8 @@ from .state import (
 from .transaction import Transaction, now_ms
 
 RESERVED_PREFIXES = (SEQ_PREFIX, "chain/")
-_BUILTIN_NAMES = frozenset(t.name for t in BUILTIN_TYPES)
+LEDGER_TYPES = (*BUILTIN_TYPES, EVIDENCE)
+_BUILTIN_NAMES = frozenset(t.name for t in LEDGER_TYPES)
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,8 @@ class SealResult:
 
 
 def default_registry() -> Registry:
-    """A registry holding the ledger's own types (``node.joined``, ``node.left``)."""
-    return Registry(BUILTIN_TYPES)
+    """A registry holding the ledger's own types (``node.joined``, ``node.left``, ``consensus.evidence``)."""
+    return Registry(LEDGER_TYPES)
 
 
 # -- transactions ---------------------------------------------------------------

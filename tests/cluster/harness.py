@@ -137,11 +137,13 @@ class Cluster:
             env.update(EMR_DATA_DIR=str(self.root / node), EMR_NODE_ID=node, CHAIN_ID="yilian-cluster")
         return env
 
-    def manage(self, node: str | None, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def manage(
+        self, node: str | None, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=REPO,
-            env=self.env(node),
+            env={**self.env(node), **(extra_env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

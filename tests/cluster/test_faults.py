@@ -115,3 +115,46 @@ def test_delays_up_to_two_seconds_on_every_link(cluster):
     cluster.submit("node-2", 40, per_second=8)
     cluster.heal()
     settled(cluster)
+
+
+BYZANTINE = """
+import os, dataclasses
+from chain import cluster
+from chain.core import consensus as c, crypto, dagcbor
+from chain.peers import PeerClient
+from chain.services import node_identity, node_signing_key
+from django.conf import settings
+
+key = node_signing_key(node_identity())
+height = int(os.environ["AT_HEIGHT"])
+votes = []
+for value in (os.urandom(32), None):
+    vote = c.Vote(c.Kind.PREVOTE, height, 0, value, settings.NODE_ID)
+    votes.append(dataclasses.replace(vote, signature=crypto.sign(key, c.sign_bytes(settings.CHAIN_ID, vote))))
+config = cluster.cluster_config()
+client = PeerClient(settings.NODE_ID, key, config.peers)
+for vote in votes:
+    body = dagcbor.encode({"messages": [c.message_to_cbor(vote)], "blocks": []})
+    for peer in config.peers:
+        assert client.request(peer, "POST", "/peer/v1/messages", body) is not None, peer
+print("sent")
+"""
+
+
+def test_a_byzantine_node_sending_conflicting_prevotes_is_caught_and_the_evidence_committed(cluster):
+    cluster.kill("node-4", signal.SIGTERM)
+    height = cluster.consensus_status("node-1")["height"]
+    done = cluster.manage("node-4", "shell", "-c", BYZANTINE, extra_env={"AT_HEIGHT": str(height)})
+    assert done.returncode == 0 and "sent" in done.stdout, done.stderr
+
+    count = "from chain.models import Transaction; print(Transaction.objects.filter(type='consensus.evidence').count())"
+
+    def recorded(node: str) -> bool:
+        out = cluster.manage(node, "shell", "-c", count)
+        return out.returncode == 0 and int(out.stdout.strip().splitlines()[-1]) >= 1
+
+    cluster.wait_until(lambda: all(recorded(n) for n in ("node-1", "node-2", "node-3")), 90, "the evidence on chain")
+    assert any(e["validator"] == "node-4" for e in cluster.evidence())
+    cluster.start("node-4")
+    head = cluster.converged()
+    assert head["height"] >= height

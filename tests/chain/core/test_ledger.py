@@ -420,7 +420,7 @@ def test_registry_refuses_duplicates_and_bad_names() -> None:
     with pytest.raises(RegistryError):
         Field(float)
     assert "toy.set" in registry
-    assert registry.names() == ["node.joined", "node.left", "toy.set"]
+    assert registry.names() == ["consensus.evidence", "node.joined", "node.left", "toy.set"]
 
 
 def test_schema_checks_list_items() -> None:
