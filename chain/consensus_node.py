@@ -72,6 +72,8 @@ from chain.ledger_services import (
     chain_commit,
     chain_head,
     chain_propose,
+    chain_refill,
+    chain_store_gap,
     decode_value,
     tx_sign_and_submit,
     tx_submit,
@@ -112,7 +114,7 @@ class ConsensusNode:
         )
         self.stats: Counter[str] = Counter()
         self.evidence: deque[dict[str, Any]] = deque(maxlen=20)
-        self.decided_at: deque[tuple[int, int, float]] = deque(maxlen=50)  # (height, round, time)
+        self.decided_at: deque[tuple[int, int, float]] = deque(maxlen=100)  # (height, round, time)
         self._timers: list[tuple[float, int, c.Timeout]] = []
         self._seq = 0
         self._from_peers: OrderedDict[str, None] = OrderedDict()
@@ -120,6 +122,7 @@ class ConsensusNode:
         self._next = {"resend": 0.0, "relay": 0.0, "status": 0.0}
         self._sync_after = 0.0
         self._stop = threading.Event()
+        self._refill_store()
         self._enter_height()
 
     # -- heights -----------------------------------------------------------------------------------------
@@ -362,6 +365,37 @@ class ConsensusNode:
             logger.info("evidence not submitted: %s", exc)
 
     # -- catching up ---------------------------------------------------------------------------------------------
+    def _refill_store(self) -> None:
+        """Fetch back from peers the blocks a torn write cut from the chain store's tail, or refuse to start."""
+        gap = chain_store_gap(store=self.store)
+        if gap is None:
+            return
+        stored, projected = gap
+        logger.warning("the chain store ends at %s but the projection at %s: fetching the gap from peers", *gap)
+        for peer in self.client.peers:
+            while stored < projected:
+                path = f"/peer/v1/blocks?from={stored + 1}&limit={min(SYNC_BATCH, projected - stored)}"
+                answer = self.client.request(peer, "GET", path)
+                values = answer.get("blocks") if isinstance(answer, dict) else None
+                if not values:
+                    break
+                try:
+                    for data in values:
+                        block, txs = decode_value(data, max_tx_size=DbState().params().max_tx_size)
+                        chain_refill(block, txs, store=self.store)
+                        stored = block.height
+                except (ValidationError, ChainError) as exc:
+                    logger.warning("%s could not fill the gap: %s", peer, exc)
+                    break
+            if stored >= projected:
+                logger.info("the chain store is whole again up to %s", stored)
+                return
+        raise ChainError(
+            f"the chain store lost blocks {stored + 1}..{projected} (a torn write?) and no peer could give them "
+            "back; start again once a peer is up, or restore the data directory"
+        )
+
+
     def _catch_up(self, peer: str) -> None:
         """Fetch, verify and commit the blocks ``peer`` has beyond this node's head."""
         if peer not in self.client.peers:
@@ -467,7 +501,7 @@ class ConsensusNode:
             "peers": peers,
             "dropped": dict(self.server.dropped) | {k: v for k, v in self.stats.items() if k not in _COUNTS},
             "counts": {k: v for k, v in self.stats.items() if k in _COUNTS},
-            "recent": [{"height": h, "round": r, "at": t} for h, r, t in list(self.decided_at)[-10:]],
+            "recent": [{"height": h, "round": r, "at": t} for h, r, t in self.decided_at],
             "evidence": list(self.evidence),
             "updated": now,
         }

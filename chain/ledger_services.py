@@ -46,7 +46,7 @@ from chain.core import crypto, dagcbor, ledger
 from chain.core.block import Block as CoreBlock
 from chain.core.car import CarWriter
 from chain.core.cid import CID, DAG_CBOR
-from chain.core.consortium import Authority, ChainParams, params_of
+from chain.core.consortium import Authority, ChainParams, authorities_of, params_of
 from chain.core.errors import CodecError
 from chain.core.reasons import Reason, ValidationError
 from chain.core.state import StateChange, last_seq, seq_key
@@ -772,3 +772,42 @@ def chain_blocks(start: int, limit: int, *, store: chainstore.ChainStore | None 
         block = store.block_at(height)
         blocks.append(encode_value(block, store.get_txs(block.txs)))
     return blocks
+
+
+def chain_store_gap(*, store: chainstore.ChainStore | None = None) -> tuple[int, int] | None:
+    """(store head, projection head) when the database shows blocks the chain store lost; else None.
+
+    What a torn write at the tail of the store's log leaves: RocksDB recovers
+    to its last whole record, which may be before blocks already projected.
+    """
+    store = store or chainstore.primary()
+    top = store.head()
+    db_top = Block.objects.order_by("-height").values_list("height", flat=True).first()
+    if db_top is None:
+        return None
+    height = -1 if top is None else top[0]
+    return (height, db_top) if db_top > height else None
+
+
+def chain_refill(block: CoreBlock, txs: Sequence[CoreTx], *, store: chainstore.ChainStore | None = None) -> None:
+    """Put back into the chain store a block it lost but the projection holds (from a peer).
+
+    It must be the very block projected at its height (same CID) and carry a
+    valid certificate by a quorum of the current authorities; its transactions
+    must be the ones it links. The projection is not touched: it already holds
+    this block.
+    """
+    store = store or chainstore.primary()
+    with _seal_lock:
+        projected = Block.objects.filter(height=block.height).values_list("cid", flat=True).first()
+        if projected != str(block.cid):
+            raise ChainError(f"block {block.height} from a peer is {block.cid}, but this node projected {projected}")
+        top = store.head()
+        if (top[0] if top else -1) != block.height - 1:
+            raise ChainError(f"the chain store does not end just before block {block.height}")
+        if block.genesis is None:
+            ledger.check_certificate(block, authorities_of(DbState()))
+        if [tx.cid for tx in txs] != list(block.txs):
+            raise ChainError(f"the transactions given are not block {block.height}'s")
+        store.write_block(block, txs)
+        _head_cache.pop(store.path, None)

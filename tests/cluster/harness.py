@@ -222,7 +222,7 @@ class Cluster:
         assert done.returncode == 0, done.stderr
         self.acknowledged += count
 
-    def submit_in_background(self, node: str, count: int, *, per_second: float) -> threading.Thread:
+    def submit_in_background(self, node: str, count: int, *, per_second: float = 0.0) -> threading.Thread:
         thread = threading.Thread(target=self.submit, args=(node, count), kwargs={"per_second": per_second})
         thread.start()
         return thread
@@ -237,8 +237,8 @@ class Cluster:
                 )
             time.sleep(0.5)
 
-    def converged(self, timeout: float = 90) -> dict:
-        """Wait until every running node has the same head, state hash and an empty mempool; return it."""
+    def wait_idle(self, timeout: float = 90) -> None:
+        """Wait until every running node is at the same height with nothing left to decide (cheap: status files)."""
         nodes = self.up()
 
         def same() -> bool:
@@ -246,6 +246,11 @@ class Cluster:
             return len(heights) == 1 and all(self.consensus_status(n).get("started") is False for n in nodes)
 
         self.wait_until(same, timeout, "convergence")
+
+    def converged(self, timeout: float = 90) -> dict:
+        """Wait until every running node has the same head, state hash and an empty mempool; return it."""
+        nodes = self.up()
+        self.wait_idle(timeout)
         statuses = [self.status(n) for n in nodes]
         heads = {(s["height"], s["head"], s["state_hash"]) for s in statuses}
         assert len(heads) == 1, f"the nodes disagree: {statuses}"

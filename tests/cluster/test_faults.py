@@ -117,6 +117,25 @@ def test_delays_up_to_two_seconds_on_every_link(cluster):
     settled(cluster)
 
 
+def test_a_torn_write_at_the_tail_of_a_nodes_chain_store_recovers_or_refuses_clearly(cluster):
+    cluster.submit("node-3", 20)
+    cluster.wait_idle()
+    cluster.kill("node-2")
+    logs = sorted((cluster.root / "node-2" / "chain").glob("*.log"), key=lambda p: p.stat().st_mtime)
+    assert logs, "no write-ahead log in the chain store"
+    tail = logs[-1]
+    data = tail.read_bytes()
+    tail.write_bytes(data[: max(0, len(data) - 37)] + b"\x00torn")  # a write cut short, then garbage
+    cluster.submit("node-1", 20)
+    cluster.start("node-2")
+    time.sleep(5)
+    if cluster.procs["node-2"].poll() is not None:  # refused: it must say why, then an operator restores it
+        log = (cluster.root / "node-2.consensus.log").read_text()
+        assert "Corruption" in log or "cannot" in log, log[-2000:]
+        pytest.fail(f"node-2 refused to start after a torn write: {log[-500:]}")
+    settled(cluster)
+
+
 BYZANTINE = """
 import os, dataclasses
 from chain import cluster

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from chain.cluster import cluster_config
 from chain.consensus_guard import GuardError
+from chain.ledger_services import ChainError
 
 
 class Command(BaseCommand):
@@ -21,7 +22,7 @@ class Command(BaseCommand):
             raise CommandError("this node is not in a consortium (no consortium.json in its data directory)")
         try:
             node = ConsensusNode(config)
-        except GuardError as exc:
+        except (GuardError, ChainError) as exc:
             raise CommandError(str(exc)) from None
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: node.stop())

@@ -1,0 +1,169 @@
+"""Consensus figures: a 4-node consortium on this machine beside a 1-node one, in the same run.
+
+Both are made by ``manage.py cluster init`` (no demo data) and run their real
+consensus processes on loopback (``tests/cluster/harness.py``, no faults).
+Three measurements:
+
+1. **Commit latency** at ``--rate`` tx/s (default 300), spread over the nodes'
+   submitters: for every transaction, from its signing time (the submitter's
+   clock, just before ``tx_submit``) to the moment the block holding it was
+   committed on the *last* of the nodes (each node records its commit times);
+   p50 and p99, beside the same figure for n = 1.
+2. **Throughput**: ``--txs`` transactions submitted at once (split over the
+   nodes) until every node has committed them all, tx/s, beside n = 1.
+3. **Catching up**: one node stopped while the others decide
+   ``--blocks`` blocks (one small transaction each), then started: time until
+   it has them all, and blocks/s.
+
+    .venv/bin/python bench/consensus_bench.py            # 300 tx/s for 20 s, 6,000 tx, 1,000 blocks
+    .venv/bin/python bench/consensus_bench.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster.harness import Cluster  # noqa: E402 - after the path is set
+
+COMMIT_TIMES = """
+import json
+from chain.models import Block, Transaction
+rows = list(Transaction.objects.filter(type="chain.demo").values_list("block__height", "timestamp"))
+print(json.dumps([[h, t.timestamp()] for h, t in rows]))
+"""
+
+
+class Recorder:
+    """Polls every node's consensus status and keeps when each height was committed on each node."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.seen: dict[str, dict[int, float]] = {n: {} for n in cluster.ids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for node in self.cluster.ids:
+                for entry in self.cluster.consensus_status(node).get("recent", []):
+                    self.seen[node].setdefault(entry["height"], entry["at"])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def committed_everywhere(self, height: int) -> float | None:
+        times = [self.seen[n].get(height) for n in self.cluster.ids]
+        return None if any(t is None for t in times) else max(times)
+
+
+def make(n: int, root: Path) -> Cluster:
+    cluster = Cluster(root / f"n{n}", nodes=n)
+    cluster.init()
+    cluster.start_all()
+    cluster.wait_until(lambda: all(cluster.consensus_status(x) for x in cluster.ids), 120, "the nodes to start")
+    return cluster
+
+
+def latency(cluster: Cluster, rate: float, seconds: float) -> list[float]:
+    recorder = Recorder(cluster)
+    per_node = rate / cluster.n
+    count = int(per_node * seconds)
+    feeders = [cluster.submit_in_background(n, count, per_second=per_node) for n in cluster.ids]
+    for feeder in feeders:
+        feeder.join()
+    cluster.converged(timeout=120)
+    time.sleep(0.5)
+    recorder.stop()
+    done = cluster.manage(cluster.ids[0], "shell", "-c", COMMIT_TIMES)
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    waits = []
+    for height, signed_at in rows:
+        committed = recorder.committed_everywhere(height)
+        if committed is not None:
+            waits.append(committed - signed_at)
+    return waits
+
+
+def throughput(cluster: Cluster, txs: int) -> float:
+    before = cluster.acknowledged
+    started = time.perf_counter()
+    feeders = [cluster.submit_in_background(n, txs // cluster.n) for n in cluster.ids]
+    for feeder in feeders:
+        feeder.join()
+    cluster.wait_idle(timeout=600)
+    took = time.perf_counter() - started
+    cluster.converged()
+    return (cluster.acknowledged - before) / took
+
+
+def catch_up(cluster: Cluster, blocks: int) -> tuple[int, float]:
+    lagging = cluster.ids[-1]
+    cluster.kill(lagging)
+    start = cluster.height(cluster.ids[0])
+    cluster.submit(cluster.ids[0], blocks, per_second=60, signers=1)
+    cluster.wait_until(lambda: cluster.height(cluster.ids[0]) >= start + 1, 60, "progress")
+    behind = cluster.height(cluster.ids[0])
+    missed = behind - cluster.height(lagging)
+    began = time.perf_counter()
+    cluster.start(lagging)
+    cluster.wait_until(lambda: cluster.height(lagging) >= behind, 900, "the catch-up")
+    return missed, time.perf_counter() - began
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--txs", type=int, default=6000)
+    parser.add_argument("--blocks", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.txs, args.blocks = 4.0, 800, 60
+    with tempfile.TemporaryDirectory(prefix="consensus-bench-") as tmp:
+        results = {}
+        for n in (1, 4):
+            cluster = make(n, Path(tmp))
+            try:
+                waits = latency(cluster, args.rate, args.seconds)
+                rate = throughput(cluster, args.txs)
+                caught = catch_up(cluster, args.blocks) if n > 1 else None
+            finally:
+                cluster.stop_all()
+            results[n] = (waits, rate, caught)
+        print(f"consensus on this machine ({args.rate:.0f} tx/s for {args.seconds:.0f} s; {args.txs:,} tx at once)")
+        for n, (waits, rate, caught) in results.items():
+            p50, p99 = statistics.median(waits), pct(waits, 0.99)
+            print(
+                f"  n = {n}: commit latency p50 {p50:.2f} s, p99 {p99:.2f} s ({len(waits):,} tx); "
+                f"throughput {rate:,.0f} tx/s"
+            )
+            if caught:
+                missed, took = caught
+                print(
+                    f"         a node that missed {missed:,} blocks caught up in {took:.1f} s "
+                    f"({missed / took:,.0f} blocks/s)"
+                )
+        one, four = results[1][1], results[4][1]
+        print(f"  throughput n = 4 / n = 1: {four / one:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
