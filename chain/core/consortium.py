@@ -8,10 +8,14 @@ it, with ``quorum(n) = n - (n - 1) // 3``: for ``n = 3f + 1`` that is
 one height cannot both be final while at most ``f`` authorities misbehave.
 ``quorum(1) = 1``: a node alone is the embedded default.
 
-Membership changes are transactions (``node.joined`` / ``node.left``) signed
-by a current authority. They take effect from the *next* block: the block
-that carries them is certified by the authority set before it, so the set
-that approves a change is always the set that existed when it was proposed.
+Membership changes are transactions (``node.joined`` / ``node.left``), each
+one authority's approval of the change; the change happens when ``quorum(n)``
+distinct current authorities have approved the same change (one authority
+cannot add a friend or remove a rival; a lone node's own approval is its
+quorum). Pending approvals live under ``chain/membership/<join|leave>/<id>``.
+A change takes effect from the *next* height: the block that completes it is
+certified by the authority set before it, and every node applies a block
+before it starts the next height, so all of them use the same set.
 The set lives in the state under ``chain/authorities`` (sorted by id) and the
 parameters under ``chain/params``, both written by the genesis block; their
 encodings are lists and maps, so nothing changes shape as the consortium grows.
@@ -145,6 +149,36 @@ def _require_authority_signer(view: StateView, tx: Transaction) -> tuple[Authori
     return current
 
 
+MEMBERSHIP_PREFIX = "chain/membership/"
+
+
+def pending_change(view: StateView, change: str, node_id: str) -> dict[str, Any] | None:
+    """The approvals gathered so far for ``change`` ("join" or "leave") of ``node_id``."""
+    value = view.get(f"{MEMBERSHIP_PREFIX}{change}/{node_id}")
+    return value if isinstance(value, dict) else None
+
+
+def _approver(view: StateView, tx: Transaction, change: str) -> str:
+    """The id of the authority approving, refused if it is none or already approved this change."""
+    current = _require_authority_signer(view, tx)
+    approver = next(a.id for a in current if a.public_key == tx.signer)
+    pending = pending_change(view, change, tx.payload["id"])
+    if pending is not None and approver in pending["approvals"]:
+        reject(f"{approver!r} has already approved this change")
+    return approver
+
+
+def _approve(view: StateView, tx: Transaction, change: str, record: dict[str, Any]) -> tuple[bool, StateChange]:
+    """Count ``tx``'s approval; whether the change now has its quorum, and the pending entry's change."""
+    key = f"{MEMBERSHIP_PREFIX}{change}/{tx.payload['id']}"
+    approvals = sorted(
+        {*((pending_change(view, change, tx.payload["id"]) or {}).get("approvals", [])), _approver(view, tx, change)}
+    )
+    if len(approvals) >= quorum(len(authorities_of(view))):
+        return True, StateChange(key, None)
+    return False, StateChange(key, {**record, "approvals": approvals})
+
+
 def _validate_joined(view: StateView, tx: Transaction) -> None:
     current = _require_authority_signer(view, tx)
     node_id, key = tx.payload["id"], tx.payload["public_key"]
@@ -156,12 +190,19 @@ def _validate_joined(view: StateView, tx: Transaction) -> None:
         reject(f"node {node_id!r} is already an authority")
     if any(a.public_key == key for a in current):
         reject("that public key already belongs to an authority")
+    pending = pending_change(view, "join", node_id)
+    if pending is not None and pending["public_key"] != key:
+        reject(f"another key is being approved for {node_id!r}")
+    _approver(view, tx, "join")
 
 
 def _apply_joined(view: StateView, tx: Transaction) -> list[StateChange]:
+    done, entry = _approve(view, tx, "join", {"public_key": tx.payload["public_key"]})
+    if not done:
+        return [entry]
     joined = Authority(tx.payload["id"], tx.payload["public_key"])
     updated = authority_set([*authorities_of(view), joined])
-    return [StateChange(AUTHORITIES_KEY, [a.to_cbor() for a in updated])]
+    return [entry, StateChange(AUTHORITIES_KEY, [a.to_cbor() for a in updated])]
 
 
 def _validate_left(view: StateView, tx: Transaction) -> None:
@@ -171,11 +212,15 @@ def _validate_left(view: StateView, tx: Transaction) -> None:
         reject(f"node {node_id!r} is not an authority")
     if len(current) == 1:
         reject("the last authority cannot leave")
+    _approver(view, tx, "leave")
 
 
 def _apply_left(view: StateView, tx: Transaction) -> list[StateChange]:
+    done, entry = _approve(view, tx, "leave", {})
+    if not done:
+        return [entry]
     remaining = [a for a in authorities_of(view) if a.id != tx.payload["id"]]
-    return [StateChange(AUTHORITIES_KEY, [a.to_cbor() for a in remaining])]
+    return [entry, StateChange(AUTHORITIES_KEY, [a.to_cbor() for a in remaining])]
 
 
 NODE_JOINED = TxType(
@@ -186,7 +231,7 @@ NODE_JOINED = TxType(
     },
     validate=_validate_joined,
     apply=_apply_joined,
-    description="An authority admits a new node to the consortium.",
+    description="An authority approves admitting a node; a quorum of approvals admits it.",
 )
 
 NODE_LEFT = TxType(
@@ -194,7 +239,7 @@ NODE_LEFT = TxType(
     schema={"id": Field(str, max_length=MAX_AUTHORITY_ID)},
     validate=_validate_left,
     apply=_apply_left,
-    description="An authority removes a node from the consortium.",
+    description="An authority approves removing a node; a quorum of approvals removes it.",
 )
 
 BUILTIN_TYPES = (NODE_JOINED, NODE_LEFT)

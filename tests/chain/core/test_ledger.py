@@ -918,6 +918,25 @@ def test_only_an_authority_changes_membership() -> None:
     assert sealed.rejected[0].error.reason is Reason.REJECTED
 
 
+def test_membership_needs_a_quorum_of_current_authorities() -> None:
+    net = Net(4)
+    newcomer = crypto.new_ed25519()
+
+    def approve(node: str, key: bytes = newcomer.public) -> Transaction:
+        return net.tx(type="node.joined", payload={"id": "node4", "public_key": key}, private_key=net.keys[node].private)
+
+    net.advance([approve("node0")])
+    net.advance([approve("node1")])
+    assert len(authorities_of(net.state)) == 4  # 2 of the 3 approvals needed
+    again = net.seal([approve("node1")])
+    assert "already approved" in again.rejected[0].error.message
+    other_key = net.seal([approve("node2", crypto.new_ed25519().public)])
+    assert "another key" in other_key.rejected[0].error.message
+    net.advance([approve("node3")])
+    assert [a.id for a in authorities_of(net.state)] == ["node0", "node1", "node2", "node3", "node4"]
+    assert net.state.get("chain/membership/join/node4") is None
+
+
 def test_membership_rules() -> None:
     net = Net(2)
     admin = net.keys["node0"].private
@@ -931,6 +950,9 @@ def test_membership_rules() -> None:
     assert [r.error.reason for r in sealed.rejected] == [Reason.REJECTED, Reason.REJECTED]
     left = net.tx(type="node.left", payload={"id": "node1"}, private_key=admin, seq=1)
     net.advance([left])
+    assert [a.id for a in authorities_of(net.state)] == ["node0", "node1"]  # 1 approval of the 2 needed
+    agreed = net.tx(type="node.left", payload={"id": "node1"}, private_key=net.keys["node1"].private)
+    net.advance([agreed])
     assert [a.id for a in authorities_of(net.state)] == ["node0"]
     last = net.tx(type="node.left", payload={"id": "node0"}, private_key=admin)
     assert net.seal([last]).rejected[0].error.reason is Reason.REJECTED
