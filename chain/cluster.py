@@ -86,6 +86,12 @@ def cluster_config() -> ClusterConfig | None:
     return _load(str(config_path()))
 
 
+def reload_cluster_config() -> ClusterConfig | None:
+    """Read ``consortium.json`` again (its peers changed while the node runs)."""
+    _load.cache_clear()
+    return cluster_config()
+
+
 def in_consortium() -> bool:
     return cluster_config() is not None
 

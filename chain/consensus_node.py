@@ -52,7 +52,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from chain import chainstore
-from chain.cluster import ClusterConfig
+from chain.cluster import ClusterConfig, config_path, reload_cluster_config
 from chain.consensus_guard import SignGuard
 from chain.core import consensus as c
 from chain.core import crypto
@@ -121,6 +121,7 @@ class ConsensusNode:
         self._relayed_up_to = 0
         self._next = {"resend": 0.0, "relay": 0.0, "status": 0.0}
         self._sync_after = 0.0
+        self._config_mtime = config_path().stat().st_mtime
         self._stop = threading.Event()
         self._refill_store()
         self._enter_height()
@@ -203,6 +204,7 @@ class ConsensusNode:
         if now >= self._next["status"]:
             self._next["status"] = now + STATUS_INTERVAL
             self._write_status()
+            self._follow_config()
 
     def _on_item(self, kind: str, node: str, value: Any) -> None:
         if kind == "messages":
@@ -505,6 +507,19 @@ class ConsensusNode:
             "evidence": list(self.evidence),
             "updated": now,
         }
+
+    def _follow_config(self) -> None:
+        """Pick up peers added to (or removed from) ``consortium.json`` while running."""
+        try:
+            mtime = config_path().stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        config = reload_cluster_config()
+        if config is not None:
+            self.client.set_peers(config.peers)
 
     def _write_status(self) -> None:
         run = Path(settings.DATA_DIR) / "run"

@@ -210,22 +210,40 @@ class PeerClient:
         self.peers = dict(peers)
         self.reachable: dict[str, bool] = dict.fromkeys(peers, False)
         self.heights: dict[str, int] = {}
-        self._queues: dict[str, queue.Queue[tuple[str, bytes]]] = {p: queue.Queue(maxsize=2000) for p in peers}
+        self._queues: dict[str, queue.Queue[tuple[str, bytes]]] = {}
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._sender, args=(p,), name=f"peer-{p}", daemon=True) for p in peers
-        ]
+        self._started = False
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._started = True
+        for peer in self.peers:
+            self._open(peer)
+
+    def _open(self, peer: str) -> None:
+        self._queues[peer] = queue.Queue(maxsize=2000)
+        threading.Thread(target=self._sender, args=(peer,), name=f"peer-{peer}", daemon=True).start()
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """Follow a changed peer list (a node added to the consortium file): new peers get a sender."""
+        for peer, url in peers.items():
+            if peer not in self.peers:
+                logger.info("new peer %s at %s", peer, url)
+                self.peers[peer] = url
+                self.reachable[peer] = False
+                if self._started:
+                    self._open(peer)
+            self.peers[peer] = url
+        for peer in [p for p in self.peers if p not in peers]:
+            logger.info("peer %s left the consortium file", peer)
+            del self.peers[peer]
+            self._queues.pop(peer, None)
 
     def stop(self) -> None:
         self._stop.set()
 
     def broadcast(self, path: str, value: Any) -> None:
         body = dagcbor.encode(value)
-        for peer, box in self._queues.items():
+        for peer, box in list(self._queues.items()):
             try:
                 box.put_nowait((path, body))
             except queue.Full:
@@ -262,7 +280,7 @@ class PeerClient:
 
     def _sender(self, peer: str) -> None:
         box = self._queues[peer]
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._queues.get(peer) is box:
             try:
                 path, body = box.get(timeout=0.5)
             except queue.Empty:

@@ -15,6 +15,7 @@ The subcommands ``identity`` and ``sign-genesis`` run inside one node (its
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,13 +26,14 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
 from chain.cluster import ClusterConfig, genesis_path, write_config
 from chain.core import ledger
 from chain.core.block import Block, Vote
 from chain.core.consortium import Authority
 from chain.core.transaction import now_ms
-from chain.ledger_services import configured_params
+from chain.ledger_services import TxRejected, configured_params, tx_sign_and_submit
 from chain.services import node_identity, node_signing_key
 from chain.supervisor import Child, GaveUp, Supervisor
 
@@ -53,12 +55,18 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         init = sub.add_parser("init", help="create a fresh consortium")
         run = sub.add_parser("run", help="start every node of a consortium made by init")
-        for p in (init, run):
+        add = sub.add_parser("add-node", help="make one more node's data directory (it joins once approved)")
+        for p in (init, run, add):
             p.add_argument("--dir", type=Path, default=Path("var/cluster"))
             p.add_argument("--base-port", type=int, default=8000)
         init.add_argument("--nodes", type=int, default=4)
         init.add_argument("--no-seed", action="store_true", help="do not seed the demo data")
         sub.add_parser("identity", help="(inside a node) print this node's public key")
+        join = sub.add_parser("approve-join", help="(inside a node) approve admitting node ID with key HEX")
+        join.add_argument("id")
+        join.add_argument("key", help="the newcomer's public key, hex (printed by add-node)")
+        leave = sub.add_parser("approve-leave", help="(inside a node) approve removing node ID")
+        leave.add_argument("id")
         sign = sub.add_parser("sign-genesis", help="(inside a node) print this node's vote for block 0")
         sign.add_argument("file", type=Path)
 
@@ -68,6 +76,24 @@ class Command(BaseCommand):
     # -- inside one node ----------------------------------------------------------------------------
     def handle_identity(self, options: dict) -> None:
         self.stdout.write(bytes(node_identity().sign_public).hex())
+
+    def handle_approve_join(self, options: dict) -> None:
+        try:
+            key = bytes.fromhex(options["key"])
+        except ValueError:
+            raise CommandError("KEY must be the new node's public key in hex") from None
+        self._approve("node.joined", {"id": options["id"], "public_key": key})
+
+    def handle_approve_leave(self, options: dict) -> None:
+        self._approve("node.left", {"id": options["id"]})
+
+    def _approve(self, type_: str, payload: dict) -> None:
+        try:
+            with transaction.atomic():
+                entry = tx_sign_and_submit(private_key=node_signing_key(node_identity()), type=type_, payload=payload)
+        except TxRejected as exc:
+            raise CommandError(f"refused: {exc}") from None
+        self.stdout.write(f"{settings.NODE_ID} approved {type_} {payload['id']} ({entry.cid}); it takes a quorum")
 
     def handle_sign_genesis(self, options: dict) -> None:
         block = Block.decode(options["file"].read_bytes())
@@ -113,6 +139,27 @@ class Command(BaseCommand):
         self.stdout.write(f"consortium {CHAIN_ID}: {count} authorities, block 0 {genesis.cid}")
         for i, node in enumerate(ids, start=1):
             self.stdout.write(f"  {node}: {dirs[node]}  web :{base + i}  peers :{base + PEER_OFFSET + i}")
+
+    def handle_add_node(self, options: dict) -> None:
+        root, base = options["dir"].resolve(), options["base_port"]
+        nodes = sorted((p for p in root.glob("node-*") if (p / "consortium.json").exists()), key=_index)
+        if not nodes:
+            raise CommandError(f"no consortium in {root}")
+        i = _index(nodes[-1]) + 1
+        node, data_dir = f"node-{i}", root / f"node-{i}"
+        data_dir.mkdir(mode=0o700)
+        self._manage(data_dir, node, "migrate", "--no-input", "-v", "0")
+        key = self._manage(data_dir, node, "cluster", "identity").strip()
+        genesis_path(data_dir).write_bytes(genesis_path(nodes[0]).read_bytes())
+        peers = {}
+        for other in nodes:
+            config = json.loads((other / "consortium.json").read_text(encoding="utf-8"))
+            peers[other.name] = f"http://{config['peer_listen']}"
+            config["peers"][node] = f"http://127.0.0.1:{base + PEER_OFFSET + i}"
+            (other / "consortium.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_config(data_dir, ClusterConfig(CHAIN_ID, node, "127.0.0.1", base + PEER_OFFSET + i, peers))
+        self.stdout.write(f"{node}: {data_dir}  web :{base + i}  peers :{base + PEER_OFFSET + i}")
+        self.stdout.write(f"public key {key}: a quorum of the authorities runs `cluster approve-join {node} {key}`")
 
     def handle_run(self, options: dict) -> None:
         root, base = options["dir"].resolve(), options["base_port"]
