@@ -21,8 +21,10 @@ from django.utils.translation import gettext as _
 from chain import chainstore
 from chain.access import BROWSE_CHAIN, permission_page
 from chain.core.cid import CID
+from chain.core.consortium import BUILTIN_TYPES, authorities_of, genesis_changes
 from chain.core.errors import CodecError, CoreError
 from chain.core.merkle import merkle_proof, verify_proof
+from chain.core.state import DictState, commit
 from chain.ledger_services import datetime_to_ms
 from chain.models import Block, KeyRegistration, MempoolEntry, Transaction, VerificationRun
 
@@ -146,6 +148,29 @@ def _stored_block(height: int):
         return None, str(exc)
 
 
+MEMBERSHIP_TYPES = tuple(t.name for t in BUILTIN_TYPES)
+
+
+def authorities_at(height: int) -> list[str] | None:
+    """The ids of the authorities that certify block ``height``: genesis's, changed by the membership
+    transactions of the blocks before it, replayed with the ledger's own rules. None when the chain store
+    cannot be read."""
+    try:
+        store = chainstore.reader()
+        genesis = store.block_at(0)
+        state = DictState()
+        commit(state, genesis_changes(genesis.genesis.authorities, genesis.genesis.params))
+        cids = Transaction.objects.filter(type__in=MEMBERSHIP_TYPES, block__height__lt=max(height, 1)).order_by(
+            "block__height", "index"
+        )
+        types = {t.name: t for t in BUILTIN_TYPES}
+        for tx in store.get_txs([CID.decode(c) for c in cids.values_list("cid", flat=True)]):
+            commit(state, types[tx.type].apply(state, tx))
+    except (chainstore.StoreUnavailable, CoreError):
+        return None
+    return [a.id for a in authorities_of(state)]
+
+
 @permission_page(BROWSE_CHAIN)
 def block_detail(request: HttpRequest, height: int) -> HttpResponse:
     block = get_object_or_404(Block, height=height)
@@ -170,6 +195,7 @@ def block_detail(request: HttpRequest, height: int) -> HttpResponse:
         "stored_matches": stored is not None and str(stored.cid) == block.cid,
         "store_error": store_error,
         "certificate": stored.certificate if stored else (),
+        "authorities": authorities_at(height),
         "has_next": Block.objects.filter(height=height + 1).exists(),
     }
     return render(request, "chain/explorer_block.html", context)

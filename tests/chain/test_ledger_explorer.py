@@ -145,7 +145,8 @@ def test_pages_work_from_a_secondary_store_handle(client, operator, sealed, sett
 def test_constant_query_counts(client, operator, demo_tx, django_assert_max_num_queries):
     """The same number of queries for a short chain and a longer one with bigger blocks.
 
-    Three of them are the session and the idle-timeout middleware's session update.
+    Three of them are the session and the idle-timeout middleware's session update; the block page reads
+    the membership transactions before it once (the authorities at that height).
     """
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -161,8 +162,30 @@ def test_constant_query_counts(client, operator, demo_tx, django_assert_max_num_
         block = Block.objects.order_by("-height").first()
         row = []
         for url in urls(block):
-            with django_assert_max_num_queries(8), CaptureQueriesContext(connection) as queries:
+            with django_assert_max_num_queries(9), CaptureQueriesContext(connection) as queries:
                 assert client.get(url).status_code == 200
             row.append(len(queries))
         counts.append(row)
     assert counts[0] == counts[1]
+
+
+def test_the_block_page_names_the_authorities_of_its_height(client, operator, sealed):
+    from django.conf import settings
+
+    from chain.explorer import authorities_at
+    from chain.ledger_services import tx_sign_and_submit
+    from chain.services import node_identity, node_signing_key
+
+    newcomer = crypto.new_ed25519()
+    tx_sign_and_submit(
+        private_key=node_signing_key(node_identity()),
+        type="node.joined",
+        payload={"id": "node-9", "public_key": newcomer.public},
+    )
+    chain_seal()  # a lone node's approval is its quorum
+    joined_at = Block.objects.order_by("-height").first().height
+    assert authorities_at(joined_at) == [settings.NODE_ID]
+    assert authorities_at(joined_at + 1) == sorted([settings.NODE_ID, "node-9"])
+    mfa_login(client, operator)
+    page = client.get(reverse("chain_block", args=[joined_at])).content.decode()
+    assert "1 authority certifies this height" in page

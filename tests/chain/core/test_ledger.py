@@ -923,7 +923,8 @@ def test_membership_needs_a_quorum_of_current_authorities() -> None:
     newcomer = crypto.new_ed25519()
 
     def approve(node: str, key: bytes = newcomer.public) -> Transaction:
-        return net.tx(type="node.joined", payload={"id": "node4", "public_key": key}, private_key=net.keys[node].private)
+        payload = {"id": "node4", "public_key": key}
+        return net.tx(type="node.joined", payload=payload, private_key=net.keys[node].private)
 
     net.advance([approve("node0")])
     net.advance([approve("node1")])
