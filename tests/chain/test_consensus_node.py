@@ -145,8 +145,7 @@ def test_the_operator_page_shows_consensus_peers_drops_and_evidence(client, oper
         "evidence": [{"validator": "node-4", "height": 9, "round": 0, "type": "prevote", "values": ["ab", "nil"]}],
     }
     monkeypatch.setattr("chain.services._consensus", lambda: report)
-    type(operator).objects.filter(pk=operator.pk).update(language="en")
     client.force_login(operator)
-    page = client.get(reverse("ops_home")).content.decode()
+    page = client.get(reverse("ops_home"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     for text in ("Deciding height 12, round 1, step prevote; 4 authorities.", "node-1", "bad signature: 2", "node-4"):
         assert text in page
