@@ -187,5 +187,5 @@ def test_the_block_page_names_the_authorities_of_its_height(client, operator, se
     assert authorities_at(joined_at) == [settings.NODE_ID]
     assert authorities_at(joined_at + 1) == sorted([settings.NODE_ID, "node-9"])
     mfa_login(client, operator)
-    page = client.get(reverse("chain_block", args=[joined_at])).content.decode()
+    page = client.get(reverse("chain_block", args=[joined_at]), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "1 authority certifies this height" in page
