@@ -240,10 +240,14 @@ class Cluster:
     def wait_idle(self, timeout: float = 90) -> None:
         """Wait until every running node is at the same height with nothing left to decide (cheap: status files)."""
         nodes = self.up()
+        asked = time.time()
 
         def same() -> bool:
-            heights = {self.height(n) for n in nodes}
-            return len(heights) == 1 and all(self.consensus_status(n).get("started") is False for n in nodes)
+            statuses = [self.consensus_status(n) for n in nodes]
+            fresh = all(s.get("updated", 0) > asked for s in statuses)  # written after the question
+            heights = {s.get("height") for s in statuses}
+            idle = all(s.get("started") is False and s.get("pending") == 0 for s in statuses)
+            return fresh and idle and len(heights) == 1
 
         self.wait_until(same, timeout, "convergence")
 
