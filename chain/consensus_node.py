@@ -422,6 +422,7 @@ class ConsensusNode:
                     break
                 self.head = block
                 committed += 1
+                self.decided_at.append((block.height, -1, time.time()))  # round -1: fetched, not voted
             if committed:
                 self._enter_height()
             if len(values) < SYNC_BATCH:
