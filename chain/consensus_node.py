@@ -61,6 +61,7 @@ from chain.core.block import Vote as BlockVote
 from chain.core.consortium import authorities_of
 from chain.core.errors import CodecError
 from chain.core.evidence import EVIDENCE, evidence_payload
+from chain.core.ledger import BlockResult
 from chain.core.reasons import Reason, ValidationError
 from chain.core.transaction import Transaction as CoreTx
 from chain.ledger_services import (
@@ -138,7 +139,7 @@ class ConsensusNode:
         me = self.me if self.me in self.keys else None
         self.core = c.Consensus(me, self.height, validators, timeouts=self.timeouts, restored=restored)
         self.started = False
-        self.values: dict[bytes, tuple[CoreBlock, list[CoreTx], bool]] = {}
+        self.values: dict[bytes, tuple[CoreBlock, list[CoreTx], BlockResult | None]] = {}
         self._timers = []
         for message, block in self.guard.own_messages(self.height):  # what it signed before a restart
             self._start()
@@ -255,23 +256,25 @@ class ConsensusNode:
 
     def _validity(self, value: bytes, data: bytes) -> bool:
         """valid(v): the block decodes, is named by ``value``, and validates on top of this node's head."""
-        known = self.values.get(value)
-        if known is not None:
-            return known[2]
+        if value in self.values:
+            return self.values[value][2] is not None
         try:
             block, txs = decode_value(data, max_tx_size=DbState().params().max_tx_size)
         except ValidationError as exc:
             logger.warning("undecodable proposal %s: %s", value.hex()[:16], exc)
             return False
-        problem = None if block.cid.to_bytes() == value else "its id is not its block's CID"
-        if problem is None:
-            refused = chain_check_proposal(block, txs, store=self.store)
-            problem = None if refused is None else f"{refused.reason}: {refused.message}"
+        checked = None
+        if block.cid.to_bytes() != value:
+            problem = "its id is not its block's CID"
+        else:
+            verdict = chain_check_proposal(block, txs, store=self.store)
+            checked = verdict if isinstance(verdict, BlockResult) else None
+            problem = None if checked is not None else f"{verdict.reason}: {verdict.message}"
         if problem is not None:
             logger.warning("proposal %s at height %s refused: %s", value.hex()[:16], self.height, problem)
             self.stats["invalid proposal"] += 1
-        self.values[value] = (block, txs, problem is None)
-        return problem is None
+        self.values[value] = (block, txs, checked)
+        return checked is not None
 
     def _behind(self, node: str, height: int) -> None:
         now = time.monotonic()
@@ -332,15 +335,15 @@ class ConsensusNode:
     def _propose(self, need: c.NeedValue) -> None:
         proposed = chain_propose(node_id=self.me, node_key=self._key, store=self.store)
         value = proposed.block.cid.to_bytes()
-        self.values[value] = (proposed.block, proposed.txs, True)
+        self.values[value] = (proposed.block, proposed.txs, proposed.checked)
         self._feed(c.OwnValue(need.height, need.round, value, proposed.value))
 
     def _commit(self, decision: c.Decide) -> None:
-        block, txs, _ = self.values.get(decision.value) or (None, [], False)
+        block, txs, checked = self.values.get(decision.value) or (None, [], None)
         if block is None:
             block, txs = decode_value(decision.block, max_tx_size=DbState().params().max_tx_size)
         certificate = [BlockVote(v.sender, v.signature, decision.round) for v in decision.certificate]
-        chain_commit(block.with_certificate(certificate), txs, store=self.store)
+        chain_commit(block.with_certificate(certificate), txs, checked=checked, store=self.store)
         self.decided_at.append((decision.height, decision.round, time.time()))
         self.stats["blocks decided"] += 1
         logger.info("decided block %s (%s) in round %s, %d txs", decision.height, block.cid, decision.round, len(txs))

@@ -660,6 +660,7 @@ class Proposed:
     block: CoreBlock
     txs: list[CoreTx]
     value: bytes
+    checked: ledger.BlockResult  # its changes on top of the head it was built on
 
 
 def encode_value(block: CoreBlock, txs: Sequence[CoreTx]) -> bytes:
@@ -706,18 +707,22 @@ def chain_propose(*, node_id: str, node_key: bytes, store: chainstore.ChainStore
         dropped, _ = _refused(pending, sealed, state)
         _delete_mempool(ids=[pk for pk, _, _ in dropped])  # never valid: proposing them again changes nothing
         txs = list(sealed.result.txs)
-        return Proposed(sealed.block, txs, encode_value(sealed.block, txs))
+        return Proposed(sealed.block, txs, encode_value(sealed.block, txs), sealed.result)
 
 
 def chain_check_proposal(
     block: CoreBlock, txs: Sequence[CoreTx], *, store: chainstore.ChainStore | None = None
-) -> ValidationError | None:
-    """Whether ``block`` may be voted for on top of this node's head: None if valid, else why not."""
+) -> ledger.BlockResult | ValidationError:
+    """Whether ``block`` may be voted for on top of this node's head: its changes if valid, else why not.
+
+    The changes can be handed to :func:`chain_commit` once the block is decided, which then checks
+    only its certificate instead of applying every transaction again.
+    """
     store = store or chainstore.primary()
     with _seal_lock:
         head, _ = _ensure_genesis(store)
         try:
-            ledger.validate_block(
+            return ledger.validate_block(
                 block,
                 parent=head,
                 txs=txs,
@@ -728,10 +733,15 @@ def chain_check_proposal(
             )
         except ValidationError as exc:
             return exc
-        return None
 
 
-def chain_commit(block: CoreBlock, txs: Sequence[CoreTx], *, store: chainstore.ChainStore | None = None) -> Block:
+def chain_commit(
+    block: CoreBlock,
+    txs: Sequence[CoreTx],
+    *,
+    checked: ledger.BlockResult | None = None,
+    store: chainstore.ChainStore | None = None,
+) -> Block:
     """Validate a decided block (its certificate a quorum of precommits), store it and project it.
 
     The same path takes blocks this node helped decide and blocks fetched from
@@ -746,15 +756,20 @@ def chain_commit(block: CoreBlock, txs: Sequence[CoreTx], *, store: chainstore.C
             if stored == block.cid:
                 return Block.objects.get(height=block.height)
             raise ChainError(f"a second block at height {block.height}: {block.cid}, stored {stored}")
-        result = ledger.validate_block(
-            block,
-            parent=head,
-            txs=txs,
-            state=DbState(),
-            registry=registry(),
-            now_ms=max(clock_ms(), block.timestamp),  # decided by a quorum: a slow local clock must not refuse it
-            threads=SIGNATURE_THREADS,
-        )
+        if checked is not None and checked.block.cid == block.cid and block.parent == head.cid:
+            # Applied on top of this very head when it was proposed: only the certificate is new.
+            ledger.check_certificate(block, authorities_of(DbState()))
+            result = ledger.BlockResult(block, checked.txs, checked.changes)
+        else:
+            result = ledger.validate_block(
+                block,
+                parent=head,
+                txs=txs,
+                state=DbState(),
+                registry=registry(),
+                now_ms=max(clock_ms(), block.timestamp),  # decided by a quorum: a slow clock must not refuse it
+                threads=SIGNATURE_THREADS,
+            )
         size = store.write_block(block, txs)
         row = _commit_block(result, size)
         _head_cache[store.path] = block
