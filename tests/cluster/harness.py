@@ -53,6 +53,7 @@ class Link:
         self.target_port = target_port
         self.cut = False
         self.max_delay = 0.0
+        self.duplicate = 0.0  # the share of requests delivered twice
         self.rng = random.Random(target_port)
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,13 +76,48 @@ class Link:
             return
         if self.max_delay:
             time.sleep(self.rng.uniform(0, self.max_delay))
+        request = _read_request(client) if self.duplicate else b""
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
         except OSError:
             client.close()
             return
+        if request:
+            upstream.sendall(request)
+            if self.rng.random() < self.duplicate:  # the same request again, later, on its own connection
+                threading.Thread(target=self._replay, args=(request,), daemon=True).start()
         for a, b in ((client, upstream), (upstream, client)):
             threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def _replay(self, request: bytes) -> None:
+        time.sleep(self.rng.uniform(0, self.max_delay or 0.5))
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.target_port), timeout=10) as s:
+            s.sendall(request)
+            while s.recv(65536):
+                pass
+
+
+def _read_request(client: socket.socket) -> bytes:
+    """One whole HTTP request (headers and a Content-Length body) from ``client``."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        while len(body) < length:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+    return data
 
 
 def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -194,10 +230,13 @@ class Cluster:
         for link in self.links.values():
             link.cut = False
             link.max_delay = 0.0
+            link.duplicate = 0.0
 
-    def slow(self, max_delay: float) -> None:
+    def slow(self, max_delay: float, *, duplicate: float = 0.0) -> None:
+        """Delay every request up to ``max_delay`` s (so they overtake each other) and deliver a share twice."""
         for link in self.links.values():
             link.max_delay = max_delay
+            link.duplicate = duplicate
 
     # -- observing --------------------------------------------------------------------------------------------
     def status(self, node: str) -> dict:

@@ -114,8 +114,8 @@ def test_two_nodes_down_halts_and_one_returning_resumes(cluster):
     settled(cluster)
 
 
-def test_delays_up_to_two_seconds_on_every_link(cluster):
-    cluster.slow(2.0)
+def test_delays_up_to_two_seconds_with_duplicates_and_reordering_on_every_link(cluster):
+    cluster.slow(2.0, duplicate=0.2)
     cluster.submit("node-2", 40, per_second=8)
     cluster.heal()
     settled(cluster)
