@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import OperationalError, close_old_connections, transaction
 
 from chain import chainstore
 from chain.cluster import ClusterConfig, config_path, reload_cluster_config
@@ -167,21 +167,43 @@ class ConsensusNode:
         )
         try:
             while not self._stop.is_set():
-                wait = 0.05
-                if self._timers:
-                    wait = max(0.0, min(wait, self._timers[0][0] - time.monotonic()))
                 try:
-                    item = self.inbox.get(timeout=wait)
-                except queue.Empty:
-                    item = None
-                self._fire_timers()
-                if item is not None:
-                    self._on_item(*item)
-                self._periodic()
+                    self._step()
+                except OperationalError as exc:
+                    # The database stayed busy past its timeout (another process held a long write).
+                    # Nothing is lost: carry on from what is stored, as after a restart.
+                    logger.warning("database busy (%s); resuming from the stored state", exc)
+                    self.stats["database busy"] += 1
+                    self._resume()
         finally:
             self.server.shutdown()
             self.client.stop()
             chainstore.close_all()
+
+    def _step(self) -> None:
+        wait = 0.05
+        if self._timers:
+            wait = max(0.0, min(wait, self._timers[0][0] - time.monotonic()))
+        try:
+            item = self.inbox.get(timeout=wait)
+        except queue.Empty:
+            item = None
+        self._fire_timers()
+        if item is not None:
+            self._on_item(*item)
+        self._periodic()
+
+    def _resume(self) -> None:
+        """Rebuild this height from the chain store, the projection and the guard (a stored block the
+        database did not take yet is projected first)."""
+        while not self._stop.is_set():
+            close_old_connections()
+            time.sleep(0.5)
+            try:
+                self._enter_height()
+            except OperationalError:
+                continue
+            return
 
     def stop(self) -> None:
         self._stop.set()
