@@ -216,10 +216,10 @@ class ConsensusNode:
 
     def _periodic(self) -> None:
         now = time.monotonic()
-        if not self.started and MempoolEntry.objects.exists():
-            self._start()
         if now >= self._next["relay"]:
             self._next["relay"] = now + RELAY_INTERVAL
+            if not self.started and MempoolEntry.objects.exists():  # at the relay's pace, not every pass
+                self._start()
             self._relay_txs()
         if now >= self._next["resend"]:
             self._next["resend"] = now + RESEND_INTERVAL
