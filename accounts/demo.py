@@ -57,18 +57,64 @@ USERS = [
     DemoUser("operator@demo.yilian", "operator", "节点运维", "Node operator"),
 ]
 
+# In ``make cluster`` each institution runs its own node (node i: the i-th institution above; nodes
+# beyond them are authorities with no institution). Staff live on their institution's node, patients on
+# the node where they registered (their home node), and every node has its own operator.
+PATIENT_HOMES = {
+    "patient@demo.yilian": "huakang",
+    "patient2@demo.yilian": "huakang",
+    "patient3@demo.yilian": "mingde",
+    "patient4@demo.yilian": "qinghe",
+}
+
 # What ``make run`` prints: one login per portal.
-HEADLINE_LOGINS = [
-    ("patient@demo.yilian", "Patient portal / 患者门户"),
-    ("doctor@demo.yilian", "Clinic dashboard / 医生工作台"),
-    ("researcher@demo.yilian", "Research portal / 科研门户"),
-    ("admin@demo.yilian", "Institution admin / 机构管理"),
-    ("operator@demo.yilian", "Node operator / 节点运维"),
+PORTALS = [
+    ("patient", "Patient portal / 患者门户"),
+    ("clinician", "Clinic dashboard / 医生工作台"),
+    ("researcher", "Research portal / 科研门户"),
+    ("institution_admin", "Institution admin / 机构管理"),
+    ("operator", "Node operator / 节点运维"),
 ]
+
+
+def cluster_institution(index: int) -> str:
+    """The institution whose node is node ``index`` (1…) of ``make cluster``; "" for one beyond them."""
+    return INSTITUTIONS[index - 1].code if 1 <= index <= len(INSTITUTIONS) else ""
+
+
+def home_of(user: DemoUser) -> str | None:
+    """The institution whose node holds this demo user's account; None: every node (the operator)."""
+    return user.institution or PATIENT_HOMES.get(user.email)
+
+
+def users_at(institution: str | None) -> list[DemoUser]:
+    """The demo users one node holds: all (None: the single node), one institution's, or the operator ("")."""
+    if institution is None:
+        return list(USERS)
+    return [user for user in USERS if home_of(user) in (None, institution)]
+
+
+def headline_logins(present: set[str]) -> list[tuple[str, str]]:
+    """One login per portal, among the demo accounts in ``present`` (the emails this node holds)."""
+    logins = []
+    for role, label in PORTALS:
+        email = next((u.email for u in USERS if u.role == role and u.verified and u.email in present), None)
+        if email is not None:
+            logins.append((email, label))
+    return logins
+
+
+def login_lines() -> list[str]:
+    """The demo logins this node holds, as ``seed_demo`` and ``runnode`` print them."""
+    from accounts.models import User
+
+    present = set(User.objects.filter(email__in=[u.email for u in USERS]).values_list("email", flat=True))
+    logins = headline_logins(present)
+    if not logins:
+        return []
+    return [f"Demo logins (password for all: {DEMO_PASSWORD}):"] + [f"  {label:<34} {email}" for email, label in logins]
 
 
 def banner_lines() -> list[str]:
     """What ``runnode`` prints under its address (``settings.NODE_BANNER``): the demo logins."""
-    lines = [f"Demo logins (password for all: {DEMO_PASSWORD}):"]
-    lines += [f"  {label:<34} {email}" for email, label in HEADLINE_LOGINS]
-    return lines
+    return login_lines()

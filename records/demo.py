@@ -117,13 +117,66 @@ DEMO_RECORDS = [
 ]
 
 
-def seed_demo_records(patient_email: str = "patient@demo.yilian") -> int:
+# The community clinic's own visit, seeded on its node in a consortium (``seed_institution_records``).
+CLINIC_RECORDS = [
+    (
+        "doctor3@demo.yilian",
+        "outpatient",
+        60,
+        "note",
+        {
+            "title": "全科门诊：高血压随访 General practice: hypertension follow-up",
+            "text": (
+                "血压控制可，无头晕胸闷。继续原方案，三个月后复查。\n"
+                "Blood pressure controlled, no dizziness; same treatment, review in three months."
+            ),
+        },
+    ),
+    (
+        "doctor3@demo.yilian",
+        "outpatient",
+        60,
+        "prescription",
+        {
+            "title": "处方：氨氯地平 Prescription: amlodipine",
+            "instructions": "每日早晨服用，监测血压。Take every morning; keep a blood pressure diary.",
+            "medications": [
+                {
+                    "name": "苯磺酸氨氯地平片 Amlodipine",
+                    "dose": "5 mg",
+                    "route": "oral",
+                    "frequency": "每日一次 once daily",
+                    "duration": "90 天 days",
+                }
+            ],
+        },
+    ),
+]
+
+
+def seed_institution_records(institution: str) -> int:
+    """``make cluster``: the demo records one institution's doctors wrote, for the first patient registered there.
+
+    Each institution's node holds what its own staff wrote; records written at
+    one hospital for a patient of another need the consortium's cross-node care.
+    """
+    from accounts.demo import PATIENT_HOMES
+
+    patient = next((email for email, home in PATIENT_HOMES.items() if home == institution), None)
+    if patient is None:
+        return 0
+    doctors = set(User.objects.filter(institution__code=institution).values_list("email", flat=True))
+    entries = [entry for entry in DEMO_RECORDS + CLINIC_RECORDS if entry[0] in doctors]
+    return seed_demo_records(patient, entries)
+
+
+def seed_demo_records(patient_email: str = "patient@demo.yilian", entries: list | None = None) -> int:
     patient = User.objects.filter(email=patient_email).first()
     if patient is None or MedicalRecord.objects.filter(patient=patient).exists():
         return 0
     made = 0
     visits: dict[tuple[str, int], Visit] = {}
-    for doctor_email, visit_kind, days_ago, kind, content in DEMO_RECORDS:
+    for doctor_email, visit_kind, days_ago, kind, content in DEMO_RECORDS if entries is None else entries:
         doctor = User.objects.get(email=doctor_email)
         key = (doctor_email, days_ago)
         if key not in visits:

@@ -34,11 +34,13 @@ from chain.core.block import Block, Vote
 from chain.core.consortium import Authority
 from chain.core.transaction import now_ms
 from chain.ledger_services import TxRejected, configured_params, tx_sign_and_submit
+from chain.management.commands.runnode import Command as Runnode
 from chain.services import node_identity, node_signing_key
 from chain.supervisor import Child, GaveUp, Supervisor
 
 CHAIN_ID = "yilian-cluster"
 PEER_OFFSET = 100
+LOGINS_NAME = "demo-logins.txt"  # what ``cluster run`` prints under a seeded node's address
 
 
 def node_env(data_dir: Path, node_id: str) -> dict[str, str]:
@@ -134,8 +136,11 @@ class Command(BaseCommand):
             peers = {other: f"http://127.0.0.1:{base + PEER_OFFSET + j}" for j, other in enumerate(ids, 1) if j != i}
             write_config(dirs[node], ClusterConfig(CHAIN_ID, node, "127.0.0.1", base + PEER_OFFSET + i, peers))
         if not options["no_seed"]:
-            for node in ids:
-                self._manage(dirs[node], node, "seed_demo", "--quiet-logins")
+            # Node i is the i-th demo institution's (the seed's own choice: chain knows no accounts).
+            for i, node in enumerate(ids, start=1):
+                seeded = self._manage(dirs[node], node, "seed_demo", "--cluster-node", str(i))
+                lines = [line for line in seeded.splitlines() if not line.startswith("Demo data ready")]
+                (dirs[node] / LOGINS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.stdout.write(f"consortium {CHAIN_ID}: {count} authorities, block 0 {genesis.cid}")
         for i, node in enumerate(ids, start=1):
             self.stdout.write(f"  {node}: {dirs[node]}  web :{base + i}  peers :{base + PEER_OFFSET + i}")
@@ -170,7 +175,7 @@ class Command(BaseCommand):
         children = [
             Child(
                 node.name,
-                [sys.executable, manage, "runnode", "--port", str(base + _index(node))],
+                [sys.executable, manage, "runnode", "--port", str(base + _index(node)), "--no-banner"],
                 node_env(node, node.name),
             )
             for node in nodes
@@ -185,19 +190,32 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         supervisor = Supervisor(children, root / "run", log=lambda m: self.stdout.write(f"[cluster] {m}"))
         supervisor.start_all()
-        self.stdout.write(f"consortium {CHAIN_ID} in {root}:")
-        for node in nodes:
-            i = _index(node)
-            self.stdout.write(f"  {node.name}: http://localhost:{base + i}/  (peers on :{base + PEER_OFFSET + i})")
-        self.stdout.flush()
+        waiting = {node.name: f"http://127.0.0.1:{base + _index(node)}/healthz" for node in nodes}
         try:
             while not stopping:
                 supervisor.tick()
+                if waiting:
+                    waiting = {name: url for name, url in waiting.items() if not Runnode.web_answers(url)}
+                    if not waiting:
+                        self._banner(root, nodes, base)
                 time.sleep(0.5)
         except GaveUp as exc:
             self.stderr.write(str(exc))
         self.stdout.write("stopping the consortium…")
         supervisor.stop_all(timeout=60)
+
+    def _banner(self, root: Path, nodes: list[Path], base: int) -> None:
+        line = "=" * 72
+        title = f"Yilian 医链 consortium {CHAIN_ID}: {len(nodes)} nodes in {root}"
+        self.stdout.write(self.style.SUCCESS(f"\n{line}\n  {title}\n{line}"))
+        for node in nodes:
+            i = _index(node)
+            self.stdout.write(f"\n  {node.name}: http://localhost:{base + i}/  (peers on :{base + PEER_OFFSET + i})")
+            logins = node / LOGINS_NAME
+            for text in logins.read_text(encoding="utf-8").splitlines() if logins.exists() else []:
+                self.stdout.write(f"    {text}")
+        self.stdout.write("\n  Press Ctrl-C to stop every node.\n")
+        self.stdout.flush()
 
     def _manage(self, data_dir: Path, node: str, *args: str) -> str:
         done = subprocess.run(  # noqa: S603 - our own manage.py

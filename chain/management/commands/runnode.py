@@ -118,7 +118,7 @@ class Command(BaseCommand):
                 self.stderr.write(str(exc))
                 exit_code = 1
                 break
-            if not announced and self._web_answers(health_url):
+            if not announced and self.web_answers(health_url):
                 self._banner(url)
                 announced = True
             time.sleep(0.5)
@@ -138,7 +138,7 @@ class Command(BaseCommand):
         return base
 
     @staticmethod
-    def _web_answers(health_url: str) -> bool:
+    def web_answers(health_url: str) -> bool:
         try:
             with urllib.request.urlopen(health_url, timeout=2):  # noqa: S310 - our own loopback URL
                 return True

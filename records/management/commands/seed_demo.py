@@ -1,4 +1,12 @@
-"""Create the fictional demo consortium. Safe to run any number of times."""
+"""Create the fictional demo consortium. Safe to run any number of times.
+
+On the single node (``make run``) it seeds every institution and person. In a
+consortium (``make cluster``) node I runs it with ``--cluster-node I``:
+the institution directory is the consortium's (every node lists every
+institution), but only that institution's staff, the patients registered
+there and the node's operator have accounts on it, and its records are the
+ones its own doctors wrote.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from django.utils import timezone
 from accounts import demo
 from accounts.models import Institution, User
 from accounts.services import institution_create, user_create
-from records.demo import seed_demo_records, seed_demo_research
+from records.demo import seed_demo_records, seed_demo_research, seed_institution_records
 
 
 class Command(BaseCommand):
@@ -18,9 +26,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--quiet-logins", action="store_true", help="Do not print the demo logins.")
+        parser.add_argument(
+            "--cluster-node",
+            type=int,
+            metavar="I",
+            help="Seed node I of a consortium (``cluster init``): the I-th institution's staff, patients, records.",
+        )
 
     @transaction.atomic
-    def handle(self, *args, quiet_logins=False, **options):
+    def handle(self, *args, quiet_logins=False, cluster_node=None, **options):
+        home = None if cluster_node is None else demo.cluster_institution(cluster_node)
         institutions = {}
         created = 0
         for item in demo.INSTITUTIONS:
@@ -33,7 +48,7 @@ class Command(BaseCommand):
             institutions[item.code] = institution
         admins = {}
         # Admins first, so the staff they vouch for can name them as verifier.
-        for item in sorted(demo.USERS, key=lambda u: u.role != "institution_admin"):
+        for item in sorted(demo.users_at(home), key=lambda u: u.role != "institution_admin"):
             user = User.objects.filter(email=item.email).first()
             if user is None:
                 user = user_create(
@@ -58,10 +73,15 @@ class Command(BaseCommand):
                 user.verified_at = timezone.now()
                 user.verified_by = admins.get(item.institution) if item.role != "institution_admin" else None
                 user.save(update_fields=["verified_at", "verified_by"])
-        created += seed_demo_records()
-        created += seed_demo_research()
+        if home is None:
+            created += seed_demo_records()
+            created += seed_demo_research()
+        else:
+            created += seed_institution_records(home)
         self.stdout.write(f"Demo data ready ({created} new objects).")
+        if home:
+            here = institutions[home]
+            self.stdout.write(f"{here.name} {here.name_en}")
         if not quiet_logins:
-            self.stdout.write(f"Demo logins (password for all: {demo.DEMO_PASSWORD}):")
-            for email, label in demo.HEADLINE_LOGINS:
-                self.stdout.write(f"  {label:<34} {email}")
+            for line in demo.login_lines():
+                self.stdout.write(line)

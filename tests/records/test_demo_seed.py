@@ -1,0 +1,75 @@
+"""``make cluster`` seeds each node as its institution's: its staff, its patients, its own records."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+
+from accounts import demo
+from accounts.models import Institution, User
+from records.models import MedicalRecord
+
+pytestmark = pytest.mark.django_db
+
+
+def seed(node: int) -> str:
+    out = io.StringIO()
+    call_command("seed_demo", cluster_node=node, stdout=out)
+    return out.getvalue()
+
+
+def test_a_hospital_node_holds_its_staff_its_patients_and_what_its_doctors_wrote():
+    printed = seed(2)  # Mingde University Hospital
+
+    assert set(Institution.objects.values_list("code", flat=True)) == {i.code for i in demo.INSTITUTIONS}
+    emails = set(User.objects.values_list("email", flat=True))
+    assert emails == {
+        "doctor2@demo.yilian",
+        "admin.mingde@demo.yilian",
+        "patient3@demo.yilian",
+        "operator@demo.yilian",
+    }
+    records = MedicalRecord.objects.select_related("author__institution", "patient")
+    assert records.count() == 2
+    assert {r.author.institution.code for r in records} == {"mingde"}
+    assert {r.patient.email for r in records} == {"patient3@demo.yilian"}
+    assert "Mingde University Hospital" in printed
+    assert "patient3@demo.yilian" in printed and "doctor2@demo.yilian" in printed
+    assert "patient@demo.yilian" not in printed
+
+
+def test_the_clinic_node_has_its_own_visit_and_seeding_twice_adds_nothing():
+    seed(3)
+    seed(3)
+
+    records = MedicalRecord.objects.select_related("author", "patient")
+    assert {(r.author.email, r.patient.email) for r in records} == {("doctor3@demo.yilian", "patient4@demo.yilian")}
+    assert records.count() == 2
+    assert User.objects.filter(email="doctor3@demo.yilian").count() == 1
+
+
+def test_a_node_beyond_the_institutions_has_only_its_operator():
+    printed = seed(5)
+
+    assert list(User.objects.values_list("email", flat=True)) == ["operator@demo.yilian"]
+    assert not MedicalRecord.objects.exists()
+    assert "operator@demo.yilian" in printed and "Patient portal" not in printed
+
+
+def test_the_banner_names_one_login_per_portal_this_node_holds():
+    every = {u.email for u in demo.USERS}
+    assert demo.headline_logins(every) == [
+        ("patient@demo.yilian", "Patient portal / 患者门户"),
+        ("doctor@demo.yilian", "Clinic dashboard / 医生工作台"),
+        ("researcher@demo.yilian", "Research portal / 科研门户"),
+        ("admin@demo.yilian", "Institution admin / 机构管理"),
+        ("operator@demo.yilian", "Node operator / 节点运维"),
+    ]
+    research_node = {u.email for u in demo.users_at("dongyue")}
+    assert [email for email, _ in demo.headline_logins(research_node)] == [
+        "researcher@demo.yilian",
+        "admin.dongyue@demo.yilian",
+        "operator@demo.yilian",
+    ]
