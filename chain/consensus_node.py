@@ -26,7 +26,7 @@ One height:
 Transactions: rows of this node's mempool are relayed to every peer (from
 the oldest not yet sent, and all of them again after a restart, since the
 row is the only record); a relayed transaction enters each peer's mempool
-through the same ``tx_submit`` validation. Catching up: a message from a
+through the same validation (``tx_submit_many``, the batch path). Catching up: a message from a
 later height, or a peer reporting a higher head, makes the loop fetch the
 missing blocks with their certificates from that peer and commit them one by
 one, each verified against the authorities at its height; a brand-new node
@@ -77,7 +77,7 @@ from chain.ledger_services import (
     chain_store_gap,
     decode_value,
     tx_sign_and_submit,
-    tx_submit,
+    tx_submit_many,
 )
 from chain.models import MempoolEntry
 from chain.peers import PeerClient, PeerServer
@@ -422,7 +422,6 @@ class ConsensusNode:
             "back; start again once a peer is up, or restore the data directory"
         )
 
-
     def _catch_up(self, peer: str) -> None:
         """Fetch, verify and commit the blocks ``peer`` has beyond this node's head."""
         if peer not in self.client.peers:
@@ -483,17 +482,14 @@ class ConsensusNode:
         """A peer's relayed transactions into this node's mempool (on a server thread)."""
         accepted = refused = 0
         try:
-            # One database commit for the batch (a commit per transaction was the relay's bottleneck); a
-            # refusal writes nothing, and tx_submit's own savepoint undoes a clashing insert.
+            # The batch path: one commit, the signatures over both cores, one query per kind of read.
             with transaction.atomic():
-                for raw in raws:
-                    try:
-                        entry = tx_submit(raw)
-                    except TxRejected:
+                for outcome in tx_submit_many(raws):
+                    if isinstance(outcome, TxRejected):
                         refused += 1  # already here, already sealed, or invalid: nothing to relay
                         continue
                     accepted += 1
-                    self._from_peers[entry.cid] = None
+                    self._from_peers[outcome.cid] = None
             while len(self._from_peers) > 100_000:
                 self._from_peers.popitem(last=False)
         finally:

@@ -28,9 +28,11 @@ fails.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -299,33 +301,146 @@ def tx_submit(tx: CoreTx | bytes, *, now_ms: int | None = None) -> MempoolEntry:
     pending one makes invalid is refused when the block is sealed, and
     dropped with a logged reason.
     """
+    (outcome,) = tx_submit_many([tx], now_ms=now_ms)
+    if isinstance(outcome, TxRejected):
+        raise outcome
+    return outcome
+
+
+def tx_submit_many(txs: Sequence[CoreTx | bytes], *, now_ms: int | None = None) -> list[MempoolEntry | TxRejected]:
+    """:func:`tx_submit` for a batch: one outcome per transaction, in order, each checked as fully.
+
+    The batch path a node takes for many transactions at once (what peers
+    relay, its own bulk submissions): the signatures are verified together
+    over the cores, the state and the pending sequence numbers of all signers
+    are read in one query each, and the accepted rows are inserted together.
+    A signer's transactions are accepted in sequence order within the batch.
+    A refused transaction writes nothing and does not stop the others.
+    """
     state = DbState()
     params = state.params()
-    try:
-        if not isinstance(tx, CoreTx):
-            tx = CoreTx.decode(bytes(tx), max_size=params.max_tx_size)
-        ledger.check_transaction(
-            tx,
-            state=state,
-            registry=registry(),
-            params=params,
-            chain_id=settings.CHAIN_ID,
-            now_ms=clock_ms() if now_ms is None else now_ms,
-            next_seq=next_seq(tx.signer, state=state),
+    now = clock_ms() if now_ms is None else now_ms
+    outcomes: list[MempoolEntry | TxRejected | None] = []
+    decoded: list[CoreTx] = []
+    for item in txs:
+        if isinstance(item, CoreTx):
+            decoded.append(item)
+            outcomes.append(None)
+            continue
+        try:
+            decoded.append(_checked_txs.decode(bytes(item), max_size=params.max_tx_size))
+            outcomes.append(None)
+        except ValidationError as exc:
+            outcomes.append(TxRejected(exc.reason, exc.message))
+    ledger.verify_signatures(decoded, threads=SIGNATURE_THREADS)  # failures are reported by the checks below
+    signers = {tx.signer for tx in decoded}
+    state.prefetch(seq_key(signer) for signer in signers)
+    pending = _pending_seqs(signers)
+    expected: dict[bytes, int] = {}
+    entries: list[MempoolEntry] = []
+    txs_left = iter(decoded)
+    for index, outcome in enumerate(outcomes):
+        if outcome is not None:
+            continue
+        tx = next(txs_left)
+        if tx.signer not in expected:
+            expected[tx.signer] = max(pending.get(tx.signer, 0), last_seq(state, tx.signer)) + 1
+        try:
+            ledger.check_transaction(
+                tx,
+                state=state,
+                registry=registry(),
+                params=params,
+                chain_id=settings.CHAIN_ID,
+                now_ms=now,
+                next_seq=expected[tx.signer],
+            )
+        except ValidationError as exc:
+            outcomes[index] = TxRejected(exc.reason, exc.message)
+            continue
+        expected[tx.signer] = tx.seq + 1  # a pending transaction submitted again is refused by its number
+        entry = MempoolEntry(
+            cid=str(tx.cid), raw=tx.encoded, type=tx.type, signer=tx.signer.hex(), seq=tx.seq, size=tx.size
         )
-    except ValidationError as exc:
-        raise TxRejected(exc.reason, exc.message) from None
-    entry = MempoolEntry(
-        cid=str(tx.cid), raw=tx.encoded, type=tx.type, signer=tx.signer.hex(), seq=tx.seq, size=tx.size
-    )
+        entries.append(entry)
+        outcomes[index] = entry
+    _insert_entries(entries, outcomes)
+    _checked_txs.remember(tx for tx in decoded if tx.signature_checked)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+class _CheckedTxs:
+    """Transactions this process decoded and whose signatures verified, by their CID's digest.
+
+    A consortium node decodes and verifies what a peer relays; the same bytes
+    come back in a proposal, then in the decided block. The digest of the
+    bytes names them exactly, signature included, so the object decoded and
+    verified once serves again. Bounded, oldest out; thread-safe (the peer
+    server's threads fill it, the consensus loop reads it).
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, CoreTx] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, txs: Iterable[CoreTx]) -> None:
+        with self._lock:
+            for tx in txs:
+                if tx.signature_checked:
+                    self._items[tx.cid.digest] = tx
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def decode(self, raw: bytes, *, max_size: int) -> CoreTx:
+        """:meth:`CoreTx.decode`, or the verified object these very bytes decoded to before."""
+        if len(raw) <= max_size:
+            digest = hashlib.sha256(raw).digest()
+            with self._lock:
+                known = self._items.get(digest)
+            if known is not None:
+                return known
+        return CoreTx.decode(raw, max_size=max_size)
+
+
+_checked_txs = _CheckedTxs()
+
+
+def _pending_seqs(signers: Iterable[bytes]) -> dict[bytes, int]:
+    """The highest pending sequence number of each of ``signers`` that has one."""
+    tops: dict[bytes, int] = {}
+    for chunk in _chunks([signer.hex() for signer in signers]):
+        rows = MempoolEntry.objects.filter(signer__in=chunk).values("signer").annotate(top=Max("seq"))
+        tops.update((bytes.fromhex(signer), top) for signer, top in rows.values_list("signer", "top"))
+    return tops
+
+
+def _pending_cids(cids: Sequence[str]) -> set[str]:
+    """Those of ``cids`` that this node's mempool holds."""
+    held: set[str] = set()
+    for chunk in _chunks(cids):
+        held.update(MempoolEntry.objects.filter(cid__in=chunk).values_list("cid", flat=True))
+    return held
+
+
+def _insert_entries(entries: list[MempoolEntry], outcomes: list[Any]) -> None:
+    """Insert accepted rows together; one that a concurrent submission beat becomes a refusal in ``outcomes``."""
+    if not entries:
+        return
     try:
-        with transaction.atomic():  # a savepoint: the caller's transaction survives a refusal
-            entry.save(force_insert=True)
+        with transaction.atomic():  # a savepoint: the caller's transaction survives a clash
+            MempoolEntry.objects.bulk_create(entries)
+        return
     except IntegrityError:
-        raise TxRejected(
-            Reason.REPLAY, f"another transaction of this signer with sequence number {tx.seq} is pending"
-        ) from None
-    return entry
+        pass
+    for entry in entries:  # someone else took a (signer, seq) or a CID meanwhile: find which, one by one
+        try:
+            with transaction.atomic():
+                entry.save(force_insert=True)
+        except IntegrityError:
+            outcomes[outcomes.index(entry)] = TxRejected(
+                Reason.REPLAY, f"another transaction of this signer with sequence number {entry.seq} is pending"
+            )
 
 
 def tx_sign_and_submit(
@@ -411,6 +526,8 @@ def chain_recover(*, store: chainstore.ChainStore | None = None) -> int:
             if stored is None or str(stored) != db_cid:
                 raise ChainError(f"the database projection and the chain store disagree at height {db_height}")
             start = db_height + 1
+        if start > height:
+            return 0  # the usual case: the projection is at the store's head
         parent = store.block_at(start - 1) if start else None
         for h in range(start, height + 1):
             block = store.block_at(h)
@@ -498,7 +615,7 @@ def _load_pending(limit: int, max_size: int) -> _Pending:
     txs, ids, bad = [], {}, []
     for pk, cid, raw in rows:
         try:
-            tx = CoreTx.decode(bytes(raw), max_size=max_size)
+            tx = _checked_txs.decode(bytes(raw), max_size=max_size)
         except ValidationError as exc:
             bad.append((pk, cid, f"{exc.reason}: {exc.message}"))
             continue
@@ -678,7 +795,7 @@ def decode_value(data: bytes, *, max_tx_size: int) -> tuple[CoreBlock, list[Core
         raise ValidationError(Reason.BAD_ENCODING, "a value is a map {block, txs}")
     if not isinstance(value["block"], bytes) or not all(isinstance(t, bytes) for t in value["txs"]):
         raise ValidationError(Reason.BAD_ENCODING, "a value holds bytes")
-    return CoreBlock.decode(value["block"]), [CoreTx.decode(t, max_size=max_tx_size) for t in value["txs"]]
+    return CoreBlock.decode(value["block"]), [_checked_txs.decode(t, max_size=max_tx_size) for t in value["txs"]]
 
 
 def chain_head(*, store: chainstore.ChainStore | None = None) -> CoreBlock:
@@ -719,6 +836,7 @@ def chain_check_proposal(
     only its certificate instead of applying every transaction again.
     """
     store = store or chainstore.primary()
+    _mark_checked_at_submission(txs)
     with _seal_lock:
         head, _ = _ensure_genesis(store)
         try:
@@ -733,6 +851,18 @@ def chain_check_proposal(
             )
         except ValidationError as exc:
             return exc
+
+
+def _mark_checked_at_submission(txs: Sequence[CoreTx]) -> None:
+    """Skip verifying again the signatures of transactions this node's mempool holds.
+
+    They were verified when they entered it, and a CID names the exact bytes,
+    signature included: the same CID is the same signed transaction.
+    """
+    held = _pending_cids([str(tx.cid) for tx in txs if not tx.signature_checked])
+    for tx in txs:
+        if str(tx.cid) in held:
+            tx.mark_signature_checked()
 
 
 def chain_commit(

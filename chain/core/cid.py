@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import varint
 from .errors import CodecError
@@ -110,7 +111,7 @@ class CID:
 
     def encode(self) -> str:
         """The multibase base32 string, e.g. ``bafkrei…``."""
-        return "b" + base64.b32encode(self.to_bytes()).decode("ascii").lower().rstrip("=")
+        return _base32(self.to_bytes())
 
     @property
     def codec_name(self) -> str:
@@ -125,6 +126,12 @@ class CID:
 
     def __repr__(self) -> str:
         return f"CID({self.encode()})"
+
+
+@lru_cache(maxsize=65_536)
+def _base32(binary: bytes) -> str:
+    # base64's base32 is written in Python and a node writes the same CIDs many times (row, log, mempool).
+    return "b" + base64.b32encode(binary).decode("ascii").lower().rstrip("=")
 
 
 _B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")

@@ -363,7 +363,7 @@ def validate_block(
         raise ValidationError(Reason.BAD_TIMESTAMP, "block timestamp is too far in the future")
     check_certificate(block, authorities, require_quorum=require_quorum)
     _check_tx_list(block, txs, params)
-    _verify_signatures(txs, threads)
+    verify_signatures(txs, threads)
     overlay = Overlay(state)
     hasher = StateHasher(parent.state_hash)
     for index, tx in enumerate(txs):
@@ -414,8 +414,12 @@ def _check_tx_list(block: Block, txs: Sequence[Transaction], params: ChainParams
         raise ValidationError(Reason.BAD_MERKLE_ROOT, "tx_root is not the root of the tx CIDs")
 
 
-def _verify_signatures(txs: Sequence[Transaction], threads: int) -> None:
-    """Verify the not-yet-verified signatures in one batch (possibly threaded)."""
+def verify_signatures(txs: Sequence[Transaction], threads: int) -> None:
+    """Verify the not-yet-verified signatures in one batch (possibly threaded).
+
+    Each transaction that passes is marked checked; a failure is reported by
+    the check that follows (``apply_transaction``, ``check_transaction``).
+    """
     todo = [tx for tx in txs if not tx.signature_checked]
     results = crypto.verify_many(
         ((tx.signer, tx.signature, tx.signing_bytes) for tx in todo), threads=threads
@@ -454,7 +458,7 @@ def seal_block(
     params = params_of(state) if params is None else params
     _check_sealer(node_id, node_key, authorities)
     timestamp = max(_now() if now_ms is None else now_ms, parent.timestamp)
-    _verify_signatures(pending[: params.max_block_txs], threads)
+    verify_signatures(pending[: params.max_block_txs], threads)
     sealer = _Sealer(parent, state, registry, params, timestamp + params.max_future_ms)
     for tx in pending:
         sealer.offer(tx)

@@ -9,7 +9,7 @@ from django.db import transaction
 
 from chain.core import crypto
 from chain.core.transaction import Transaction as CoreTx
-from chain.ledger_services import TxRejected, next_seq, tx_sign_and_submit, tx_submit
+from chain.ledger_services import TxRejected, next_seq, tx_sign_and_submit, tx_submit, tx_submit_many
 from chain.models import MempoolEntry
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("chain_dir")]
@@ -154,7 +154,7 @@ def test_two_transactions_racing_for_one_number(pair, demo_tx, monkeypatch):
 
     first, second = demo_tx(pair, 1, nonce=1), demo_tx(pair, 1, nonce=2)
     tx_submit(first)
-    monkeypatch.setattr(services, "next_seq", lambda signer, state=None: 1)  # as if it read before the first
+    monkeypatch.setattr(services, "_pending_seqs", lambda signers: {})  # as if it read before the first
     error = rejected_again(second)
     assert error.reason == "replay"
     assert "pending" in error.message
@@ -170,3 +170,46 @@ def test_submission_query_count(pair, demo_tx, django_assert_max_num_queries):
     tx_submit(demo_tx(pair, 1))
     with django_assert_max_num_queries(6):
         tx_submit(demo_tx(pair, 2))
+
+
+# -- the batch path (relayed transactions, a node's own bulk submissions) ------------------------------
+def test_a_batch_gets_one_outcome_per_transaction_in_order(pair, demo_tx):
+    other = crypto.new_ed25519()
+    good = [demo_tx(pair, 1), demo_tx(pair, 2), demo_tx(other, 1)]
+    forged = dataclasses.replace(demo_tx(pair, 3), payload={"nonce": 99})
+    gap = demo_tx(other, 5)
+    batch = [good[0], b"not a transaction", good[1], forged, good[0], gap, good[2].encode()]
+
+    outcomes = tx_submit_many(batch)
+
+    reasons = [o.reason if isinstance(o, TxRejected) else "ok" for o in outcomes]
+    assert reasons == ["ok", "bad-encoding", "ok", "bad-signature", "replay", "bad-seq", "ok"]
+    assert set(MempoolEntry.objects.values_list("cid", flat=True)) == {str(tx.cid) for tx in good}
+
+
+def test_a_batch_continues_where_the_mempool_stands(pair, demo_tx):
+    tx_submit(demo_tx(pair, 1))
+    outcomes = tx_submit_many([demo_tx(pair, 2), demo_tx(pair, 3)])
+    assert [o.seq for o in outcomes] == [2, 3]
+    assert next_seq(pair.public) == 4
+
+
+def test_a_batch_costs_a_fixed_number_of_queries(demo_tx, django_assert_max_num_queries):
+    pairs = [crypto.new_ed25519() for _ in range(20)]
+    batch = [demo_tx(p, seq) for p in pairs for seq in (1, 2, 3, 4, 5)]
+    with django_assert_max_num_queries(8):
+        outcomes = tx_submit_many(batch)
+    assert not [o for o in outcomes if isinstance(o, TxRejected)]
+    assert MempoolEntry.objects.count() == 100
+
+
+def test_a_batch_refuses_what_a_concurrent_submission_took_and_keeps_the_rest(pair, demo_tx, monkeypatch):
+    import chain.ledger_services as services
+
+    tx_submit(demo_tx(pair, 1, nonce=1))
+    monkeypatch.setattr(services, "_pending_seqs", lambda signers: {})  # read before that submission
+    other = crypto.new_ed25519()
+    outcomes = tx_submit_many([demo_tx(pair, 1, nonce=2), demo_tx(other, 1)])
+    assert isinstance(outcomes[0], TxRejected) and outcomes[0].reason == "replay"
+    assert outcomes[1].seq == 1
+    assert MempoolEntry.objects.count() == 2
