@@ -13,6 +13,9 @@ one authority's approval of the change; the change happens when ``quorum(n)``
 distinct current authorities have approved the same change (one authority
 cannot add a friend or remove a rival; a lone node's own approval is its
 quorum). Pending approvals live under ``chain/membership/<join|leave>/<id>``.
+An authority proven to have double-signed (evidence committed on chain) is
+removed by ``f + 1`` approvals, and the evidence counts as its reporter's
+approval (:func:`removal_threshold`).
 A change takes effect from the *next* height: the block that completes it is
 certified by the authority set before it, and every node applies a block
 before it starts the next height, so all of them use the same set.
@@ -150,6 +153,7 @@ def _require_authority_signer(view: StateView, tx: Transaction) -> tuple[Authori
 
 
 MEMBERSHIP_PREFIX = "chain/membership/"
+EVIDENCE_PREFIX = "chain/evidence/"  # written by consensus.evidence (chain.core.evidence)
 
 
 def pending_change(view: StateView, change: str, node_id: str) -> dict[str, Any] | None:
@@ -168,15 +172,42 @@ def _approver(view: StateView, tx: Transaction, change: str) -> str:
     return approver
 
 
-def _approve(view: StateView, tx: Transaction, change: str, record: dict[str, Any]) -> tuple[bool, StateChange]:
-    """Count ``tx``'s approval; whether the change now has its quorum, and the pending entry's change."""
-    key = f"{MEMBERSHIP_PREFIX}{change}/{tx.payload['id']}"
-    approvals = sorted(
-        {*((pending_change(view, change, tx.payload["id"]) or {}).get("approvals", [])), _approver(view, tx, change)}
-    )
-    if len(approvals) >= quorum(len(authorities_of(view))):
+def removal_threshold(view: StateView, node_id: str, *, proven: bool = False) -> int:
+    """How many approvals remove ``node_id``: a quorum, or ``f + 1`` once it is proven to have double-signed.
+
+    Evidence on chain (``chain/evidence/<id>``, :mod:`chain.core.evidence`) is
+    a proof every node checked, not an opinion, so removing a proven offender
+    needs only enough approvals that at least one comes from an honest
+    authority: ``n - quorum(n) + 1``. The authorities that misbehave (at most
+    ``f``) still cannot remove anyone alone, and cannot forge evidence.
+    """
+    n = len(authorities_of(view))
+    if proven or view.get(EVIDENCE_PREFIX + node_id):
+        return n - quorum(n) + 1
+    return quorum(n)
+
+
+def _count_approval(
+    view: StateView, change: str, node_id: str, approver: str | None, record: dict[str, Any], threshold: int
+) -> tuple[bool, StateChange]:
+    """Count ``approver``'s approval (None: none new); whether the change now has enough, and the entry's change."""
+    key = f"{MEMBERSHIP_PREFIX}{change}/{node_id}"
+    approvals = sorted({*((pending_change(view, change, node_id) or {}).get("approvals", [])), approver} - {None})
+    if len(approvals) >= threshold:
         return True, StateChange(key, None)
     return False, StateChange(key, {**record, "approvals": approvals})
+
+
+def removal_changes(view: StateView, node_id: str, approver: str | None, *, proven: bool = False) -> list[StateChange]:
+    """``approver``'s approval of removing ``node_id`` (None: recount, the threshold fell), and the removal once due."""
+    if approver is None and pending_change(view, "leave", node_id) is None:
+        return []
+    threshold = removal_threshold(view, node_id, proven=proven)
+    done, entry = _count_approval(view, "leave", node_id, approver, {}, threshold)
+    if not done:
+        return [entry]
+    remaining = [a for a in authorities_of(view) if a.id != node_id]
+    return [entry, StateChange(AUTHORITIES_KEY, [a.to_cbor() for a in remaining])]
 
 
 def _validate_joined(view: StateView, tx: Transaction) -> None:
@@ -197,7 +228,10 @@ def _validate_joined(view: StateView, tx: Transaction) -> None:
 
 
 def _apply_joined(view: StateView, tx: Transaction) -> list[StateChange]:
-    done, entry = _approve(view, tx, "join", {"public_key": tx.payload["public_key"]})
+    approver, threshold = _approver(view, tx, "join"), quorum(len(authorities_of(view)))
+    done, entry = _count_approval(
+        view, "join", tx.payload["id"], approver, {"public_key": tx.payload["public_key"]}, threshold
+    )
     if not done:
         return [entry]
     joined = Authority(tx.payload["id"], tx.payload["public_key"])
@@ -216,11 +250,7 @@ def _validate_left(view: StateView, tx: Transaction) -> None:
 
 
 def _apply_left(view: StateView, tx: Transaction) -> list[StateChange]:
-    done, entry = _approve(view, tx, "leave", {})
-    if not done:
-        return [entry]
-    remaining = [a for a in authorities_of(view) if a.id != tx.payload["id"]]
-    return [entry, StateChange(AUTHORITIES_KEY, [a.to_cbor() for a in remaining])]
+    return removal_changes(view, tx.payload["id"], _approver(view, tx, "leave"))
 
 
 NODE_JOINED = TxType(

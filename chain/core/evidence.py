@@ -9,8 +9,11 @@ it (a node submits what its consensus loop caught, signed with its own key).
 
 The state keeps, under ``chain/evidence/<authority>``, the list of offences
 ``[height, round, kind]`` (one entry per offence: the same evidence, or
-another pair for the same offence, is refused as already known). It is what a
-removal of that authority can point to, and what the explorer shows.
+another pair for the same offence, is refused as already known), which the
+explorer shows. Evidence counts toward removing that authority: committed, it
+is its reporter's approval of the removal (when the reporter is an authority),
+and a proven offender is removed by ``f + 1`` approvals instead of a quorum
+(:func:`chain.core.consortium.removal_threshold`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import consensus, crypto
-from .consortium import authorities_of
+from .consortium import EVIDENCE_PREFIX, authorities_of, pending_change, removal_changes
 from .errors import CodecError
 from .registry import Field, TxType, reject
 from .state import StateChange, StateView
 from .transaction import Transaction
-
-EVIDENCE_PREFIX = "chain/evidence/"
 
 
 def evidence_payload(first: consensus.Message, second: consensus.Message) -> dict[str, Any]:
@@ -59,8 +60,16 @@ def _validate(view: StateView, tx: Transaction) -> None:
 
 def _apply(view: StateView, tx: Transaction) -> list[StateChange]:
     first, _ = _messages(tx)
-    offences = [*offences_of(view, first.sender), [first.height, first.round, int(first.kind)]]
-    return [StateChange(EVIDENCE_PREFIX + first.sender, offences)]
+    offender = first.sender
+    offences = [*offences_of(view, offender), [first.height, first.round, int(first.kind)]]
+    changes = [StateChange(EVIDENCE_PREFIX + offender, offences)]
+    current = authorities_of(view)
+    reporter = next((a.id for a in current if a.public_key == tx.signer), None)
+    approved = (pending_change(view, "leave", offender) or {}).get("approvals", [])
+    approver = reporter if reporter not in (None, offender, *approved) else None  # the report is its approval
+    if len(current) > 1:
+        changes += removal_changes(view, offender, approver, proven=True)  # approvals so far may now be enough
+    return changes
 
 
 EVIDENCE = TxType(

@@ -73,3 +73,51 @@ def test_malformed_evidence_is_refused():
     assert not sealed.result.txs
     with pytest.raises(ValidationError):
         raise sealed.rejected[0].error
+
+
+def leave(net: Net, approver: str, who: str = "node2"):
+    return net.tx(type="node.left", payload={"id": who}, private_key=net.keys[approver].private)
+
+
+def authorities(net: Net) -> list[str]:
+    from chain.core.consortium import authorities_of
+
+    return [a.id for a in authorities_of(net.state)]
+
+
+def test_evidence_is_its_reporters_approval_and_a_proven_offender_leaves_with_f_plus_1():
+    net = Net(4)  # f = 1: a quorum is 3, a proven offender goes with 2
+    first, second = double_prevote(net)
+    report = net.tx(
+        type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node1"].private
+    )
+    net.advance([report])
+    from chain.core.consortium import pending_change, removal_threshold
+
+    assert pending_change(net.state, "leave", "node2")["approvals"] == ["node1"]
+    assert removal_threshold(net.state, "node2") == 2 and removal_threshold(net.state, "node3") == 3
+    net.advance([leave(net, "node3")])
+    assert authorities(net) == ["node0", "node1", "node3"]
+    assert pending_change(net.state, "leave", "node2") is None
+
+
+def test_without_evidence_removal_still_needs_a_quorum_and_anyone_may_report_without_approving():
+    net = Net(4)
+    net.advance([leave(net, "node1"), leave(net, "node3")])
+    assert "node2" in authorities(net)  # two of four is not a quorum
+    first, second = double_prevote(net)
+    net.advance([submit(net, first, second)])  # reported by a user, not an authority: no approval...
+    assert authorities(net) == ["node0", "node1", "node3"]  # ...but now proven, two approvals already suffice
+
+
+def test_an_offender_reporting_itself_does_not_approve_its_own_removal():
+    net = Net(4)
+    first, second = double_prevote(net)
+    report = net.tx(
+        type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node2"].private
+    )
+    net.advance([report])
+    from chain.core.consortium import pending_change
+
+    assert pending_change(net.state, "leave", "node2") is None
+    assert "node2" in authorities(net)
