@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 
 from chain.access import OPERATE_NODE, may, permission_page
@@ -20,6 +21,45 @@ def healthz(request):
     return JsonResponse(body, status=200 if report["ok"] else 503)
 
 
+# The consensus process reports plain keys (its status file, /healthz); the operator page shows them in words.
+CONSENSUS_WORDS = {
+    "propose": _("propose"),
+    "prevote": _("prevote"),
+    "precommit": _("precommit"),
+    "proposal": _("proposal"),
+    "connection error": _("connection error"),
+    "not a member": _("sender not a member"),
+    "bad signature": _("bad signature"),
+    "rate limited": _("rate limited"),
+    "oversized": _("oversized"),
+    "malformed": _("malformed"),
+    "inbox full": _("inbox full"),
+    "no such endpoint": _("no such endpoint"),
+    "database busy": _("database busy"),
+    "not a validator": _("not a validator at that height"),
+    "proposal without block": _("proposal without its block"),
+    "invalid proposal": _("invalid proposal"),
+    "refused to sign": _("refused to sign (would conflict)"),
+    "refused sync blocks": _("refused blocks while catching up"),
+}
+
+
+def _in_words(consensus: dict | None) -> dict | None:
+    if consensus is None:
+        return None
+
+    def word(key: str) -> str:
+        return str(CONSENSUS_WORDS.get(key, key))
+
+    return {
+        **consensus,
+        "step": word(consensus.get("step", "")),
+        "dropped": {word(reason): count for reason, count in consensus.get("dropped", {}).items()},
+        "evidence": [{**e, "type": word(e.get("type", ""))} for e in consensus.get("evidence", [])],
+    }
+
+
 @permission_page(OPERATE_NODE)
 def ops_home(request):
-    return render(request, "chain/ops_home.html", {"report": health_report()})
+    report = health_report()
+    return render(request, "chain/ops_home.html", {"report": {**report, "consensus": _in_words(report["consensus"])}})

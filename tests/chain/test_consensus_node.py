@@ -149,3 +149,22 @@ def test_the_operator_page_shows_consensus_peers_drops_and_evidence(client, oper
     page = client.get(reverse("ops_home"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     for text in ("Deciding height 12, round 1, step prevote; 4 authorities.", "node-1", "bad signature: 2", "node-4"):
         assert text in page
+
+
+def test_the_operator_page_names_steps_and_drops_in_chinese(client, operator, monkeypatch):
+    report = {
+        "height": 3,
+        "round": 0,
+        "step": "precommit",
+        "started": True,
+        "validators": ["node-1", "node-2", "node-3", "node-4"],
+        "peers": {},
+        "dropped": {"rate limited": 5, "not a validator": 1},
+        "evidence": [{"validator": "node-4", "height": 2, "round": 0, "type": "prevote", "values": ["ab", "nil"]}],
+    }
+    monkeypatch.setattr("chain.services._consensus", lambda: report)
+    client.force_login(operator)
+    page = client.get(reverse("ops_home"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    for text in ("预提交", "限流: 5", "在该高度不是验证者: 1", "预投票"):
+        assert text in page
+    assert "precommit" not in page and "rate limited" not in page
