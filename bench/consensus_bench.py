@@ -12,9 +12,9 @@ Three measurements:
 2. **Throughput**: ``--txs`` transactions submitted at once (split over the
    nodes), from the first one signed until every node has committed them
    all, tx/s, beside n = 1.
-3. **Catching up**: one node stopped while the others decide
-   ``--blocks`` blocks (one small transaction each), then started: time until
-   it has them all, and blocks/s.
+3. **Catching up**: a node ``--blocks`` blocks behind (see :func:`catch_up`)
+   started: time until it has them all (fetched from a peer, every
+   certificate checked, applied), and blocks/s.
 
     .venv/bin/python bench/consensus_bench.py            # 300 tx/s for 20 s, 6,000 tx, 1,000 blocks
     .venv/bin/python bench/consensus_bench.py --quick    # a smoke run
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,17 +127,36 @@ def throughput(cluster: Cluster, txs: int) -> tuple[float, int]:
 
 
 def catch_up(cluster: Cluster, blocks: int) -> tuple[int, float]:
+    """A node ``blocks`` blocks behind comes back: how long until it has them all.
+
+    Deciding that many blocks with one node down would mostly measure the
+    propose timeout of the rounds the missing node should have proposed, so
+    the lagging node is made the way a restore from an old backup makes it:
+    its chain store and database are copied while the consortium is idle, all
+    four decide ``blocks`` blocks, then the node is stopped and the copy put
+    back (its double-sign guard stays the current one), and it is started.
+    """
     lagging = cluster.ids[-1]
+    home = cluster.root / lagging
+    cluster.wait_idle(timeout=300)
     cluster.kill(lagging)
+    backup = cluster.root / f"{lagging}.backup"
+    shutil.copytree(home, backup, ignore=shutil.ignore_patterns("consensus", "run"))
+    cluster.start(lagging)
     start = cluster.height(cluster.ids[0])
-    cluster.submit(cluster.ids[0], blocks, per_second=60, signers=1)
-    cluster.wait_until(lambda: cluster.height(cluster.ids[0]) >= start + 1, 60, "progress")
+    while cluster.height(cluster.ids[0]) < start + blocks:
+        cluster.submit(cluster.ids[0], 1000, per_second=50, signers=1)
+    cluster.wait_idle(timeout=300)
+    cluster.kill(lagging)
+    for entry in home.iterdir():
+        if entry.name != "consensus":  # the double-sign guard stays the node's current one
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    shutil.copytree(backup, home, dirs_exist_ok=True)
     behind = cluster.height(cluster.ids[0])
-    missed = behind - cluster.height(lagging)
     began = time.perf_counter()
     cluster.start(lagging)
     cluster.wait_until(lambda: cluster.height(lagging) >= behind, 900, "the catch-up")
-    return missed, time.perf_counter() - began
+    return behind - start, time.perf_counter() - began
 
 
 def pct(values: list[float], q: float) -> float:
