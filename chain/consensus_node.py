@@ -82,6 +82,7 @@ from chain.ledger_services import (
 from chain.models import MempoolEntry
 from chain.peers import PeerClient, PeerServer
 from chain.services import node_identity, node_signing_key
+from chain.stores import dag_reader
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class ConsensusNode:
             on_txs=self._receive_txs,
             status=self._status,
             blocks=lambda start, limit: chain_blocks(start, limit, store=self.store),
+            dag=dag_reader,
         )
         self.stats: Counter[str] = Counter()
         self.evidence: deque[dict[str, Any]] = deque(maxlen=20)

@@ -13,6 +13,15 @@ Endpoints (bodies are DAG-CBOR):
 * ``POST /peer/v1/txs`` ``{"txs": [raw, ...]}`` → ``{"accepted": n, "refused": m}``
 * ``GET /peer/v1/status`` → ``{"height", "head", "round", "step"}``
 * ``GET /peer/v1/blocks?from=H&limit=N`` → ``{"blocks": [value, ...]}``
+* ``GET /ipfs/{cid}`` with ``Accept: application/vnd.ipld.raw`` (or
+  ``?format=raw``): one block of this node's DAG store; with
+  ``application/vnd.ipld.car`` (or ``?format=car``): the whole DAG under it as
+  a CARv1 stream (depth first, no duplicates), and only when this node holds
+  every block of it, so a partial object is never served. The conventions
+  are the IPFS trustless gateway's; what the store holds is ciphertext
+  (records, manifests, key bundles sealed to their readers), never a key or
+  plaintext, and only authenticated consortium nodes are answered (a caller
+  without node headers gets 401, one that is not a member 403).
 
 Bad input (unknown node, bad signature, oversized, malformed) gets 4xx and is
 counted; a peer sending more than its share is answered 429. The server is
@@ -23,19 +32,22 @@ through its inbox.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import queue
 import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
-from http.client import HTTPConnection, HTTPException
+from collections.abc import Callable, Iterator
+from http.client import HTTPConnection, HTTPException, HTTPResponse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 
 from chain.core import crypto, dagcbor
-from chain.core.errors import CodecError
+from chain.core.blockstore import BlockStore, StoreError, export_car
+from chain.core.cid import CID
+from chain.core.errors import CodecError, IntegrityError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +55,9 @@ MAX_BODY = 64 * 1024 * 1024
 RATE = 200.0  # requests per second per peer, sustained
 BURST = 400.0
 PREFIX = "/peer/v1/"
+IPFS_PREFIX = "/ipfs/"
+RAW_TYPE = "application/vnd.ipld.raw"
+CAR_TYPE = "application/vnd.ipld.car"
 
 
 def request_signature_bytes(method: str, path: str, body: bytes) -> bytes:
@@ -79,8 +94,10 @@ class PeerServer(ThreadingHTTPServer):
         on_txs: Callable[[str, list[bytes]], dict[str, int]],
         status: Callable[[], dict[str, Any]],
         blocks: Callable[[int, int], list[bytes]],
+        dag: Callable[[], BlockStore] | None = None,
     ) -> None:
         super().__init__(address, _Handler)
+        self.dag = dag
         self.keys = keys
         self.on_messages = on_messages
         self.on_txs = on_txs
@@ -127,6 +144,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authenticated(self, body: bytes) -> str | None:
         node = self.headers.get("X-Yilian-Node", "")
+        if not node:
+            self._refuse(401, "unauthenticated")
+            return None
         key = self.server.keys().get(node)
         if key is None:
             self._refuse(403, "not a member")
@@ -183,6 +203,16 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._refuse(404, "no such endpoint")
 
+    def do_HEAD(self) -> None:
+        """Whether this node holds a DAG (``/ipfs/{cid}``), without its bytes."""
+        if self._authenticated(b"") is None:
+            return
+        url = urllib.parse.urlsplit(self.path)
+        if url.path.startswith(IPFS_PREFIX) and self.server.dag is not None:
+            self._ipfs(url, self.server.dag, head=True)
+        else:
+            self._refuse(404, "no such endpoint")
+
     def do_GET(self) -> None:
         if self._authenticated(b"") is None:
             return
@@ -197,8 +227,94 @@ class _Handler(BaseHTTPRequestHandler):
                 self._refuse(400, "malformed")
                 return
             self._reply(200, {"blocks": self.server.blocks(start, max(1, limit))})
+        elif url.path.startswith(IPFS_PREFIX) and self.server.dag is not None:
+            self._ipfs(url, self.server.dag)
         else:
             self._refuse(404, "no such endpoint")
+
+    # -- the trustless gateway ----------------------------------------------------------------------------
+    def _ipfs(self, url: urllib.parse.SplitResult, dag: Callable[[], BlockStore], *, head: bool = False) -> None:
+        try:
+            cid = CID.decode(url.path[len(IPFS_PREFIX) :])
+        except CodecError:
+            self._refuse(400, "malformed")
+            return
+        wanted = urllib.parse.parse_qs(url.query).get("format", [""])[0]
+        accept = self.headers.get("Accept", "")
+        car = wanted == "car" or (not wanted and CAR_TYPE in accept)
+        if not car and wanted != "raw" and RAW_TYPE not in accept:
+            self._refuse(406, "no ipld format asked")  # a trustless gateway never answers a deserialised file
+            return
+        try:
+            store = dag()
+            store.catch_up()
+            complete = store.has(cid) and (not car or not store.missing(cid))
+        except StoreError as exc:
+            logger.warning("the DAG store cannot answer a peer: %s", exc)
+            self._reply(503, {"error": "store unavailable"})
+            return
+        if not complete:
+            self._reply(404, {"error": "not held here"})
+            return
+        if head:
+            self._send_head(200, CAR_TYPE if car else RAW_TYPE, length=0, cid=cid)
+            return
+        if not car:
+            try:
+                data = store.get(cid)
+            except (StoreError, IntegrityError, NotFoundError) as exc:
+                logger.error("block %s cannot be served: %s", cid, exc)  # a corrupt block is never served
+                self._reply(404, {"error": "not held here"})
+                return
+            self._send_head(200, RAW_TYPE, length=len(data), cid=cid)
+            self.wfile.write(data)
+            return
+        self._send_head(200, CAR_TYPE + "; version=1; order=dfs; dups=n", length=None, cid=cid)
+        chunked = _Chunked(self.wfile)
+        try:
+            export_car(store, chunked, [cid])
+        except (StoreError, IntegrityError, NotFoundError) as exc:
+            # Headers are gone: end without the last chunk, so the peer sees a truncated body, not a CAR.
+            logger.error("a block of %s could not be served: %s", cid, exc)
+            self.close_connection = True
+            return
+        chunked.close()
+
+    def _send_head(self, status: int, content_type: str, *, length: int | None, cid: CID) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Ipfs-Roots", str(cid))
+        self.send_header("Cache-Control", "public, max-age=29030400, immutable")
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+
+class _Chunked:
+    """A writable file object sending HTTP/1.1 chunks (the CAR is streamed, never held whole)."""
+
+    def __init__(self, out: Any, size: int = 256 * 1024) -> None:
+        self._out = out
+        self._buffer = bytearray()
+        self._size = size
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        if len(self._buffer) >= self._size:
+            self._flush()
+        return len(data)
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._out.write(b"%x\r\n" % len(self._buffer) + bytes(self._buffer) + b"\r\n")
+            self._buffer.clear()
+
+    def close(self) -> None:
+        self._flush()
+        self._out.write(b"0\r\n\r\n")
 
 
 class PeerClient:
@@ -275,6 +391,42 @@ class PeerClient:
                 logger.warning("peer %s unreachable: %s", peer, exc)
             self.reachable[peer] = False
             return None
+        finally:
+            connection.close()
+
+    # -- DAG objects (the peer's trustless gateway) --------------------------------------------------------
+    def holds(self, peer: str, cid: CID, *, timeout: float = 5.0) -> bool | None:
+        """Whether ``peer`` holds the whole DAG under ``cid``; None when it cannot be asked."""
+        path = f"{IPFS_PREFIX}{cid}?format=car"
+        try:
+            with self._open_ipfs(peer, "HEAD", path, timeout) as response:
+                response.read()
+                return response.status == 200
+        except (OSError, HTTPException):
+            return None
+
+    def fetch_car(self, peer: str, cid: CID, out: BinaryIO, *, timeout: float = 30.0) -> bool:
+        """Stream the CAR of ``cid`` from ``peer`` into ``out`` (unverified: the importer checks every block)."""
+        try:
+            with self._open_ipfs(peer, "GET", f"{IPFS_PREFIX}{cid}?format=car", timeout) as response:
+                if response.status != 200:
+                    response.read()
+                    return False
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                return True
+        except (OSError, HTTPException) as exc:
+            logger.warning("fetching %s from %s failed: %s", cid, peer, exc)
+            return False
+
+    @contextlib.contextmanager
+    def _open_ipfs(self, peer: str, method: str, path: str, timeout: float) -> Iterator[HTTPResponse]:
+        url = urllib.parse.urlsplit(self.peers[peer])
+        connection = HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+        try:
+            headers = self._headers(method, path, b"") | {"Accept": CAR_TYPE}
+            connection.request(method, path, headers=headers)
+            yield connection.getresponse()
         finally:
             connection.close()
 

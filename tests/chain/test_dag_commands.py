@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -375,3 +376,25 @@ def test_the_command_goes_through_a_running_store_worker_while_this_process_read
     for module in ("chain/dag_tasks.py", "chain/dag_services.py", "chain/stores.py", "chain/core/blockstore.py"):
         assert module not in output, output
     assert not stores.primary_held_elsewhere()  # the worker let go at shutdown
+
+
+# -- replication status ------------------------------------------------------------------------------------
+def test_status_on_a_single_node_says_it_is_the_only_holder(node, tmp_path, settings):
+    source = tmp_path / "file.bin"
+    source.write_bytes(b"status" * 1000)
+    root = dag("add", str(source), "--chunk-size", "256").text.strip()
+
+    printed = dag("status", root)
+    assert printed.code == 0
+    assert f"{root}: 1 whole copy (minimum 2, target 3, 1 node(s)): at its target" in printed.text
+    assert "pinned" in printed.text and "holder" in printed.text
+
+    report = json.loads(dag("status", root, "--json").text)
+    assert report["copies"] == 1 and report["at_target"] and report["holders"] == [settings.NODE_ID]
+    assert report["nodes"] == {settings.NODE_ID: {"state": "pinned", "holder": True}}
+
+    dag("unpin", root)
+    assert json.loads(dag("status", root, "--json").text)["nodes"][settings.NODE_ID]["state"] == "unpinned"
+    absent = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    assert json.loads(dag("status", absent, "--json").text)["meets_minimum"] is False
+    assert dag("status", "not-a-cid").code == 1

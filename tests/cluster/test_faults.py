@@ -8,6 +8,8 @@ committed exactly once.
 
 from __future__ import annotations
 
+import http.client
+import json
 import signal
 import time
 
@@ -50,6 +52,30 @@ def test_without_faults_a_hundred_heights_agree(cluster):
     head = settled(cluster)
     assert head["height"] - start >= 100, head["height"]
     assert len(head["authorities"]) == 4
+
+
+def test_dag_objects_go_to_members_only_and_status_asks_every_node(cluster, tmp_path):
+    source = tmp_path / "ciphertext.bin"
+    source.write_bytes(bytes(range(256)) * 4096)
+    added = cluster.manage("node-1", "dag", "add", str(source), "--chunk-size", "65536")
+    assert added.returncode == 0, added.stderr
+    root = added.stdout.strip()
+
+    done = cluster.manage("node-2", "dag", "status", root, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["nodes"]["node-1"]["state"] == "held" and report["nodes"]["node-2"]["state"] == "missing"
+    assert report["copies"] == 1 and not report["meets_minimum"] and len(report["holders"]) == 3
+    printed = cluster.manage("node-3", "dag", "status", root).stdout
+    assert "UNDER-REPLICATED" in printed and "node-4" in printed
+
+    port = json.loads((cluster.root / "node-1" / "consortium.json").read_text())["peer_listen"].rsplit(":", 1)[1]
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=5)
+    for headers, status in (({}, 401), ({"X-Yilian-Node": "node-9", "X-Yilian-Signature": "AAAA"}, 403)):
+        conn.request("GET", f"/ipfs/{root}?format=car", headers=headers)
+        response = conn.getresponse()
+        assert response.status == status and b"\x00\x01\x02" not in response.read()
+    conn.close()
 
 
 def test_a_killed_node_does_not_halt_the_others_and_catches_up(cluster):

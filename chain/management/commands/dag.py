@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from json import dumps
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,12 @@ class Command(BaseCommand):
 
         sub.add_parser("gc", parents=[waiting], help="delete every block no pin reaches")
 
+        status = sub.add_parser(
+            "status", help="which nodes hold the DAG under CID, and whether it meets its replication factor"
+        )
+        status.add_argument("cid")
+        status.add_argument("--json", action="store_true", help="print it as JSON")
+
     def handle(self, *args: str, action: str, **options: Any) -> None:
         run = getattr(self, "do_" + action.replace("-", "_"))
         try:
@@ -116,6 +123,33 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         except OSError as exc:
             raise CommandError(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)) from None
+
+    # -- replication ---------------------------------------------------------------------------
+    def do_status(self, *, cid: str, json: bool, **_: object) -> None:
+        from chain.replication import object_status
+
+        root = self._cid(cid)
+        try:
+            with self._reader() as store:
+                status = object_status(root, store=store)
+        except stores.DagStoreUnavailable:
+            status = object_status(root, store=None)  # nothing stored here yet: the others may hold it
+        if json:
+            self.stdout.write(dumps(status.as_dict(), indent=2))
+            return
+        verdict = (
+            "at its target"
+            if status.at_target
+            else "meets its minimum, below its target"
+            if status.meets_minimum
+            else "UNDER-REPLICATED"
+        )
+        self.stdout.write(
+            f"{status.cid}: {status.copies} whole cop{'y' if status.copies == 1 else 'ies'} "
+            f"(minimum {status.minimum}, target {status.target}, {len(status.nodes)} node(s)): {verdict}"
+        )
+        for node, info in status.nodes.items():
+            self.stdout.write(f"  {node:<16} {info['state']:<12} {'holder' if info['holder'] else ''}")
 
     # -- writes ---------------------------------------------------------------------------
     def do_add(
