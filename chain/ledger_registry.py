@@ -81,6 +81,19 @@ def register_tx_type(txtype: TxType) -> TxType:
     return _registry.register(txtype)
 
 
+# Transaction types that say a DAG object is kept (its ``pins`` field) and, optionally, that
+# another no longer is (its ``releases`` field): the consortium replicates what they name.
+_pin_intents: dict[str, tuple[str, str | None]] = {}
+
+
+def register_pin_intent(type_name: str, *, pins: str, releases: str | None = None) -> None:
+    _pin_intents[type_name] = (pins, releases)
+
+
+def pin_intents() -> dict[str, tuple[str, str | None]]:
+    return dict(_pin_intents)
+
+
 def register_projection(projection: StateProjection) -> None:
     """Mirror the state under ``projection.prefix`` into ``projection.model``."""
     existing = _projections.get(projection.prefix)

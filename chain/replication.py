@@ -13,18 +13,34 @@ A single node is its own only member: every object has one holder, itself.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
+from celery import Task
 from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
+from chain import dag_tasks, stores
 from chain.cluster import cluster_config
 from chain.core.blockstore import BlockStore, StoreError
 from chain.core.cid import CID
 from chain.core.consortium import authorities_of
-from chain.core.placement import Replication, holders
+from chain.core.errors import CodecError, IntegrityError, NotFoundError
+from chain.core.placement import Replication, holders, ranked
+from chain.ledger_registry import pin_intents
 from chain.ledger_services import DbState
+from chain.models import Replica, ReplicationCursor, Transaction
 from chain.peers import PeerClient
 from chain.services import node_identity, node_signing_key
+
+logger = logging.getLogger(__name__)
 
 # What a node says of one object.
 PINNED = "pinned"  # every block here, and pinned: it stays
@@ -107,6 +123,9 @@ def object_status(cid: CID, *, store: BlockStore | None) -> ObjectStatus:
     for node in everyone:
         if node == settings.NODE_ID:
             state = local_state(store, cid)
+            if state not in WHOLE:  # on its way here, or failing: say so (queued, pinning, error)
+                row = Replica.objects.filter(cid=str(cid)).values_list("state", flat=True).first()
+                state = row if row in (Replica.State.QUEUED, Replica.State.PINNING, Replica.State.ERROR) else state
         elif client is None or node not in client.peers:
             state = UNREACHABLE
         else:
@@ -114,3 +133,137 @@ def object_status(cid: CID, *, store: BlockStore | None) -> ObjectStatus:
             state = UNREACHABLE if answer is None else HELD if answer else MISSING
         status.nodes[node] = {"state": state, "holder": node in placed}
     return status
+
+
+# -- the reconciler (Celery beat → default worker; the store worker alone writes the store) ----------------
+STALE_CLAIM = timedelta(minutes=15)  # a "pinning" row older than this was left by a worker that died
+MAX_BACKOFF = 600.0
+
+
+def plan(*, batch: int = 1000, everyone: list[str] | None = None) -> int:
+    """Read the chain's pin intents past the cursor; queue the objects the placement gives this node.
+
+    Returns how many transactions were read. Idempotent: a row per object, and
+    the cursor moves in the same database transaction as the rows it queued.
+    """
+    intents = pin_intents()
+    if not intents:
+        return 0
+    everyone = everyone if everyone is not None else members()
+    target = replication().target
+    with transaction.atomic():
+        cursor, _ = ReplicationCursor.objects.select_for_update().get_or_create(pk=1)
+        rows = list(
+            Transaction.objects.filter(pk__gt=cursor.last_tx, type__in=list(intents))
+            .order_by("pk")
+            .values_list("pk", "type", "payload")[:batch]
+        )
+        for _pk, type_name, payload in rows:
+            pins, releases = intents[type_name]
+            kept = _payload_cid(payload, pins)
+            if kept is not None and settings.NODE_ID in holders(kept, everyone, target):
+                Replica.objects.get_or_create(cid=str(kept))
+            gone = _payload_cid(payload, releases) if releases else None
+            if gone is not None:
+                Replica.objects.filter(cid=str(gone)).exclude(state=Replica.State.RELEASED).update(
+                    state=Replica.State.RELEASING, next_try_at=timezone.now()
+                )
+        if rows:
+            cursor.last_tx = rows[-1][0]
+            cursor.save(update_fields=["last_tx"])
+    return len(rows)
+
+
+def reconcile(*, limit: int = 20, client: PeerClient | None = None, everyone: list[str] | None = None) -> dict:
+    """Fetch, pin or let go of the objects that are due; counts of what happened."""
+    everyone = everyone if everyone is not None else members()
+    if client is None:
+        config = cluster_config()
+        if config is None:
+            return {}
+        client = PeerClient(settings.NODE_ID, node_signing_key(node_identity()), config.peers)
+    now = timezone.now()
+    due = Replica.objects.filter(
+        Q(state__in=[Replica.State.QUEUED, Replica.State.ERROR, Replica.State.RELEASING], next_try_at__lte=now)
+        | Q(state=Replica.State.PINNING, updated_at__lt=now - STALE_CLAIM)
+    ).order_by("next_try_at")
+    done: Counter[str] = Counter()
+    for replica in due[:limit]:
+        claimed = Replica.State.PINNING if replica.state != Replica.State.RELEASING else Replica.State.RELEASING
+        if not Replica.objects.filter(pk=replica.pk, state=replica.state).update(state=claimed):
+            continue  # another worker took it
+        if claimed == Replica.State.RELEASING:
+            done[_release(replica)] += 1
+        else:
+            done[_replicate(replica, client, everyone)] += 1
+    return dict(done)
+
+
+def _replicate(replica: Replica, client: PeerClient, everyone: list[str]) -> str:
+    cid = CID.decode(replica.cid)
+    try:
+        here = stores.dag_reader()
+        whole_here = local_state(here, cid) in WHOLE
+    except StoreError:
+        whole_here = False
+    if whole_here:  # the node that wrote it, or a copy already here: hold a reference of our own
+        _store_call(dag_tasks.dag_pin, str(cid))
+        _mark(replica, Replica.State.PINNED, source=settings.NODE_ID)
+        return "pinned"
+    problems = []
+    for peer in [p for p in ranked(cid, everyone) if p != settings.NODE_ID and p in client.peers]:
+        spool = Path(settings.SPOOL_DIR) / "replicas"
+        spool.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=spool, suffix=".car", delete=False) as handle:
+            path = Path(handle.name)
+            fetched = client.fetch_car(peer, cid, handle)
+        try:
+            if not fetched:
+                problems.append(f"{peer}: not served")
+                continue
+            try:
+                _store_call(dag_tasks.dag_import_car, str(path))  # verifies every block; all or nothing
+            except (CodecError, IntegrityError, NotFoundError) as exc:
+                logger.warning("peer %s served a bad copy of %s (%s); trying another node", peer, cid, exc)
+                problems.append(f"{peer}: bad copy ({exc})")
+                continue
+            _mark(replica, Replica.State.PINNED, source=peer)
+            return "pinned"
+        finally:
+            path.unlink(missing_ok=True)
+    attempts = replica.attempts + 1
+    _mark(
+        replica,
+        Replica.State.ERROR,
+        attempts=attempts,
+        last_error=("; ".join(problems) or "no peer to ask")[:500],
+        next_try_at=timezone.now() + timedelta(seconds=min(MAX_BACKOFF, 5.0 * 2**attempts)),
+    )
+    return "error"
+
+
+def _release(replica: Replica) -> str:
+    if replica.source:  # set only once pinned: this node holds a reference of its own, drop it
+        with contextlib.suppress(NotFoundError):  # nothing left to drop
+            _store_call(dag_tasks.dag_unpin, replica.cid)
+    _mark(replica, Replica.State.RELEASED)
+    return "released"
+
+
+def _mark(replica: Replica, state: str, **fields: object) -> None:
+    Replica.objects.filter(pk=replica.pk).update(state=state, **fields)
+
+
+def _store_call(task: Task, *args: str) -> dict:
+    """Run a ``store.…`` task on the store worker (the only writer) and wait for its answer."""
+    result = task.apply_async(args=list(args))
+    return result.get(timeout=task.time_limit + 30, disable_sync_subtasks=False)
+
+
+def _payload_cid(payload: dict, field_name: str | None) -> CID | None:
+    value = payload.get(field_name) if field_name else None
+    text = value.get("/") if isinstance(value, dict) else None
+    try:
+        return CID.decode(text) if isinstance(text, str) else None
+    except CodecError:
+        return None

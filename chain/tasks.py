@@ -26,6 +26,21 @@ def default_heartbeat() -> None:
     heartbeat_record(queue="default", hostname=socket.gethostname())
 
 
+@shared_task(name="default.replicate", ignore_result=True, soft_time_limit=240, time_limit=300)
+def replicate() -> None:
+    """A consortium node keeps its share of the DAG replicas (chain/replication.py); a single node has none."""
+    from chain.cluster import in_consortium
+    from chain.replication import plan, reconcile
+
+    if not in_consortium():
+        return
+    while plan():
+        pass
+    done = reconcile()
+    if done:
+        logger.info("replication: %s", done)
+
+
 @worker_ready.connect
 def _heartbeat_on_start(sender=None, **kwargs) -> None:
     """Report at once when a worker starts, not only after the first beat interval."""

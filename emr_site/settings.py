@@ -333,6 +333,7 @@ DAG_MAX_LINKS = env_int("DAG_MAX_LINKS", 1024, minimum=2)
 # In a consortium, how many nodes hold each DAG object (chain/replication.py): at least, and ideally.
 DAG_REPLICATION_MIN = env_int("DAG_REPLICATION_MIN", 2, minimum=1)
 DAG_REPLICATION_TARGET = env_int("DAG_REPLICATION_TARGET", 3, minimum=1)
+DAG_REPLICATION_INTERVAL = env_float("DAG_REPLICATION_INTERVAL", 10.0, minimum=1.0)
 CHAIN_BLOCK_INTERVAL = env_float("CHAIN_BLOCK_INTERVAL", 1.0, minimum=0.05)
 CHAIN_MAX_BLOCK_TXS = env_int("CHAIN_MAX_BLOCK_TXS", 5000, minimum=1)
 CHAIN_MAX_TX_BYTES = env_int("CHAIN_MAX_TX_BYTES", 64 * 1024, minimum=256)
@@ -449,6 +450,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "store.dag_gc",
         "schedule": DAG_GC_INTERVAL,
         "options": {"queue": "store", "expires": DAG_GC_INTERVAL},
+    },
+    # A consortium node fetches the DAG objects the placement gives it from the others (no-op alone).
+    "chain-replicate": {
+        "task": "default.replicate",
+        "schedule": DAG_REPLICATION_INTERVAL,
+        "options": {"queue": "default", "expires": DAG_REPLICATION_INTERVAL},
     },
     "chain-validate-recent": {
         "task": "store.chain_validate_recent",

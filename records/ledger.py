@@ -358,7 +358,13 @@ BREAK_GLASS_CLOSED_TYPE = TxType(
 
 
 def register() -> None:
-    from chain.ledger_registry import register_tx_type
+    from chain.ledger_registry import register_pin_intent, register_tx_type
+
+    # What the consortium keeps replicas of: every anchored version's root; a re-keyed version's
+    # old ciphertext is let go (an amendment keeps the previous version: it is the record's history).
+    register_pin_intent(ANCHORED, pins="root")
+    register_pin_intent(SUPERSEDED, pins="root")
+    register_pin_intent(REKEYED, pins="root", releases="previous")
 
     register_tx_type(ANCHORED_TYPE)
     register_tx_type(SUPERSEDED_TYPE)

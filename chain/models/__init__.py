@@ -9,6 +9,7 @@ from chain.models.ledger import (
     VerificationRun,
 )
 from chain.models.node import NodeIdentity, WorkerHeartbeat
+from chain.models.replication import Replica, ReplicationCursor
 
 __all__ = [
     "Block",
@@ -16,6 +17,8 @@ __all__ = [
     "LedgerState",
     "MempoolEntry",
     "NodeIdentity",
+    "Replica",
+    "ReplicationCursor",
     "Transaction",
     "VerificationRun",
     "WorkerHeartbeat",
