@@ -199,6 +199,28 @@ def reconcile(*, limit: int = 20, client: PeerClient | None = None, everyone: li
     return dict(done)
 
 
+def audit(*, limit: int = 50) -> int:
+    """Check that pinned replicas are still whole here (a wiped or damaged store); queue the lost ones again.
+
+    Takes the rows checked longest ago, a few per run, so every replica is
+    looked at in turn; returns how many were queued again.
+    """
+    try:
+        store = stores.dag_reader()
+    except StoreError:
+        store = None  # no store at all (wiped): every pinned replica is lost
+    lost = 0
+    for replica in Replica.objects.filter(state=Replica.State.PINNED).order_by("updated_at")[:limit]:
+        whole = local_state(store, CID.decode(replica.cid)) in WHOLE
+        if whole:
+            Replica.objects.filter(pk=replica.pk).update(state=Replica.State.PINNED)  # touches updated_at
+            continue
+        logger.warning("replica %s is no longer whole here; fetching it again", replica.cid)
+        _mark(replica, Replica.State.QUEUED, attempts=0, source="", next_try_at=timezone.now())
+        lost += 1
+    return lost
+
+
 def _replicate(replica: Replica, client: PeerClient, everyone: list[str]) -> str:
     cid = CID.decode(replica.cid)
     try:

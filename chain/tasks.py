@@ -30,12 +30,13 @@ def default_heartbeat() -> None:
 def replicate() -> None:
     """A consortium node keeps its share of the DAG replicas (chain/replication.py); a single node has none."""
     from chain.cluster import in_consortium
-    from chain.replication import plan, reconcile
+    from chain.replication import audit, plan, reconcile
 
     if not in_consortium():
         return
     while plan():
         pass
+    audit()
     done = reconcile()
     if done:
         logger.info("replication: %s", done)

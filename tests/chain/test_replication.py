@@ -182,3 +182,22 @@ def test_status_reports_a_replica_on_its_way(node, peer_a):
     assert object_status(root, store=None).nodes["node-b"]["state"] == "queued"
     Replica.objects.update(state="error")
     assert object_status(root, store=None).nodes["node-b"]["state"] == "error"
+
+
+def test_a_wiped_store_is_noticed_and_refilled(node, peer_a):
+    import shutil
+
+    from chain.replication import audit
+
+    store_a, client = peer_a
+    root = add_file(store_a, io.BytesIO(ciphertext(6)), chunk_size=4096, max_links=4).root
+    anchor(root)
+    plan(everyone=EVERYONE)
+    reconcile(client=client, everyone=EVERYONE)
+    assert audit() == 0  # whole: nothing to do
+
+    stores.close_dag_stores()
+    shutil.rmtree(node / "dag")  # the node's DAG store is lost
+    assert audit() == 1 and Replica.objects.get(cid=str(root)).state == "queued"
+    assert reconcile(client=client, everyone=EVERYONE) == {"pinned": 1}
+    assert b"".join(stores.dag_reader().cat(root)) == ciphertext(6)
