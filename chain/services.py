@@ -136,6 +136,24 @@ def _consensus() -> dict | None:
     return read_status() if in_consortium() else None
 
 
+def _replicas() -> dict | None:
+    """This node's share of the DAG replicas, by state, and the failing ones; None on a single node."""
+    from django.db.models import Count
+
+    from chain.cluster import in_consortium
+    from chain.models import Replica
+
+    if not in_consortium():
+        return None
+    counts = dict(Replica.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    failing = list(
+        Replica.objects.filter(state=Replica.State.ERROR)
+        .order_by("-updated_at")
+        .values("cid", "attempts", "last_error", "next_try_at")[:10]
+    )
+    return {"counts": {state: counts.get(state, 0) for state in Replica.State.values}, "failing": failing}
+
+
 def health_report() -> dict:
     """What the operator page and an operator's /healthz show. ``ok`` needs database and broker."""
     report = {
@@ -146,6 +164,7 @@ def health_report() -> dict:
         "chain": chain_summary(),
         "processes": _processes(),
         "consensus": _consensus(),
+        "replicas": _replicas(),
         "node_id": settings.NODE_ID,
         "time": timezone.now().isoformat(),
     }

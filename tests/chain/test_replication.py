@@ -201,3 +201,17 @@ def test_a_wiped_store_is_noticed_and_refilled(node, peer_a):
     assert audit() == 1 and Replica.objects.get(cid=str(root)).state == "queued"
     assert reconcile(client=client, everyone=EVERYONE) == {"pinned": 1}
     assert b"".join(stores.dag_reader().cat(root)) == ciphertext(6)
+
+
+def test_the_operator_page_shows_this_nodes_replicas(client, operator, monkeypatch):
+    from django.urls import reverse
+
+    monkeypatch.setattr("chain.cluster.in_consortium", lambda: True)
+    Replica.objects.create(cid="bafyone", state="pinned")
+    Replica.objects.create(cid="bafytwo", state="error", attempts=3, last_error="node-3: bad copy")
+    client.force_login(operator)
+    page = client.get(reverse("ops_home"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    for text in ("DAG replicas", "bafytwo", "node-3: bad copy", "manage.py dag status CID"):
+        assert text in page
+    health = client.get(reverse("healthz")).json()["replicas"]
+    assert health["counts"]["pinned"] == 1 and health["failing"][0]["cid"] == "bafytwo"
