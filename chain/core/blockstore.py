@@ -46,6 +46,8 @@ Correctness argument.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -684,30 +686,49 @@ def import_car(
     ``pin``, every root's DAG must then be complete (in the CAR or already in
     the store), else :class:`NotFoundError`, still before any write. Pass 2
     hashes the spooled blocks again (the spool is a file another process could
-    touch), stores them in bulk, flushes, and pins the roots.
+    touch), stores them in bulk, flushes, and pins the roots. A seekable
+    ``stream`` (a CAR file already on disk: what a replica fetch spools) is its
+    own spool: its sections have the spool's layout, so pass 2 reads it again
+    instead of a copy of it.
     """
     store._check_writable()
-    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+    start = stream.tell() if _seekable(stream) else None
+    with contextlib.ExitStack() as cleanup:
+        spool = None if start is not None else cleanup.enter_context(tempfile.TemporaryFile(dir=spool_dir))
         reader = CarReader(stream)
         links: dict[CID, list[CID]] = {}
         count = total = 0
         for cid, data in reader:
             links[cid] = block_links(cid, data)  # also rejects malformed dag-pb/cbor now
-            cid_bytes = cid.to_bytes()
-            spool.write(varint.encode(len(cid_bytes) + len(data)) + cid_bytes)
-            spool.write(data)
+            if spool is not None:
+                cid_bytes = cid.to_bytes()
+                spool.write(varint.encode(len(cid_bytes) + len(data)) + cid_bytes)
+                spool.write(data)
             count += 1
             total += len(data)
         with store._guard.shared():
             if pin:
                 _check_complete(store, reader.roots, links)
-            spool.seek(0)
-            _store_spool(store, spool, batch_bytes)
+            if spool is None:
+                stream.seek(start or 0)
+                header = varint.read_stream(stream)  # the sections follow the header
+                stream.seek(header or 0, io.SEEK_CUR)
+                _store_spool(store, stream, batch_bytes)
+            else:
+                spool.seek(0)
+                _store_spool(store, spool, batch_bytes)
             store._flush_blocks()  # durable on return, pinned or not
             if pin:
                 for root in reader.roots:
                     store._add_pin(root, None)
     return ImportResult(reader.roots, count, total, pin)
+
+
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _check_complete(store: BlockStore, roots: Iterable[CID], links: dict[CID, list[CID]]) -> None:

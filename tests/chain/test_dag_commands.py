@@ -379,7 +379,7 @@ def test_the_command_goes_through_a_running_store_worker_while_this_process_read
 
 
 # -- replication status ------------------------------------------------------------------------------------
-def test_status_on_a_single_node_says_it_is_the_only_holder(node, tmp_path, settings):
+def test_status_on_a_single_node_says_it_is_the_only_holder(node, tmp_path, settings, db):
     source = tmp_path / "file.bin"
     source.write_bytes(b"status" * 1000)
     root = dag("add", str(source), "--chunk-size", "256").text.strip()

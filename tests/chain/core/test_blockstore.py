@@ -275,6 +275,51 @@ def test_export_then_import_into_another_store(tmp_path):
         assert b"".join(b.cat(root)) == data
 
 
+class _Pipe(io.RawIOBase):
+    """A stream that cannot seek (a pipe, a socket): import_car spools it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self._inner.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_a_car_from_a_stream_that_cannot_seek_is_spooled_and_imported(tmp_path):
+    data = os.urandom(3000)
+    root, raw = _car_of(data)
+    with BlockStore(tmp_path / "b") as b:
+        assert not _Pipe(raw).seekable()
+        result = import_car(b, io.BufferedReader(_Pipe(raw)), spool_dir=str(tmp_path))
+        assert result.roots == (root,) and b"".join(b.cat(root)) == data
+
+
+def test_a_car_file_changed_between_the_passes_is_refused(tmp_path, monkeypatch):
+    import chain.core.blockstore as blockstore
+
+    _root, raw = _car_of(os.urandom(3000))
+    path = tmp_path / "fetched.car"
+    path.write_bytes(raw)
+    check = blockstore._check_complete
+
+    def tamper_then_check(*args):  # another process rewrites the file after pass 1
+        with path.open("r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            f.write(b"X")
+        return check(*args)
+
+    monkeypatch.setattr(blockstore, "_check_complete", tamper_then_check)
+    with BlockStore(tmp_path / "b") as b, path.open("rb") as stream:
+        with pytest.raises(IntegrityError, match="changed"):
+            import_car(b, stream)
+        assert b.pins() == {}
+
+
 @pytest.mark.parametrize("cut", [5, 100, -1])
 def test_truncated_car_changes_nothing(store, cut):
     _, raw = _car_of(os.urandom(2000))
