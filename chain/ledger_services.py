@@ -111,6 +111,7 @@ def configured_params() -> ChainParams:
         block_interval_ms=round(settings.CHAIN_BLOCK_INTERVAL * 1000),
         max_block_txs=settings.CHAIN_MAX_BLOCK_TXS,
         max_tx_size=settings.CHAIN_MAX_TX_BYTES,
+        membership_rules=2,
     )
 
 

@@ -39,6 +39,8 @@ from .transaction import Transaction
 AUTHORITIES_KEY = "chain/authorities"
 PARAMS_KEY = "chain/params"
 QUORUM_RULE = "2f+1"
+MEMBERSHIP_RULES = (1, 2)
+EVIDENCE_COUNTS = 2  # the membership rules from which evidence counts toward removal
 MAX_AUTHORITY_ID = 64
 
 
@@ -93,27 +95,37 @@ class ChainParams:
     max_tx_size: int = 64 * 1024
     max_future_ms: int = 10_000
     quorum_rule: str = QUORUM_RULE
+    # 1: removing an authority always takes a quorum of approvals. 2: evidence of double-signing
+    # counts toward removing the offender (removal_threshold). Fixed at genesis, so a chain is
+    # validated by the rules it was made with; encoded only when not 1 (older genesis blocks).
+    membership_rules: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("block_interval_ms", "max_block_txs", "max_tx_size", "max_future_ms"):
+        for name in ("block_interval_ms", "max_block_txs", "max_tx_size", "max_future_ms", "membership_rules"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise CodecError(f"chain parameter {name} must be a non-negative integer")
         if self.quorum_rule != QUORUM_RULE:
             raise CodecError(f"unsupported quorum rule {self.quorum_rule!r}")
+        if self.membership_rules not in MEMBERSHIP_RULES:
+            raise CodecError(f"unsupported membership rules {self.membership_rules!r}")
 
     def to_cbor(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "block_interval_ms": self.block_interval_ms,
             "max_block_txs": self.max_block_txs,
             "max_tx_size": self.max_tx_size,
             "max_future_ms": self.max_future_ms,
             "quorum_rule": self.quorum_rule,
         }
+        if self.membership_rules != 1:
+            value["membership_rules"] = self.membership_rules
+        return value
 
     @classmethod
     def from_cbor(cls, value: Any) -> ChainParams:
-        if not isinstance(value, dict) or set(value) != set(cls().to_cbor()):
+        required = set(cls().to_cbor())
+        if not isinstance(value, dict) or not required <= set(value) <= required | {"membership_rules"}:
             raise CodecError("chain parameters have missing or unknown fields")
         return cls(**value)
 
@@ -182,7 +194,7 @@ def removal_threshold(view: StateView, node_id: str, *, proven: bool = False) ->
     ``f``) still cannot remove anyone alone, and cannot forge evidence.
     """
     n = len(authorities_of(view))
-    if proven or view.get(EVIDENCE_PREFIX + node_id):
+    if params_of(view).membership_rules >= EVIDENCE_COUNTS and (proven or view.get(EVIDENCE_PREFIX + node_id)):
         return n - quorum(n) + 1
     return quorum(n)
 

@@ -11,9 +11,11 @@ The state keeps, under ``chain/evidence/<authority>``, the list of offences
 ``[height, round, kind]`` (one entry per offence: the same evidence, or
 another pair for the same offence, is refused as already known), which the
 explorer shows. Evidence counts toward removing that authority: committed, it
-is its reporter's approval of the removal (when the reporter is an authority),
+is its reporter's approval of the removal (the first report of an offender,
+while no removal of it is pending, when the reporter is an authority),
 and a proven offender is removed by ``f + 1`` approvals instead of a quorum
-(:func:`chain.core.consortium.removal_threshold`).
+(:func:`chain.core.consortium.removal_threshold`), on chains whose genesis
+parameters say so (``membership_rules`` 2; older chains keep their rules).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import consensus, crypto
-from .consortium import EVIDENCE_PREFIX, authorities_of, pending_change, removal_changes
+from .consortium import (
+    EVIDENCE_COUNTS,
+    EVIDENCE_PREFIX,
+    authorities_of,
+    params_of,
+    pending_change,
+    removal_changes,
+)
 from .errors import CodecError
 from .registry import Field, TxType, reject
 from .state import StateChange, StateView
@@ -63,10 +72,14 @@ def _apply(view: StateView, tx: Transaction) -> list[StateChange]:
     offender = first.sender
     offences = [*offences_of(view, offender), [first.height, first.round, int(first.kind)]]
     changes = [StateChange(EVIDENCE_PREFIX + offender, offences)]
+    if params_of(view).membership_rules < EVIDENCE_COUNTS:
+        return changes  # a chain made before evidence counted toward removal keeps its rules
     current = authorities_of(view)
     reporter = next((a.id for a in current if a.public_key == tx.signer), None)
     approved = (pending_change(view, "leave", offender) or {}).get("approvals", [])
-    approver = reporter if reporter not in (None, offender, *approved) else None  # the report is its approval
+    # Only the first report of an offender, while nobody has approved its removal yet, counts as an
+    # approval: every node reports what it sees, and several reports must not remove it on their own.
+    approver = reporter if reporter not in (None, offender) and not approved else None
     if len(current) > 1:
         changes += removal_changes(view, offender, approver, proven=True)  # approvals so far may now be enough
     return changes

@@ -10,7 +10,7 @@ from chain.core import consensus as c
 from chain.core import crypto
 from chain.core.evidence import EVIDENCE, evidence_payload, offences_of
 from chain.core.reasons import Reason, ValidationError
-from tests.chain.core.test_ledger import CHAIN, Net
+from tests.chain.core.test_ledger import CHAIN, PARAMS, Net
 
 
 def signed(net: Net, message: c.Message, *, key: bytes | None = None) -> c.Message:
@@ -75,6 +75,9 @@ def test_malformed_evidence_is_refused():
         raise sealed.rejected[0].error
 
 
+RULES_2 = dataclasses.replace(PARAMS, membership_rules=2)  # what a new chain's genesis says
+
+
 def leave(net: Net, approver: str, who: str = "node2"):
     return net.tx(type="node.left", payload={"id": who}, private_key=net.keys[approver].private)
 
@@ -86,11 +89,9 @@ def authorities(net: Net) -> list[str]:
 
 
 def test_evidence_is_its_reporters_approval_and_a_proven_offender_leaves_with_f_plus_1():
-    net = Net(4)  # f = 1: a quorum is 3, a proven offender goes with 2
+    net = Net(4, params=RULES_2)  # f = 1: a quorum is 3, a proven offender goes with 2
     first, second = double_prevote(net)
-    report = net.tx(
-        type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node1"].private
-    )
+    report = net.tx(type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node1"].private)
     net.advance([report])
     from chain.core.consortium import pending_change, removal_threshold
 
@@ -102,7 +103,7 @@ def test_evidence_is_its_reporters_approval_and_a_proven_offender_leaves_with_f_
 
 
 def test_without_evidence_removal_still_needs_a_quorum_and_anyone_may_report_without_approving():
-    net = Net(4)
+    net = Net(4, params=RULES_2)
     net.advance([leave(net, "node1"), leave(net, "node3")])
     assert "node2" in authorities(net)  # two of four is not a quorum
     first, second = double_prevote(net)
@@ -111,13 +112,48 @@ def test_without_evidence_removal_still_needs_a_quorum_and_anyone_may_report_wit
 
 
 def test_an_offender_reporting_itself_does_not_approve_its_own_removal():
-    net = Net(4)
+    net = Net(4, params=RULES_2)
     first, second = double_prevote(net)
-    report = net.tx(
-        type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node2"].private
-    )
+    report = net.tx(type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node2"].private)
     net.advance([report])
     from chain.core.consortium import pending_change
 
     assert pending_change(net.state, "leave", "node2") is None
     assert "node2" in authorities(net)
+
+
+def test_several_reports_alone_do_not_remove_an_offender():
+    net = Net(4, params=RULES_2)
+    first, second = double_prevote(net)
+    other = (
+        signed(net, c.Vote(c.Kind.PRECOMMIT, 8, 0, b"a" * 32, "node2")),
+        signed(net, c.Vote(c.Kind.PRECOMMIT, 8, 0, b"b" * 32, "node2")),
+    )
+    by = {name: net.keys[name].private for name in ("node1", "node3")}
+    net.advance([net.tx(type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=by["node1"])])
+    net.advance([net.tx(type=EVIDENCE.name, payload=evidence_payload(*other), private_key=by["node3"])])
+    assert len(offences_of(net.state, "node2")) == 2
+    assert "node2" in authorities(net)  # an operator must still agree
+
+
+def test_a_chain_made_before_evidence_counted_keeps_its_rules():
+    net = Net(4)  # genesis parameters without membership_rules: rules 1
+    first, second = double_prevote(net)
+    report = net.tx(type=EVIDENCE.name, payload=evidence_payload(first, second), private_key=net.keys["node1"].private)
+    net.advance([report])
+    from chain.core.consortium import pending_change, removal_threshold
+
+    assert pending_change(net.state, "leave", "node2") is None and removal_threshold(net.state, "node2") == 3
+    net.advance([leave(net, "node3")])
+    assert "node2" in authorities(net)
+
+
+def test_the_membership_rules_travel_in_the_genesis_parameters():
+    from chain.core.consortium import ChainParams
+    from chain.core.errors import CodecError
+
+    assert "membership_rules" not in PARAMS.to_cbor()  # older genesis blocks encode exactly as before
+    assert ChainParams.from_cbor(PARAMS.to_cbor()).membership_rules == 1
+    assert ChainParams.from_cbor(RULES_2.to_cbor()) == RULES_2
+    with pytest.raises(CodecError):
+        ChainParams.from_cbor({**PARAMS.to_cbor(), "membership_rules": 7})
