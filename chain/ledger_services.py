@@ -335,8 +335,8 @@ def tx_submit_many(txs: Sequence[CoreTx | bytes], *, now_ms: int | None = None) 
             outcomes.append(TxRejected(exc.reason, exc.message))
     ledger.verify_signatures(decoded, threads=SIGNATURE_THREADS)  # failures are reported by the checks below
     signers = {tx.signer for tx in decoded}
+    pending = _pending_seqs(signers)  # pending first, then committed: the order next_seq explains
     state.prefetch(seq_key(signer) for signer in signers)
-    pending = _pending_seqs(signers)
     expected: dict[bytes, int] = {}
     entries: list[MempoolEntry] = []
     txs_left = iter(decoded)
@@ -366,7 +366,8 @@ def tx_submit_many(txs: Sequence[CoreTx | bytes], *, now_ms: int | None = None) 
         entries.append(entry)
         outcomes[index] = entry
     _insert_entries(entries, outcomes)
-    _checked_txs.remember(tx for tx in decoded if tx.signature_checked)
+    accepted = {entry.cid for entry in outcomes if isinstance(entry, MempoolEntry)}
+    _checked_txs.remember(tx for tx in decoded if str(tx.cid) in accepted)  # never what was refused
     return [outcome for outcome in outcomes if outcome is not None]
 
 
@@ -380,18 +381,22 @@ class _CheckedTxs:
     server's threads fill it, the consensus loop reads it).
     """
 
-    def __init__(self, size: int = 50_000) -> None:
-        self._size = size
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[bytes, CoreTx] = OrderedDict()
         self._lock = threading.Lock()
 
     def remember(self, txs: Iterable[CoreTx]) -> None:
+        """Keep accepted, verified transactions (bounded by their encoded size, oldest out)."""
         with self._lock:
             for tx in txs:
-                if tx.signature_checked:
+                if tx.signature_checked and tx.cid.digest not in self._items:
                     self._items[tx.cid.digest] = tx
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+                    self._bytes += tx.size
+            while self._bytes > self._max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.size
 
     def decode(self, raw: bytes, *, max_size: int) -> CoreTx:
         """:meth:`CoreTx.decode`, or the verified object these very bytes decoded to before."""
