@@ -52,13 +52,15 @@ def dag_add_path(
     }
 
 
-def dag_import_car(*, store: BlockStore, path: str | Path) -> dict:
+def dag_import_car(*, store: BlockStore, path: str | Path, root: str | None = None) -> dict:
     """Import a CARv1 file and pin its roots. Every block is verified, and every root's
-    DAG checked complete, before anything is stored: a bad CAR stores nothing."""
+    DAG checked complete, before anything is stored: a bad CAR stores nothing. With
+    ``root``, a CAR whose roots are not exactly that one is refused."""
     spool = Path(settings.SPOOL_DIR)
     spool.mkdir(parents=True, exist_ok=True)
+    expected = None if root is None else [CID.decode(root)]
     with open(path, "rb") as stream:
-        result = import_car(store, stream, pin=True, spool_dir=str(spool))
+        result = import_car(store, stream, pin=True, spool_dir=str(spool), expect_roots=expected)
     return {"roots": [str(root) for root in result.roots], "blocks": result.blocks, "bytes": result.bytes}
 
 

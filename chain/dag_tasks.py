@@ -78,12 +78,12 @@ def dag_add_path(self: Task, path: str, chunk_size: int | None = None, max_links
 
 
 @shared_task(name="store.dag_import_car", bind=True, throws=REFUSALS, **LONG)
-def dag_import_car(self: Task, path: str) -> dict:
-    """Import the CAR file at ``path`` and pin its roots (all or nothing)."""
+def dag_import_car(self: Task, path: str, root: str | None = None) -> dict:
+    """Import the CAR file at ``path`` and pin its roots (all or nothing); ``root``: the only root accepted."""
     done = _stored_result(self)
     if done is not None:
         return done
-    return dag_services.dag_import_car(store=_writer(self), path=path)
+    return dag_services.dag_import_car(store=_writer(self), path=path, root=root)
 
 
 @shared_task(name="store.dag_gc", bind=True, throws=REFUSALS, **LONG)

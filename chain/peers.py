@@ -405,14 +405,24 @@ class PeerClient:
         except (OSError, HTTPException):
             return None
 
-    def fetch_car(self, peer: str, cid: CID, out: BinaryIO, *, timeout: float = 30.0) -> bool:
-        """Stream the CAR of ``cid`` from ``peer`` into ``out`` (unverified: the importer checks every block)."""
+    def fetch_car(
+        self, peer: str, cid: CID, out: BinaryIO, *, timeout: float = 30.0, max_bytes: int | None = None
+    ) -> bool:
+        """Stream the CAR of ``cid`` from ``peer`` into ``out`` (unverified: the importer checks every block).
+
+        False when the peer does not serve it whole, or sends more than ``max_bytes``.
+        """
         try:
             with self._open_ipfs(peer, "GET", f"{IPFS_PREFIX}{cid}?format=car", timeout) as response:
                 if response.status != 200:
                     response.read()
                     return False
+                received = 0
                 while chunk := response.read(1 << 20):
+                    received += len(chunk)
+                    if max_bytes is not None and received > max_bytes:
+                        logger.warning("peer %s sent more than %s bytes for %s; refused", peer, max_bytes, cid)
+                        return False
                     out.write(chunk)
                 return True
         except (OSError, HTTPException) as exc:

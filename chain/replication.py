@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
+import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -32,7 +33,7 @@ from chain.cluster import cluster_config
 from chain.core.blockstore import BlockStore, StoreError
 from chain.core.cid import CID
 from chain.core.consortium import authorities_of
-from chain.core.errors import CodecError, IntegrityError, NotFoundError
+from chain.core.errors import CodecError, CoreError, IntegrityError, NotFoundError
 from chain.core.placement import Replication, holders, ranked
 from chain.ledger_registry import pin_intents
 from chain.ledger_services import DbState
@@ -108,6 +109,8 @@ def local_state(store: BlockStore | None, cid: CID) -> str:
         return PINNED if store.pin_count(cid) > 0 else UNPINNED
     except StoreError:
         return ERROR
+    except CoreError:  # a block here is corrupt or malformed: the object is not whole
+        return INCOMPLETE
 
 
 def object_status(cid: CID, *, store: BlockStore | None) -> ObjectStatus:
@@ -145,14 +148,20 @@ def plan(*, batch: int = 1000, everyone: list[str] | None = None) -> int:
 
     Returns how many transactions were read. Idempotent: a row per object, and
     the cursor moves in the same database transaction as the rows it queued.
+    When the members changed since the last read, the cursor starts over, so
+    a new member takes its share of the existing objects and the objects of a
+    member that left find their next holder.
     """
     intents = pin_intents()
     if not intents:
         return 0
     everyone = everyone if everyone is not None else members()
+    fingerprint = ",".join(sorted(everyone))
     target = replication().target
     with transaction.atomic():
         cursor, _ = ReplicationCursor.objects.select_for_update().get_or_create(pk=1)
+        if cursor.members != fingerprint:
+            cursor.last_tx, cursor.members = 0, fingerprint
         rows = list(
             Transaction.objects.filter(pk__gt=cursor.last_tx, type__in=list(intents))
             .order_by("pk")
@@ -165,12 +174,13 @@ def plan(*, batch: int = 1000, everyone: list[str] | None = None) -> int:
                 Replica.objects.get_or_create(cid=str(kept))
             gone = _payload_cid(payload, releases) if releases else None
             if gone is not None:
+                Replica.objects.get_or_create(cid=str(gone), defaults={"state": Replica.State.RELEASED})
                 Replica.objects.filter(cid=str(gone)).exclude(state=Replica.State.RELEASED).update(
                     state=Replica.State.RELEASING, next_try_at=timezone.now()
                 )
         if rows:
             cursor.last_tx = rows[-1][0]
-            cursor.save(update_fields=["last_tx"])
+        cursor.save(update_fields=["last_tx", "members"])
     return len(rows)
 
 
@@ -189,13 +199,15 @@ def reconcile(*, limit: int = 20, client: PeerClient | None = None, everyone: li
     ).order_by("next_try_at")
     done: Counter[str] = Counter()
     for replica in due[:limit]:
-        claimed = Replica.State.PINNING if replica.state != Replica.State.RELEASING else Replica.State.RELEASING
-        if not Replica.objects.filter(pk=replica.pk, state=replica.state).update(state=claimed):
-            continue  # another worker took it
-        if claimed == Replica.State.RELEASING:
-            done[_release(replica)] += 1
-        else:
-            done[_replicate(replica, client, everyone)] += 1
+        try:
+            if replica.state == Replica.State.RELEASING:
+                done[_release(replica)] += 1
+            elif Replica.objects.filter(pk=replica.pk, state=replica.state).update(state=Replica.State.PINNING):
+                done[_replicate(replica, client, everyone)] += 1
+        except Exception as exc:  # one object's trouble (a store error, a timeout) must not stop the others
+            logger.exception("replica %s: %s", replica.cid, exc)
+            _failed(replica, [f"{type(exc).__name__}: {exc}"])
+            done["error"] += 1
     return dict(done)
 
 
@@ -206,74 +218,119 @@ def audit(*, limit: int = 50) -> int:
     looked at in turn; returns how many were queued again.
     """
     try:
-        store = stores.dag_reader()
+        store: BlockStore | None = stores.dag_reader()
     except StoreError:
         store = None  # no store at all (wiped): every pinned replica is lost
     lost = 0
     for replica in Replica.objects.filter(state=Replica.State.PINNED).order_by("updated_at")[:limit]:
-        whole = local_state(store, CID.decode(replica.cid)) in WHOLE
-        if whole:
-            Replica.objects.filter(pk=replica.pk).update(state=Replica.State.PINNED)  # touches updated_at
+        cid = CID.decode(replica.cid)
+        state = local_state(store, cid)
+        if state == ERROR:
+            continue  # the store cannot answer now: ask again next time, change nothing
+        if state in WHOLE:
+            Replica.objects.filter(pk=replica.pk, state=Replica.State.PINNED).update(state=Replica.State.PINNED)
             continue
-        logger.warning("replica %s is no longer whole here; fetching it again", replica.cid)
-        _mark(replica, Replica.State.QUEUED, attempts=0, source="", next_try_at=timezone.now())
+        # Our reference survives a damaged block, not a wiped store: remember which, so that
+        # fetching it again leaves exactly one reference of ours.
+        held = store is not None and state == INCOMPLETE and _pin_count(store, cid) > 0
+        logger.warning("replica %s is no longer whole here (%s); fetching it again", replica.cid, state)
+        Replica.objects.filter(pk=replica.pk, state=Replica.State.PINNED).update(
+            state=Replica.State.QUEUED, attempts=0, source=replica.source if held else "", next_try_at=timezone.now()
+        )
         lost += 1
     return lost
 
 
+def sweep_spool(max_age: timedelta = timedelta(hours=1)) -> int:
+    """Remove fetched CARs a killed worker left behind; how many."""
+    spool = Path(settings.SPOOL_DIR) / "replicas"
+    cutoff = time.time() - max_age.total_seconds()
+    removed = 0
+    for path in spool.glob("*.car") if spool.exists() else []:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def _replicate(replica: Replica, client: PeerClient, everyone: list[str]) -> str:
+    """Make this object whole here with exactly one pin reference of ours (``source`` set: we hold one)."""
     cid = CID.decode(replica.cid)
     try:
-        here = stores.dag_reader()
-        whole_here = local_state(here, cid) in WHOLE
+        whole_here = local_state(stores.dag_reader(), cid) in WHOLE
     except StoreError:
         whole_here = False
     if whole_here:  # the node that wrote it, or a copy already here: hold a reference of our own
-        _store_call(dag_tasks.dag_pin, str(cid))
-        _mark(replica, Replica.State.PINNED, source=settings.NODE_ID)
+        if not replica.source:
+            _store_call(dag_tasks.dag_pin, str(cid))
+        _pinned(replica, replica.source or settings.NODE_ID)
         return "pinned"
     problems = []
+    spool = Path(settings.SPOOL_DIR) / "replicas"
+    spool.mkdir(parents=True, exist_ok=True)
     for peer in [p for p in ranked(cid, everyone) if p != settings.NODE_ID and p in client.peers]:
-        spool = Path(settings.SPOOL_DIR) / "replicas"
-        spool.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=spool, suffix=".car", delete=False) as handle:
-            path = Path(handle.name)
-            fetched = client.fetch_car(peer, cid, handle)
+        path = spool / f"{cid}.{peer}.{uuid.uuid4().hex}.car"
         try:
+            with path.open("wb") as handle:
+                fetched = client.fetch_car(peer, cid, handle, max_bytes=max_object_bytes())
             if not fetched:
                 problems.append(f"{peer}: not served")
                 continue
             try:
-                _store_call(dag_tasks.dag_import_car, str(path))  # verifies every block; all or nothing
+                # Every block verified, the DAG complete and its root the one asked for, or nothing is written.
+                _store_call(dag_tasks.dag_import_car, str(path), str(cid))
             except (CodecError, IntegrityError, NotFoundError) as exc:
                 logger.warning("peer %s served a bad copy of %s (%s); trying another node", peer, cid, exc)
                 problems.append(f"{peer}: bad copy ({exc})")
                 continue
-            _mark(replica, Replica.State.PINNED, source=peer)
+            if replica.source:  # our earlier reference survived (a damaged block): keep one, not two
+                _store_call(dag_tasks.dag_unpin, str(cid))
+            _pinned(replica, peer)
             return "pinned"
         finally:
             path.unlink(missing_ok=True)
-    attempts = replica.attempts + 1
-    _mark(
-        replica,
-        Replica.State.ERROR,
-        attempts=attempts,
-        last_error=("; ".join(problems) or "no peer to ask")[:500],
-        next_try_at=timezone.now() + timedelta(seconds=min(MAX_BACKOFF, 5.0 * 2**attempts)),
-    )
+    _failed(replica, problems or ["no peer to ask"])
     return "error"
 
 
+def _pinned(replica: Replica, source: str) -> None:
+    """Record the reference; if the object was let go meanwhile, leave it to the release to drop it."""
+    if not Replica.objects.filter(pk=replica.pk, state=Replica.State.PINNING).update(
+        state=Replica.State.PINNED, source=source
+    ):
+        Replica.objects.filter(pk=replica.pk).update(source=source)
+
+
+def _failed(replica: Replica, problems: list[str]) -> None:
+    attempts = replica.attempts + 1
+    Replica.objects.filter(pk=replica.pk).exclude(state__in=[Replica.State.RELEASING, Replica.State.RELEASED]).update(
+        state=Replica.State.ERROR,
+        attempts=attempts,
+        last_error="; ".join(problems)[:500],
+        next_try_at=timezone.now() + timedelta(seconds=min(MAX_BACKOFF, 5.0 * 2**attempts)),
+    )
+
+
 def _release(replica: Replica) -> str:
-    if replica.source:  # set only once pinned: this node holds a reference of its own, drop it
+    # Claimed by clearing ``source``: of two workers, only the one whose update lands drops the reference.
+    if replica.source and Replica.objects.filter(pk=replica.pk, source=replica.source).update(source=""):
         with contextlib.suppress(NotFoundError):  # nothing left to drop
             _store_call(dag_tasks.dag_unpin, replica.cid)
-    _mark(replica, Replica.State.RELEASED)
+    Replica.objects.filter(pk=replica.pk, state=Replica.State.RELEASING).update(state=Replica.State.RELEASED)
     return "released"
 
 
-def _mark(replica: Replica, state: str, **fields: object) -> None:
-    Replica.objects.filter(pk=replica.pk).update(state=state, **fields)
+def _pin_count(store: BlockStore, cid: CID) -> int:
+    try:
+        return store.pin_count(cid)
+    except CoreError:
+        return 0
+
+
+def max_object_bytes() -> int:
+    """The largest CAR a peer may send: an upload's limit, plus the DAG's own blocks."""
+    return int(settings.UPLOAD_MAX_BYTES * 1.05) + 64 * 1024 * 1024
 
 
 def _store_call(task: Task, *args: str) -> dict:

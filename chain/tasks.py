@@ -30,10 +30,11 @@ def default_heartbeat() -> None:
 def replicate() -> None:
     """A consortium node keeps its share of the DAG replicas (chain/replication.py); a single node has none."""
     from chain.cluster import in_consortium
-    from chain.replication import audit, plan, reconcile
+    from chain.replication import audit, plan, reconcile, sweep_spool
 
     if not in_consortium():
         return
+    sweep_spool()
     while plan():
         pass
     audit()

@@ -53,7 +53,7 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -677,6 +677,7 @@ def import_car(
     pin: bool = True,
     spool_dir: str | None = None,
     batch_bytes: int = BATCH_BYTES,
+    expect_roots: Iterable[CID] | None = None,
 ) -> ImportResult:
     """Import a CARv1 stream: all or nothing for malformed input.
 
@@ -689,7 +690,10 @@ def import_car(
     touch), stores them in bulk, flushes, and pins the roots. A seekable
     ``stream`` (a CAR file already on disk: what a replica fetch spools) is its
     own spool: its sections have the spool's layout, so pass 2 reads it again
-    instead of a copy of it.
+    instead of a copy of it (bounded to what pass 1 read, every section one
+    pass 1 verified). ``expect_roots``: the roots the caller asked for; a CAR
+    naming others is refused before anything is written (a peer does not get to
+    choose what this node pins).
     """
     store._check_writable()
     start = stream.tell() if _seekable(stream) else None
@@ -706,14 +710,17 @@ def import_car(
                 spool.write(data)
             count += 1
             total += len(data)
+        if expect_roots is not None and tuple(reader.roots) != tuple(expect_roots):
+            raise CodecError(f"the CAR's roots are {[str(r) for r in reader.roots]}, not the ones asked for")
         with store._guard.shared():
             if pin:
                 _check_complete(store, reader.roots, links)
             if spool is None:
+                end = stream.tell()
                 stream.seek(start or 0)
                 header = varint.read_stream(stream)  # the sections follow the header
                 stream.seek(header or 0, io.SEEK_CUR)
-                _store_spool(store, stream, batch_bytes)
+                _store_spool(store, stream, batch_bytes, end=end, known=links.keys())
             else:
                 spool.seek(0)
                 _store_spool(store, spool, batch_bytes)
@@ -751,14 +758,21 @@ def _check_complete(store: BlockStore, roots: Iterable[CID], links: dict[CID, li
                 raise NotFoundError(f"CAR is incomplete: {cid} is neither in it nor in the store") from None
 
 
-def _store_spool(store: BlockStore, spool: IO[bytes], batch_bytes: int) -> None:
+def _store_spool(
+    store: BlockStore,
+    spool: IO[bytes],
+    batch_bytes: int,
+    *,
+    end: int | None = None,
+    known: Collection[CID] | None = None,
+) -> None:
     batch: list[tuple[CID, bytes]] = []
     size = 0
-    while (length := varint.read_stream(spool)) is not None:
+    while (end is None or spool.tell() < end) and (length := varint.read_stream(spool)) is not None:
         section = spool.read(length)
         cid, pos = CID.read(section, 0)
         data = section[pos:]
-        if not cid.verify(data):
+        if not cid.verify(data) or (known is not None and cid not in known):
             raise IntegrityError(f"spooled block {cid} changed on disk during import")
         batch.append((cid, data))
         size += length

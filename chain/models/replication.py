@@ -48,6 +48,7 @@ class ReplicationCursor(models.Model):
     """How far the reconciler has read the chain's pin intents (one row)."""
 
     last_tx = models.BigIntegerField(_("last transaction read"), default=0)
+    members = models.TextField(_("members when read"), blank=True)  # read again from the start when they change
 
     class Meta:
         verbose_name = _("replication cursor")

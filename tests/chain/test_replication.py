@@ -127,11 +127,16 @@ def test_an_object_the_placement_does_not_give_this_node_is_left_alone(node, pee
 class TamperingPeers(PeerClient):
     """Node C answers with a copy whose leaf bytes were changed (a faulty or malicious peer)."""
 
-    def fetch_car(self, peer, cid, out, *, timeout=30.0):
+    swap: CID | None = None  # set: node C answers with that object's CAR instead
+
+    def fetch_car(self, peer, cid, out, **options):
         if peer != "node-c":
-            return super().fetch_car(peer, cid, out, timeout=timeout)
+            return super().fetch_car(peer, cid, out, **options)
         honest = io.BytesIO()
-        super().fetch_car("node-a", cid, honest, timeout=timeout)
+        super().fetch_car("node-a", self.swap or cid, honest, **options)
+        if self.swap is not None:
+            out.write(honest.getvalue())
+            return True
         data = bytearray(honest.getvalue())
         data[-10:] = b"X" * 10  # the last block's tail: its CID no longer matches
         out.write(bytes(data))
@@ -215,3 +220,68 @@ def test_the_operator_page_shows_this_nodes_replicas(client, operator, monkeypat
         assert text in page
     health = client.get(reverse("healthz")).json()["replicas"]
     assert health["counts"]["pinned"] == 1 and health["failing"][0]["cid"] == "bafytwo"
+
+
+def test_a_peer_cannot_make_this_node_pin_another_object(node, peer_a):
+    store_a, client = peer_a
+    wanted = add_file(store_a, io.BytesIO(ciphertext(7)), chunk_size=4096, max_links=4).root
+    other = add_file(store_a, io.BytesIO(ciphertext(8)), chunk_size=4096, max_links=4).root
+    tampering = TamperingPeers("node-b", client._key, {"node-c": client.peers["node-a"], **client.peers})
+    tampering.swap = other
+    anchor(wanted)
+    plan(everyone=["node-b", "node-c"])
+    assert reconcile(client=tampering, everyone=["node-b", "node-c"]) == {"error": 1}
+    here = stores.dag_writer()
+    assert "bad copy" in Replica.objects.get(cid=str(wanted)).last_error
+    assert not here.has(other) and here.pins() == {}
+
+
+def test_a_peer_sending_too_much_is_cut_off(node, peer_a):
+    store_a, client = peer_a
+    root = add_file(store_a, io.BytesIO(ciphertext(9)), chunk_size=4096, max_links=4).root
+    assert not client.fetch_car("node-a", root, io.BytesIO(), max_bytes=10_000)
+    assert client.fetch_car("node-a", root, io.BytesIO(), max_bytes=1_000_000)
+
+
+def test_a_damaged_replica_is_fetched_again_and_keeps_one_reference(node, peer_a):
+    from chain.replication import audit
+
+    store_a, client = peer_a
+    root = add_file(store_a, io.BytesIO(ciphertext(10)), chunk_size=4096, max_links=4).root
+    anchor(root)
+    plan(everyone=EVERYONE)
+    reconcile(client=client, everyone=EVERYONE)
+    here = stores.dag_writer()
+    inner = next(c for c in here.iter_cids() if c != root and c.codec == 0x70)  # a dag-pb node below the root
+    here._blocks[inner.to_bytes()] = b"rot"  # a block damaged on disk; the pin survives
+    assert audit() == 1
+    assert reconcile(client=client, everyone=EVERYONE) == {"pinned": 1}
+    assert here.pin_count(root) == 1 and not here.missing(root)
+
+
+def test_an_object_let_go_while_it_was_fetched_is_dropped(node, peer_a):
+    from chain.replication import _pinned
+
+    store_a, _client = peer_a
+    root = add_file(store_a, io.BytesIO(ciphertext(11)), chunk_size=4096, max_links=4).root
+    anchor(root)
+    plan(everyone=EVERYONE)
+    replica = Replica.objects.get(cid=str(root))
+    Replica.objects.filter(pk=replica.pk).update(state="releasing")  # plan ran while the fetch was under way
+    _pinned(replica, "node-a")
+    assert Replica.objects.get(pk=replica.pk).state == "releasing"  # not overwritten: the release still happens
+    assert Replica.objects.get(pk=replica.pk).source == "node-a"  # and knows there is a reference to drop
+
+
+def test_a_change_of_members_reads_the_intents_again(node, peer_a):
+    store_a, _client = peer_a
+    roots = [add_file(store_a, io.BytesIO(ciphertext(20 + n)), chunk_size=4096, max_links=4).root for n in range(30)]
+    for root in roots:
+        anchor(root)
+    crowd = ["node-b", "node-c", "node-d", "node-e", "node-f"]
+    plan(everyone=crowd)
+    before = set(Replica.objects.values_list("cid", flat=True))
+    assert plan(everyone=crowd) == 0
+    assert plan(everyone=["node-b", "node-c", "node-d"]) == 30  # two left: read everything again
+    after = set(Replica.objects.values_list("cid", flat=True))
+    assert before < after and after == {str(r) for r in roots}  # three members, target three: all here
