@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from chain.core import crypto  # noqa: E402
 from chain.core.blockstore import BlockStore, add_file, import_car  # noqa: E402
-from chain.peers import PeerClient, PeerServer  # noqa: E402
+from chain.peers import PeerClient  # noqa: E402
+from tests.chain.dag_peer import serve_dag  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -52,20 +53,6 @@ def random_file(path: Path, size: int, seed: int) -> None:
             n = min(left, 4 * MIB)
             out.write(rng.randbytes(n))
             left -= n
-
-
-def serve_peer(store: BlockStore, key_b: bytes) -> PeerServer:
-    srv = PeerServer(
-        ("127.0.0.1", 0),
-        keys=lambda: {"node-b": key_b},
-        on_messages=lambda node, value: True,
-        on_txs=lambda node, txs: {},
-        status=lambda: {},
-        blocks=lambda start, limit: [],
-        dag=lambda: store,
-    )
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
 
 
 def replicate(client: PeerClient, roots: list, work: Path) -> float:
@@ -137,7 +124,7 @@ def main() -> None:
         for i in range(max(1, args.repair_mib // args.object_mib)):
             data = random.Random(100 + i).randbytes(args.object_mib * MIB)
             objects.append(add_file(store_a, io.BytesIO(data)).root)
-        srv = serve_peer(store_a, key_b.public)
+        srv = serve_dag(store_a, {"node-b": key_b.public})
         client = PeerClient("node-b", key_b.private, {"node-a": f"http://127.0.0.1:{srv.server_address[1]}"})
         work = root_dir / "b"
         work.mkdir()

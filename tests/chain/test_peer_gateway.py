@@ -6,7 +6,6 @@ import base64
 import hashlib
 import http.client
 import io
-import threading
 
 import pytest
 
@@ -14,7 +13,8 @@ from chain.core import crypto
 from chain.core.blockstore import BlockStore, add_file, import_car
 from chain.core.car import CarReader
 from chain.core.cid import CID, RAW
-from chain.peers import PeerClient, PeerServer, request_signature_bytes
+from chain.peers import PeerClient, request_signature_bytes
+from tests.chain.dag_peer import serve_dag
 
 DATA = b"".join(hashlib.sha256(b"%d" % i).digest() for i in range(320))  # 10 KiB: 160 distinct leaves of 64 B
 
@@ -28,16 +28,7 @@ def store(tmp_path):
 @pytest.fixture
 def gateway(store):
     peer = crypto.new_ed25519()
-    srv = PeerServer(
-        ("127.0.0.1", 0),
-        keys=lambda: {"node-2": peer.public},
-        on_messages=lambda node, value: True,
-        on_txs=lambda node, txs: {},
-        status=lambda: {},
-        blocks=lambda start, limit: [],
-        dag=lambda: store,
-    )
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = serve_dag(store, {"node-2": peer.public})
     yield srv, peer
     srv.shutdown()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 
 import pytest
 from django.utils import timezone
@@ -15,8 +14,9 @@ from chain.core.blockstore import BlockStore, add_file
 from chain.core.cid import CID
 from chain.core.placement import holders
 from chain.models import Block, Replica, Transaction
-from chain.peers import PeerClient, PeerServer
+from chain.peers import PeerClient
 from chain.replication import plan, reconcile
+from tests.chain.dag_peer import serve_dag
 
 pytestmark = pytest.mark.django_db
 EVERYONE = ["node-a", "node-b"]  # with a target of 3, two members both hold everything
@@ -43,16 +43,7 @@ def peer_a(tmp_path):
     """Node A: its own store, served on its peer port to node B."""
     key_b = crypto.new_ed25519()
     store = BlockStore(str(tmp_path / "a-dag"))
-    srv = PeerServer(
-        ("127.0.0.1", 0),
-        keys=lambda: {"node-b": key_b.public},
-        on_messages=lambda node, value: True,
-        on_txs=lambda node, txs: {},
-        status=lambda: {},
-        blocks=lambda start, limit: [],
-        dag=lambda: store,
-    )
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = serve_dag(store, {"node-b": key_b.public})
     client = PeerClient("node-b", key_b.private, {"node-a": f"http://127.0.0.1:{srv.server_address[1]}"})
     yield store, client
     srv.shutdown()
