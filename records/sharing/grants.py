@@ -41,7 +41,7 @@ from accounts.models import Role
 from chain.core import crypto
 from chain.kek import node_kek
 from records.audit import audit
-from records.clinical.services import deliver_to_grantees
+from records.envelopes import deliver_to_grantees
 from records.keys import open_dek, seal_for
 from records.ledger import GRANT_ISSUED
 from records.models import (
