@@ -64,6 +64,11 @@ class Institution(KeyHolder):
     name_en = models.CharField(_("name (English)"), max_length=200, blank=True)
     city = models.CharField(_("city"), max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The node that holds this institution's people: "" for this node. An institution of another
+    # node is a directory row projected from the chain (accounts.directory): public keys, no private.
+    home_node = models.CharField(_("home node"), max_length=64, blank=True, default="")
+    # The directory listing this node last submitted for its own institution; "" while one is owed.
+    directory_tx = models.CharField(max_length=80, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["code"]
@@ -82,6 +87,10 @@ class Institution(KeyHolder):
 
     def key_owner(self) -> str:
         return f"institution:{self.public_id}"
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.home_node)
 
 
 class UserManager(BaseUserManager["User"]):
@@ -156,6 +165,12 @@ class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
         help_text=_("Whether the user can sign in to the administration site."),
     )
     date_joined = models.DateTimeField(_("date joined"), default=timezone.now)
+    # The node that holds this person's account, password and private keys: "" for this node.
+    # Someone whose home is another node has a row here only as what this node may know of them
+    # (docs/identity.md): staff from the chain's directory, a patient from the card they showed.
+    home_node = models.CharField(_("home node"), max_length=64, blank=True, default="")
+    # For this node's staff: the directory listing last submitted for them; "" while one is owed.
+    directory_tx = models.CharField(max_length=80, blank=True, default="", editable=False)
 
     objects = UserManager()
 
@@ -205,6 +220,10 @@ class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
         return f"user:{self.public_id}"
 
     @property
+    def is_remote(self) -> bool:
+        return bool(self.home_node)
+
+    @property
     def is_institution_staff(self) -> bool:
         return self.role in STAFF_ROLES
 
@@ -220,3 +239,47 @@ class User(KeyHolder, AbstractBaseUser, PermissionsMixin):
             and self.institution_id is not None
             and self.verified_at is not None
         )
+
+
+class ListedInstitution(models.Model):
+    """An institution in the consortium's directory (projection of ``accounts/institution/<code>``)."""
+
+    state_key = models.CharField(max_length=255, unique=True, editable=False)
+    code = models.SlugField(max_length=40, unique=True)
+    public_id = models.CharField(max_length=36)
+    sign_public = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16)
+    name = models.CharField(max_length=200)
+    name_en = models.CharField(max_length=200, blank=True)
+    city = models.CharField(max_length=100, blank=True)
+    node = models.CharField(max_length=64)
+    tx_cid = models.CharField(max_length=80)
+
+    class Meta:
+        verbose_name = _("listed institution")
+        verbose_name_plural = _("listed institutions")
+
+    def __str__(self) -> str:
+        return f"{self.code} @ {self.node}"
+
+
+class ListedStaff(models.Model):
+    """A staff member in the consortium's directory (projection of ``accounts/staff/<sign key>``)."""
+
+    state_key = models.CharField(max_length=255, unique=True, editable=False)
+    sign_public = models.CharField(max_length=64, unique=True)
+    public_id = models.CharField(max_length=36)
+    institution_code = models.CharField(max_length=40, db_index=True)
+    role = models.CharField(max_length=20)
+    name = models.CharField(max_length=150, blank=True)
+    name_en = models.CharField(max_length=150, blank=True)
+    title = models.CharField(max_length=100, blank=True)
+    listed = models.BooleanField()
+    tx_cid = models.CharField(max_length=80)
+
+    class Meta:
+        verbose_name = _("listed staff member")
+        verbose_name_plural = _("listed staff")
+
+    def __str__(self) -> str:
+        return f"{self.sign_public[:16]}… @ {self.institution_code}"

@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.directory import listing_owed
 from accounts.keys import issue_keys
 from accounts.ledger import key_registration_submit
 from accounts.models import STAFF_ROLES, Institution, Role, User
@@ -76,6 +77,7 @@ def staff_verify(*, verifier: User, member: User) -> User:
         member.verified_at = timezone.now()
         member.verified_by = verifier
         member.save(update_fields=["verified_at", "verified_by"])
+        listing_owed(member)
     return member
 
 
@@ -84,9 +86,11 @@ def staff_unverify(*, verifier: User, member: User) -> User:
     if not can_verify(verifier, member):
         raise PermissionDenied("You may change only staff of your own institution.")
     member = User.objects.select_for_update().get(pk=member.pk)
-    member.verified_at = None
-    member.verified_by = None
-    member.save(update_fields=["verified_at", "verified_by"])
+    if member.verified_at is not None:
+        member.verified_at = None
+        member.verified_by = None
+        member.save(update_fields=["verified_at", "verified_by"])
+        listing_owed(member)
     return member
 
 

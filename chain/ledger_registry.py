@@ -104,3 +104,22 @@ def register_projection(projection: StateProjection) -> None:
 
 def projections() -> list[StateProjection]:
     return list(_projections.values())
+
+
+# What an app does once a block that changed its state has committed (the accounts app keeps its
+# directory rows in step with the listings). Keyed by name, so ``ready()`` may run again.
+_commit_hooks: dict[str, tuple[tuple[str, ...], Callable[[list[str]], None]]] = {}
+
+
+def register_commit_hook(name: str, prefixes: tuple[str, ...], hook: Callable[[list[str]], None]) -> None:
+    """Call ``hook(keys)`` after each committed block that changed state keys under ``prefixes``.
+
+    It runs after the block's database transaction committed, in the process
+    that committed it; an error is logged and does not undo the block (the app
+    repairs from the projections, which are the truth).
+    """
+    _commit_hooks[name] = (prefixes, hook)
+
+
+def commit_hooks() -> list[tuple[tuple[str, ...], Callable[[list[str]], None]]]:
+    return list(_commit_hooks.values())

@@ -28,12 +28,13 @@ fails.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
@@ -54,7 +55,7 @@ from chain.core.reasons import Reason, ValidationError
 from chain.core.state import StateChange, last_seq, seq_key
 from chain.core.transaction import Transaction as CoreTx
 from chain.core.transaction import now_ms as clock_ms
-from chain.ledger_registry import projections, registry
+from chain.ledger_registry import commit_hooks, projections, registry
 from chain.models import Block, LedgerState, MempoolEntry, Transaction, VerificationRun
 from chain.models.ledger import state_key_digest
 
@@ -220,6 +221,17 @@ def _project_state(changes: Sequence[StateChange], height: int) -> None:
         removed = [key for key in keys if final[key] is None]
         for chunk in _chunks(removed):
             projection.model.objects.filter(state_key__in=chunk).delete()
+    for prefixes, hook in commit_hooks():
+        changed = [key for key in final if key.startswith(prefixes)]
+        if changed:
+            transaction.on_commit(functools.partial(_run_commit_hook, hook, changed))
+
+
+def _run_commit_hook(hook: Callable[[list[str]], None], keys: list[str]) -> None:
+    try:
+        hook(keys)
+    except Exception:
+        logger.exception("a commit hook failed for %d state keys", len(keys))
 
 
 def _delete_mempool(*, ids: Sequence[int] = (), cids: Sequence[str] = ()) -> None:

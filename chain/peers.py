@@ -13,6 +13,8 @@ Endpoints (bodies are DAG-CBOR):
 * ``POST /peer/v1/txs`` ``{"txs": [raw, ...]}`` → ``{"accepted": n, "refused": m}``
 * ``GET /peer/v1/status`` → ``{"height", "head", "round", "step"}``
 * ``GET /peer/v1/blocks?from=H&limit=N`` → ``{"blocks": [value, ...]}``
+* ``POST /peer/v1/app/<name>`` an app's message (:mod:`chain.peer_apps`): the
+  handler registered under ``name`` answers it
 * ``GET /ipfs/{cid}`` with ``Accept: application/vnd.ipld.raw`` (or
   ``?format=raw``): one block of this node's DAG store; with
   ``application/vnd.ipld.car`` (or ``?format=car``): the whole DAG under it as
@@ -48,6 +50,7 @@ from chain.core import crypto, dagcbor
 from chain.core.blockstore import BlockStore, StoreError, export_car
 from chain.core.cid import CID
 from chain.core.errors import CodecError, IntegrityError, NotFoundError
+from chain.peer_apps import APP_PREFIX, peer_handler
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._refuse(503, "inbox full")
                 return
             self._reply(202)
+        elif self.path.startswith(APP_PREFIX):
+            self._app(node, self.path[len(APP_PREFIX) :], value)
         elif self.path == PREFIX + "txs":
             txs = value.get("txs")
             if not isinstance(txs, list) or not all(isinstance(t, bytes) for t in txs):
@@ -231,6 +236,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._ipfs(url, self.server.dag)
         else:
             self._refuse(404, "no such endpoint")
+
+    def _app(self, node: str, name: str, value: dict[str, Any]) -> None:
+        handler = peer_handler(name)
+        if handler is None:
+            self._refuse(404, "no such endpoint")
+            return
+        from django.db import close_old_connections
+
+        close_old_connections()
+        try:
+            status, answer = handler(node, value)
+        except Exception:
+            logger.exception("the %s handler failed on a message from %s", name, node)
+            status, answer = 500, {"error": "failed"}
+        finally:
+            close_old_connections()
+        self._reply(status, answer)
 
     # -- the trustless gateway ----------------------------------------------------------------------------
     def _ipfs(self, url: urllib.parse.SplitResult, dag: Callable[[], BlockStore], *, head: bool = False) -> None:
@@ -391,6 +413,26 @@ class PeerClient:
                 logger.warning("peer %s unreachable: %s", peer, exc)
             self.reachable[peer] = False
             return None
+        finally:
+            connection.close()
+
+    def call(self, peer: str, path: str, value: Any, *, timeout: float = 5.0) -> tuple[int, Any]:
+        """POST ``value`` to ``path`` on ``peer``: its status and decoded answer (status 0: unreachable)."""
+        body = dagcbor.encode(value)
+        url = urllib.parse.urlsplit(self.peers[peer])
+        connection = HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+        try:
+            connection.request("POST", path, body=body, headers=self._headers("POST", path, body))
+            response = connection.getresponse()
+            data = response.read()
+            try:
+                answer = dagcbor.decode(data) if data else {}
+            except CodecError:
+                answer = {}
+            return response.status, answer
+        except (OSError, HTTPException) as exc:
+            logger.warning("peer %s unreachable for %s: %s", peer, path, exc)
+            return 0, {"error": "unreachable"}
         finally:
             connection.close()
 

@@ -211,6 +211,27 @@ def reconcile(*, limit: int = 20, client: PeerClient | None = None, everyone: li
     return dict(done)
 
 
+def replicate_here(cid: str) -> None:
+    """Hold ``cid`` on this node whatever the placement says (a patient's records on their home node).
+
+    Queues it for the reconciler, which fetches it from whichever node holds
+    it and keeps one pin reference of this node's; an object already queued,
+    held or being held is left as it is. A re-keyed version's release still
+    lets it go.
+    """
+    replica, made = Replica.objects.get_or_create(cid=str(cid))
+    if not made and replica.state == Replica.State.ERROR:
+        Replica.objects.filter(pk=replica.pk, state=Replica.State.ERROR).update(next_try_at=timezone.now())
+    if made or replica.state != Replica.State.PINNED:
+        transaction.on_commit(_reconcile_soon)
+
+
+def _reconcile_soon() -> None:
+    from chain.tasks import replicate
+
+    replicate.apply_async(countdown=1)
+
+
 def audit(*, limit: int = 50) -> int:
     """Check that pinned replicas are still whole here (a wiped or damaged store); queue the lost ones again.
 

@@ -120,7 +120,10 @@ TEMPLATES = [
         # The project's layout and shared pieces, then each records room's pages (same names as before the rooms).
         "DIRS": [
             BASE_DIR / "templates",
-            *(BASE_DIR / "records" / room / "templates" for room in ("clinical", "sharing", "footprint", "research")),
+            *(
+                BASE_DIR / "records" / room / "templates"
+                for room in ("clinical", "sharing", "footprint", "research", "consortium")
+            ),
         ],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -456,6 +459,31 @@ CELERY_BEAT_SCHEDULE = {
         "task": "default.replicate",
         "schedule": DAG_REPLICATION_INTERVAL,
         "options": {"queue": "default", "expires": DAG_REPLICATION_INTERVAL},
+    },
+    # The consortium directory (accounts/directory.py): this node's listings go out once the chain
+    # holds the keys they name; the other nodes' rows follow every block, and are repaired here.
+    "directory-publish": {
+        "task": "default.directory_publish",
+        "schedule": 5.0,
+        "options": {"queue": "default", "expires": 5},
+    },
+    # Records written here for a patient whose home is another node go to that node
+    # (records/consortium/deliveries.py); each is also sent at once when anchored.
+    "records-deliver": {
+        "task": "default.records_deliver",
+        "schedule": 5.0,
+        "options": {"queue": "default", "expires": 5},
+    },
+    # Reads here of another node's patients go to their footprint there (records/footprint/forwarding.py).
+    "records-forward-accesses": {
+        "task": "default.records_forward_accesses",
+        "schedule": 10.0,
+        "options": {"queue": "default", "expires": 10},
+    },
+    "directory-sync": {
+        "task": "default.directory_sync",
+        "schedule": 300.0,
+        "options": {"queue": "default", "expires": 300},
     },
     "chain-validate-recent": {
         "task": "store.chain_validate_recent",

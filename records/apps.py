@@ -8,6 +8,9 @@ class RecordsConfig(AppConfig):
 
     def ready(self) -> None:
         # Fill the ledger's one registry; opens no store (DESIGN section 3).
-        from records import ledger
+        from records import consortium, ledger
+        from records.footprint import forwarding
 
         ledger.register()
+        consortium.register()  # what other nodes may ask of this one (cards, records, grants)
+        forwarding.register()  # and the accesses to this node's patients they log

@@ -32,4 +32,6 @@ def audit(
         purpose=purpose,
         basis=basis,
         detail=detail[:200],
+        # The patient's home node keeps their footprint: an event about someone of another node goes there.
+        forward="pending" if patient is not None and patient.home_node else "",
     )

@@ -67,6 +67,19 @@ def email_text(kind: str, values: dict) -> tuple[str, str]:
             "%(name)s used emergency (break-glass) access to a patient's records.\n\n"
             "Review it and record whether it was justified: %(link)s"
         )
+    elif kind == Kind.CARD_RELEASED:
+        subject = _("Your health card was given to %(institution)s")
+        body = _(
+            "With the one-time code you showed, %(name)s at %(institution)s received your health card "
+            "(your name, date of birth, sex and Yilian ID) to open a visit for you.\n\n"
+            "If this was not you, tell us at once. See who has your card: %(link)s"
+        )
+    elif kind == Kind.RECORD_ARRIVED:
+        subject = _("A new record from %(institution)s")
+        body = _(
+            "%(name)s at %(institution)s wrote a record for you. It is on your timeline, "
+            "readable by you, its author and their institution only: %(link)s"
+        )
     else:
         raise ValueError(f"unknown notification kind {kind!r}")
     return subject % values, body % values
@@ -84,6 +97,10 @@ def notice_text(kind: str, names: dict) -> str:
         return _("%(name)s at %(institution)s opened your records in an emergency.") % names
     if kind == Kind.BREAK_GLASS_REVIEW:
         return _("%(name)s used emergency access. Review it.") % names
+    if kind == Kind.CARD_RELEASED:
+        return _("%(name)s at %(institution)s received your health card with your one-time code.") % names
+    if kind == Kind.RECORD_ARRIVED:
+        return _("%(name)s at %(institution)s wrote a record for you.") % names
     return _("You have a new notification.")
 
 

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from records.clinical.storage import pending_too_long
 from records.clinical.tasks import ingest_file, store_version
+from records.consortium import tasks as consortium_tasks
 from records.footprint import tasks as footprint_tasks
 from records.sharing.breakglass import break_glass_redrive
 from records.sharing.grants import grants_redrive
@@ -25,7 +26,7 @@ from records.sharing.tasks import rekey
 
 # Celery's autodiscovery imports this module only: the rooms' task modules
 # register their tasks by being imported here.
-__all__ = ["footprint_tasks", "ingest_file", "redrive", "rekey", "store_version"]
+__all__ = ["consortium_tasks", "footprint_tasks", "ingest_file", "redrive", "rekey", "store_version"]
 
 log = logging.getLogger(__name__)
 

@@ -7,4 +7,5 @@ urlpatterns = [
     path("", include("records.sharing.urls")),
     path("", include("records.footprint.urls")),
     path("", include("records.research.urls")),
+    path("", include("records.consortium.urls")),
 ]

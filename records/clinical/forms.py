@@ -13,7 +13,10 @@ from django.forms import formset_factory
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
+from accounts.health_id import normalize
 from accounts.services import patient_find
+from chain.cluster import in_consortium
+from records.consortium.cards import card_fetch
 from records.models import RecordKind, Visit
 
 TEXTAREA = forms.Textarea(attrs={"rows": 4})
@@ -41,12 +44,52 @@ class VisitOpenForm(forms.Form):
         help_text=_("The patient's Yilian ID (YL-…, shown in their portal, also as a QR code) or their email address."),
     )
     kind = forms.ChoiceField(label=_("Kind of visit"), choices=Visit.Kind.choices, initial=Visit.Kind.OUTPATIENT)
+    card_code = forms.CharField(
+        label=_("One-time code"),
+        max_length=20,
+        required=False,
+        help_text=_(
+            "Only for a patient registered at another hospital of the consortium: the code their portal "
+            "shows under their Yilian ID. It lets this hospital receive their health card once."
+        ),
+    )
+
+    def __init__(self, *args, clinician=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clinician = clinician
+        self.remote_id = None
+        if not in_consortium():
+            del self.fields["card_code"]
 
     def clean_patient(self):
-        match = patient_find(self.cleaned_data["patient"])
+        typed = self.cleaned_data["patient"]
+        match = patient_find(typed)
+        if match is None and "card_code" in self.fields and normalize(typed) is not None:
+            self.remote_id = normalize(typed)  # perhaps registered at another node: the code decides
+            return None
         if match is None:
             raise ValidationError(_("No patient with this Yilian ID or email address."), code="not_found")
         return match
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.remote_id is None or self.errors:
+            return cleaned
+        code = cleaned.get("card_code", "")
+        if not code:
+            self.add_error(
+                "card_code",
+                _(
+                    "This Yilian ID is not registered at this hospital. If the patient is registered at another "
+                    "hospital of the consortium, ask them for the one-time code in their portal and enter it here."
+                ),
+            )
+            return cleaned
+        try:
+            cleaned["patient"] = card_fetch(health_id=self.remote_id, code=code, clinician=self.clinician)
+        except ValidationError as exc:
+            self.add_error("card_code", exc)
+        return cleaned
 
 
 class RecordBaseForm(forms.Form):

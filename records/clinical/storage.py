@@ -26,6 +26,7 @@ from chain.core.dagpb import PBLink, PBNode, encode_node
 from chain.ledger_services import tx_sign_and_submit
 from records import ledger
 from records.clinical.uploads import spool_path
+from records.consortium.deliveries import deliveries_owed
 from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem
 from records.revocation import grant_revocation_submit
 
@@ -162,6 +163,7 @@ def version_store(version_id: int) -> str:
                 update_fields=["storage", "root_cid", "commitment", "commitment_salt", "anchor_tx", "store_error"]
             )
             MedicalRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
+            deliveries_owed(locked)  # a patient whose home is another node gets it there
     except Exception as exc:
         store.unpin(root)
         RecordVersion.objects.filter(pk=version_id).update(

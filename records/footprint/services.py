@@ -205,6 +205,13 @@ def _from_dag_json(value: Any) -> Any:
     return value
 
 
+def batch_digests(tx_row) -> set[bytes]:
+    """The event digests an ``access_logged`` transaction (a ``chain.models.Transaction`` row) carries."""
+    if tx_row.type != ledger.ACCESS_LOGGED:
+        return set()
+    return set(_digests_of(_from_dag_json(tx_row.payload)) or [])
+
+
 def _sealed_txs(tx_cids: set[str]) -> dict[str, _SealedTx]:
     """The sealed batches among ``tx_cids``, read from the chain store (hash-checked) where possible.
 

@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from records.footprint.forwarding import accesses_forward
 from records.footprint.services import BATCH_SIZE, access_events_log
 
 log = logging.getLogger(__name__)
@@ -27,3 +28,13 @@ def log_accesses(max_batches: int = 20) -> int:
     if logged:
         log.info("logged %d access events on chain", logged)
     return logged
+
+
+@shared_task(name="default.records_forward_accesses", soft_time_limit=60, time_limit=70, ignore_result=True)
+def forward_accesses() -> dict:
+    """Send logged events about other nodes' patients to their home nodes (records/footprint/forwarding.py)."""
+    from chain.cluster import in_consortium
+
+    if not in_consortium():
+        return {}
+    return accesses_forward()

@@ -18,6 +18,7 @@ from records.models.clinical import (
     Visit,
     WrappedKey,
 )
+from records.models.consortium import CardCode, Delivery
 from records.models.footprint import AccessEvent, Notification
 from records.models.research import ResearchDataset, ResearchExport
 from records.models.sharing import (
@@ -38,6 +39,8 @@ __all__ = [
     "AccessRequest",
     "BreakGlass",
     "BreakGlassReason",
+    "CardCode",
+    "Delivery",
     "Grant",
     "GrantPurpose",
     "GrantScope",

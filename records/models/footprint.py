@@ -35,6 +35,7 @@ class AccessEvent(models.Model):
         BREAK_GLASS = "break_glass", _("Opened emergency access")
         BREAK_GLASS_CLOSE = "break_glass_end", _("Closed emergency access")
         EXPORT = "export", _("Exported for research")
+        CARD = "card", _("Received your health card")
 
     class Outcome(models.TextChoices):
         ALLOWED = "allowed", _("Allowed")
@@ -58,6 +59,9 @@ class AccessEvent(models.Model):
     detail = models.CharField(max_length=200, blank=True)
     # Set together, in one transaction, when the row's digest goes on chain in a
     # ``records.access_logged`` batch; empty means not logged yet (the outbox).
+    # For an event about a patient whose home is another node: "pending" until that node has it
+    # (records/footprint/forwarding.py), then "done"; "" when there is nowhere to send it.
+    forward = models.CharField(max_length=8, blank=True, default="", db_index=True)
     chain_digest = models.CharField(max_length=64, blank=True)
     chain_tx = models.CharField(max_length=80, blank=True, db_index=True)
 
@@ -83,6 +87,8 @@ class Notification(models.Model):
         REQUEST_DECLINED = "request_declined", _("Request declined")
         BREAK_GLASS = "break_glass", _("Emergency access to your records")
         BREAK_GLASS_REVIEW = "break_glass_review", _("Emergency access to review")
+        CARD_RELEASED = "card_released", _("Your health card was given to another institution")
+        RECORD_ARRIVED = "record_arrived", _("A record from another institution")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=24, choices=Kind.choices)

@@ -797,6 +797,7 @@ def _event(user, record: MedicalRecord, outcome: str, detail: str, at) -> Access
         purpose=GrantPurpose.RESEARCH,
         basis="grant" if outcome == AccessEvent.Outcome.ALLOWED else "",
         detail=detail[:200],
+        forward="pending" if record.patient.home_node else "",
     )
 
 

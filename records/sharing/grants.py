@@ -41,6 +41,7 @@ from accounts.models import Role
 from chain.core import crypto
 from chain.kek import node_kek
 from records.audit import audit
+from records.consortium.deliveries import grant_owed
 from records.envelopes import deliver_to_grantees
 from records.keys import open_dek, seal_for
 from records.ledger import GRANT_ISSUED
@@ -175,6 +176,7 @@ def grant_issue(
     )
     grant.issued_tx = entry.cid
     grant.save(update_fields=["issued_tx"])
+    grant_owed(grant)  # a grantee at another node: the grant and the records go there
     audit(
         actor=patient,
         action=AccessEvent.Action.GRANT,
@@ -242,6 +244,7 @@ def grant_revoke(*, patient, grant: Grant) -> Grant:
     grant.revoked_at = timezone.now()
     grant.save(update_fields=["status", "revoked_at"])
     revocation_submit(grant, patient)
+    grant_owed(grant)  # a grantee at another node is told at once (and by the chain's next block)
     rekey_job_create(grant)
     audit(
         actor=patient,

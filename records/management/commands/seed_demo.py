@@ -1,11 +1,12 @@
 """Create the fictional demo consortium. Safe to run any number of times.
 
 On the single node (``make run``) it seeds every institution and person. In a
-consortium (``make cluster``) node I runs it with ``--cluster-node I``:
-the institution directory is the consortium's (every node lists every
-institution), but only that institution's staff, the patients registered
-there and the node's operator have accounts on it, and its records are the
-ones its own doctors wrote.
+consortium (``make cluster``) node I runs it with ``--cluster-node I``: it
+creates the I-th institution only (its keys exist on its own node alone), with
+its staff, the patients registered there and the node's operator, and the
+records its own doctors wrote. The other institutions and their staff reach
+this node through the chain's directory once the consortium runs
+(``accounts.directory``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Command(BaseCommand):
         institutions = {}
         created = 0
         for item in demo.INSTITUTIONS:
+            if home is not None and item.code != home:
+                continue  # another node's: it lists itself on chain
             institution = Institution.objects.filter(code=item.code).first()
             if institution is None:
                 institution = institution_create(

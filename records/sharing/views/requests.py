@@ -162,7 +162,7 @@ def notifications(request):
 @patient_data_gate
 def clinic_patients(request):
     user = request.user
-    form = VisitOpenForm(request.POST or None)
+    form = VisitOpenForm(request.POST or None, clinician=user)
     if request.method == "POST" and form.is_valid():
         try:
             visit = clinical.visit_open(
@@ -190,7 +190,7 @@ def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
             patients.append(visit)
     shared = list(grants_usable_by(user).select_related("patient", "grantee_institution").order_by("valid_until")[:200])
     return {
-        "form": form or VisitOpenForm(),
+        "form": form or VisitOpenForm(clinician=user),
         "request_form": request_form or AccessRequestForm(),
         "patients": patients,
         "shared": shared,
