@@ -131,7 +131,7 @@ def card_release(node: str, message: dict) -> tuple[int, dict]:
                 link=reverse("patient_card"),
             )
         # In the patient's footprint: who at which institution received the card (a directory row).
-        audit(actor=clinician, action=AccessEvent.Action.CARD, patient=patient, basis="card code")
+        audit(actor=clinician, action=AccessEvent.Action.CARD, patient=patient, basis="card")
     log.info("card of a patient released to %s at %s", institution_code, node)
     return 200, {"card": card_of(patient)}
 

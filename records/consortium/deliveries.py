@@ -29,8 +29,11 @@ it, it answers 409 and the sender tries again a second later. Beyond that:
 * anywhere else, the sender must be the patient's home node; for a grant, the
   grant must be on chain, issued by the patient's key to a local grantee's key.
 
-The home node then fetches the version's DAG from the nodes that hold it and
-pins it, whatever the placement says (:func:`chain.replication.replicate_here`).
+The receiving node then fetches the version's DAG (manifest, content, files)
+from the nodes that hold it and pins it, whatever the placement says
+(:func:`chain.replication.replicate_here`): the patient's home holds all of
+their records, a reader's node what its readers may read, so both still open
+them when the writing node is down.
 """
 
 from __future__ import annotations
@@ -100,19 +103,36 @@ def deliveries_owed(version: RecordVersion) -> None:
 
 
 def grant_owed(grant: Grant) -> None:
-    """Inside the transaction that issued or revoked ``grant``: owe its state to a grantee's other node."""
+    """Inside the transaction that issued or revoked ``grant``: owe its state to a grantee's other node.
+
+    A revocation is also sent at once when the transaction commits, before the
+    patient's page answers, so the grantee's node refuses the very next
+    request; if that node cannot be reached, the outbox keeps trying (and the
+    chain's next block tells it too).
+    """
     grantee = grant.grantee_user or grant.grantee_institution
     if grantee.home_node and not grant.patient.home_node:
-        _owe(grant=grant, node=grantee.home_node)
+        delivery = _owe(grant=grant, node=grantee.home_node)
+        if grant.status == Grant.Status.REVOKED:
+            transaction.on_commit(lambda: _send_now(delivery.pk))
 
 
-def _owe(*, node: str, version: RecordVersion | None = None, grant: Grant | None = None) -> None:
+def _owe(*, node: str, version: RecordVersion | None = None, grant: Grant | None = None) -> Delivery:
     delivery, made = Delivery.objects.get_or_create(version=version, grant=grant, node=node)
     if not made:
         Delivery.objects.filter(pk=delivery.pk).update(
             state=Delivery.State.PENDING, attempts=0, next_try_at=timezone.now()
         )
     transaction.on_commit(_send_soon)
+    return delivery
+
+
+def _send_now(delivery_id: int) -> None:
+    claimed = Delivery.objects.filter(pk=delivery_id, state__in=[Delivery.State.PENDING, Delivery.State.ERROR]).update(
+        state=Delivery.State.SENDING, next_try_at=timezone.now()
+    )
+    if claimed:
+        _send(Delivery.objects.get(pk=delivery_id), timeout=3.0)
 
 
 def _send_soon() -> None:
@@ -140,13 +160,13 @@ def deliveries_send(*, limit: int = SEND_BATCH) -> dict[str, int]:
     return counts
 
 
-def _send(delivery: Delivery) -> str:
+def _send(delivery: Delivery, *, timeout: float = 15.0) -> str:
     try:
         if delivery.version_id:
             name, message = DELIVERY_MESSAGE, delivery_message(delivery.version_id, node=delivery.node)
         else:
             name, message = SHARE_MESSAGE, share_message(delivery.grant_id, node=delivery.node)
-        answer = call(delivery.node, name, message, timeout=15.0)
+        answer = call(delivery.node, name, message, timeout=timeout)
     except Exception as exc:
         log.exception("delivery %s could not be sent", delivery.pk)
         return _retry(delivery, f"{type(exc).__name__}: {exc}")
@@ -492,9 +512,10 @@ def _import_record(node: str, patient: User, data: dict) -> tuple[MedicalRecord,
     record.current_version = current
     record.updated_at = timezone.now()
     record.save(update_fields=["current_version", "updated_at"])
-    if here_is_home:
-        roots = [item["root_cid"] for item in versions]
-        transaction.on_commit(lambda: [replicate_here(root) for root in roots])
+    # The patient's home holds all of their records, and a reader's node what its readers read, so
+    # both still open them when the writing node is down (whatever the placement says).
+    roots = [item["root_cid"] for item in versions]
+    transaction.on_commit(lambda: [replicate_here(root) for root in roots])
     return record, stored, existing is None
 
 

@@ -67,6 +67,7 @@ BASES = {
     "break-glass": gettext_lazy("Emergency access (break-glass)"),
     "request": gettext_lazy("Access request"),
     "review": gettext_lazy("Review by the institution"),
+    "card": gettext_lazy("Your one-time code"),
 }
 
 

@@ -311,3 +311,112 @@ class Cluster:
 
     def evidence(self) -> list:
         return [e for n in self.ids for e in self.consensus_status(n).get("evidence", [])]
+
+
+class FullConsortium:
+    """``make cluster`` as a person runs it: ``cluster init`` (seeded), then ``cluster run``, every node whole.
+
+    Each node runs web, store worker, default worker, beat and consensus
+    (``runnode``), one data directory each, web on BASE + i, peers on
+    BASE + 100 + i. A node is paused whole (SIGSTOP to every process of it:
+    it neither answers nor decides) and resumed.
+    """
+
+    def __init__(self, root: Path, nodes: int = 4) -> None:
+        self.root = root
+        self.n = nodes
+        self.base = free_base_port()
+        self.ids = [f"node-{i}" for i in range(1, nodes + 1)]
+        self.process: subprocess.Popen | None = None
+
+    def env(self, node: str | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
+        env["PYTHONPATH"] = str(REPO)
+        if node is not None:
+            env.update(EMR_DATA_DIR=str(self.root / node), EMR_NODE_ID=node, CHAIN_ID="yilian-cluster")
+        return env
+
+    def manage(self, node: str | None, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO,
+            env=self.env(node),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def shell(self, node: str, code: str, *, timeout: float = 120) -> str:
+        """Run ``code`` in ``manage.py shell`` at ``node``; its printed lines (the last is the answer)."""
+        done = self.manage(node, "shell", "-c", code, timeout=timeout)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    def url(self, node: str) -> str:
+        return f"http://127.0.0.1:{self.base + int(node.rsplit('-', 1)[1])}"
+
+    def start(self, timeout: float = 240) -> None:
+        done = self.manage(
+            None, "cluster", "init", "--nodes", str(self.n), "--dir", str(self.root), "--base-port", str(self.base)
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        log = open(self.root / "cluster.log", "a")  # noqa: SIM115 - kept open for the process's life
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "cluster", "run", "--dir", str(self.root), "--base-port", str(self.base)],
+            cwd=REPO,
+            env=self.env(None),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self.wait_until(lambda: all(self._answers(n) for n in self.ids), timeout, "every node's web")
+
+    def _answers(self, node: str) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url(node)}/healthz", timeout=3):  # noqa: S310 - loopback
+                return True
+        except urllib.error.HTTPError:
+            return True  # 503 while a worker starts: the web answers
+        except OSError:
+            return False
+
+    def pids(self, node: str) -> list[int]:
+        """The node's runnode and every process it supervises."""
+        ours = json.loads((self.root / "run" / "node.json").read_text())["processes"][node]["pid"]
+        children = json.loads((self.root / node / "run" / "node.json").read_text())["processes"]
+        return [ours] + [c["pid"] for c in children.values() if c.get("pid")]
+
+    def pause(self, node: str) -> None:
+        for pid in self.pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        for pid in self.pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        for node in self.ids:
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.resume(node)
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def wait_until(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                tail = (self.root / "cluster.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{what} did not happen within {timeout:.0f} s; cluster log:\n{tail}")
+            time.sleep(0.5)

@@ -1,0 +1,241 @@
+"""Care across institutions on a real four-node consortium (``make cluster``), walked in the browser.
+
+Node 1 is Huakang hospital, home of the patient Zhang Xiaomei (``patient@``);
+node 2 Mingde hospital (``doctor2@``); node 3 Qinghe clinic (``doctor3@``);
+node 4 Dongyue research institute. The stories run in order on one
+consortium: she is seen at Qinghe with her card and a one-time code; the note
+written there reaches her timeline at Huakang; she shares with a doctor at
+Mingde, who reads what Huakang and Qinghe wrote; every read appears in her
+footprint at home, proved by the reading node's batch; with Huakang down the
+Mingde doctor still reads; she revokes and Mingde is refused at once. Then no
+node's data directory holds the note's plaintext.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from accounts.demo import DEMO_PASSWORD
+from tests.cluster.harness import FullConsortium
+from tests.factories import totp_code
+from tests.records.conftest import SENTINEL
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.browser]
+
+SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+SIGNED = re.compile(r".*/records/[0-9a-f-]{36}/$")
+NOTE = "Walk-in follow-up at Qinghe"
+
+ENABLE_TOTP = """
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP
+from accounts.models import User
+user = User.objects.get(email={email!r})
+Authenticator.objects.filter(user=user, type="totp").delete()
+TOTP.activate(user, {secret!r})
+print("ok")
+"""
+DIRECTORY_READY = """
+from accounts.models import User
+print(User.objects.exclude(home_node="").filter(role="clinician", verified_at__isnull=False).count())
+"""
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    from tests.conftest import CHROMIUM, require_service
+
+    require_service("Chromium", CHROMIUM is not None)
+    c = FullConsortium(tmp_path_factory.mktemp("care") / "consortium")
+    try:
+        c.start()
+        # Every node lists the other nodes' doctors (huakang: 2 verified, mingde: 1, qinghe: 1).
+        for node, others in (("node-1", 2), ("node-2", 3), ("node-3", 3)):
+            c.wait_until(
+                lambda node=node, others=others: int(c.shell(node, DIRECTORY_READY).splitlines()[-1]) >= others,
+                120,
+                f"the directory at {node}",
+            )
+        for node, email in (("node-2", "doctor2@demo.yilian"), ("node-3", "doctor3@demo.yilian")):
+            c.shell(node, ENABLE_TOTP.format(email=email, secret=SECRET))
+        yield c
+    finally:
+        c.stop()
+
+
+def sign_in(page, base: str, email: str, *, totp: bool = False) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=login]", email)
+    page.fill("input[name=password]", DEMO_PASSWORD)
+    page.click("form.form button[type=submit]")
+    if totp:
+        page.wait_for_url("**/2fa/authenticate/**")
+        page.fill("input[name=code]", totp_code(SECRET))
+        page.click("form.form button[type=submit]")
+    page.wait_for_load_state("networkidle")
+
+
+def poll(page, url: str, found, *, timeout: float) -> float | None:
+    """Reload ``url`` until ``found(page)``; seconds it took, None if it never did."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        page.goto(url)
+        if found(page):
+            return time.monotonic() - start
+        time.sleep(0.5)
+    return None
+
+
+def mingde_entries(page, badge: str):
+    """The footprint entries of Mingde hospital's people showing ``badge`` (``.badge-ok``: verified on chain)."""
+    return page.locator("li.fp-entry").filter(has_text="明德大学附属医院").locator(badge)
+
+
+@pytest.fixture(scope="module")
+def pages(consortium, browser):
+    """The patient at home (node 1, Chinese) and the two doctors at their nodes, each signed in."""
+    contexts = []
+
+    def page(locale: str):
+        context = browser.new_context(locale=locale, viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        return context.new_page()
+
+    patient, qinghe, mingde = page("zh-CN"), page("en-US"), page("en-US")
+    sign_in(patient, consortium.url("node-1"), "patient@demo.yilian")
+    sign_in(qinghe, consortium.url("node-3"), "doctor3@demo.yilian", totp=True)
+    sign_in(mingde, consortium.url("node-2"), "doctor2@demo.yilian", totp=True)
+    yield {"patient": patient, "qinghe": qinghe, "mingde": mingde}
+    for context in contexts:
+        context.close()
+
+
+def test_1_2_seen_at_another_hospital_with_a_one_time_code_and_the_note_reaches_home(consortium, pages, artifacts_dir):
+    home, clinic = consortium.url("node-1"), consortium.url("node-3")
+    patient, doctor = pages["patient"], pages["qinghe"]
+    patient.goto(f"{home}/patient/card/")
+    yilian_id = patient.locator(".health-id-value code").inner_text().strip()
+    patient.click("#one-time-code button[type=submit]")
+    code = patient.locator("[data-card-code]").inner_text().strip()
+    patient.screenshot(path=artifacts_dir / "cluster-card-code-zh.png", full_page=True)
+
+    doctor.goto(f"{clinic}/clinic/patients/")
+    doctor.fill("input[name=patient]", yilian_id)
+    doctor.click("text=Open visit")
+    doctor.wait_for_selector("text=ask them for the one-time code")  # not registered here: the code is needed
+    doctor.fill("input[name=card_code]", "ZZZZ-ZZZZ")
+    doctor.click("text=Open visit")
+    doctor.wait_for_selector("text=wrong, used or expired")
+    doctor.fill("input[name=card_code]", code)
+    doctor.click("text=Open visit")
+    doctor.wait_for_url("**/clinic/visits/**", timeout=30_000)
+    doctor.screenshot(path=artifacts_dir / "cluster-visit-opened.png", full_page=True)
+
+    doctor.click("a.btn:has-text('Clinical note')")
+    doctor.fill("input[name=title]", NOTE)
+    doctor.fill("textarea[name=text]", f"Blood pressure 128/82. {SENTINEL}")
+    doctor.click("text=Save draft")
+    doctor.wait_for_url("**/edit/")
+    doctor.click("[data-finalize-button]")
+    doctor.wait_for_url(SIGNED)
+    took = poll(patient, f"{home}/patient/", lambda p: p.locator(f"text={NOTE}").count() == 1, timeout=60)
+    assert took is not None and took < 10, took  # signed at node 3, on her timeline at node 1
+    patient.screenshot(path=artifacts_dir / "cluster-timeline-zh.png", full_page=True)
+    patient.click(f"text={NOTE}")
+    patient.wait_for_selector("text=128/82")  # she opens it with her own key, at home
+
+    patient.goto(f"{home}/patient/card/")
+    assert patient.locator("#card-releases").get_by_text("青禾社区诊所").count() == 1  # the consent, recorded
+    assert patient.locator("[data-card-code]").count() == 0
+
+
+def test_3_4_shared_with_a_doctor_at_a_third_node_who_reads_and_is_seen_in_the_footprint(
+    consortium, pages, artifacts_dir
+):
+    home, hospital = consortium.url("node-1"), consortium.url("node-2")
+    patient, doctor = pages["patient"], pages["mingde"]
+    patient.goto(f"{home}/patient/sharing/new/")
+    patient.check("input[name=grantee_kind][value=user]")
+    patient.fill("input[name=grantee_query]", "赵婧")
+    patient.click("button[name=find]")
+    patient.wait_for_selector("input[name=grantee_choice]")
+    assert "明德大学附属医院" in patient.locator("form.grant-form").inner_text()  # found in the consortium directory
+    patient.locator("input[name=grantee_choice]").first.check()
+    patient.check("input[name=scope][value=all]")
+    patient.select_option("select[name=purpose]", "second_opinion")
+    patient.click("form.grant-form .actions button[type=submit]")
+    patient.wait_for_url(f"{home}/patient/sharing/")
+
+    shown = poll(
+        doctor,
+        f"{hospital}/clinic/patients/",
+        lambda p: p.locator("#shared-with-me").get_by_text("Zhang Xiaomei").count() == 1,
+        timeout=60,
+    )
+    assert shown is not None, "the grant never reached node 2"
+    doctor.locator("#shared-with-me a").first.click()
+    doctor.wait_for_load_state("networkidle")
+    links = doctor.locator("a[href^='/records/']")
+    hrefs = sorted({links.nth(i).get_attribute("href") for i in range(links.count())})
+    assert len(hrefs) == 4  # three from Huakang, one from Qinghe
+    for href in hrefs:
+        assert doctor.goto(f"{hospital}{href}").status == 200
+    doctor.goto(f"{hospital}/clinic/patients/")
+    doctor.locator("#shared-with-me a").first.click()
+    doctor.click(f"text={NOTE}")
+    doctor.wait_for_selector("text=128/82")  # written at node 3, read at node 2 with a key sealed to this doctor
+    doctor.screenshot(path=artifacts_dir / "cluster-mingde-reads-qinghe-note.png", full_page=True)
+    pages["hrefs"] = hrefs
+
+    seen = poll(
+        patient,
+        f"{home}/patient/footprint/?institution=mingde",
+        lambda p: mingde_entries(p, ".badge-ok").count() >= len(hrefs),  # each proved by node 2's batch
+        timeout=120,
+    )
+    patient.screenshot(path=artifacts_dir / "cluster-footprint-zh.png", full_page=True)
+    assert seen is not None, "the reads at node 2 never reached the footprint at node 1"
+
+
+def test_7_with_the_home_node_down_the_granted_doctor_still_reads(consortium, pages):
+    hospital = consortium.url("node-2")
+    consortium.pause("node-1")
+    try:
+        for href in pages["hrefs"]:
+            assert pages["mingde"].goto(f"{hospital}{href}").status == 200
+    finally:
+        consortium.resume("node-1")
+
+
+def test_3_revoked_at_home_the_other_node_refuses_the_very_next_request(consortium, pages, artifacts_dir):
+    home, hospital = consortium.url("node-1"), consortium.url("node-2")
+    patient, doctor = pages["patient"], pages["mingde"]
+    patient.goto(f"{home}/patient/sharing/")
+    patient.locator("#grants-active .grant-revoke summary").click()
+    patient.locator("#grants-active .grant-revoke form button[type=submit]").first.click()
+    patient.wait_for_url(f"{home}/patient/sharing/")
+    assert doctor.goto(f"{hospital}{pages['hrefs'][0]}").status == 403
+    doctor.screenshot(path=artifacts_dir / "cluster-mingde-refused.png", full_page=True)
+    denied = poll(
+        patient,
+        f"{home}/patient/footprint/?institution=mingde&outcome=denied",
+        lambda p: mingde_entries(p, ".badge-bad").count() >= 1 and mingde_entries(p, ".badge-ok").count() >= 1,
+        timeout=120,
+    )
+    assert denied is not None, "the refused attempt never reached the footprint"
+
+
+def test_no_node_keeps_the_notes_plaintext(consortium):
+    needle = SENTINEL.encode()
+    found = []
+    for path in consortium.root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    found.append(str(path.relative_to(consortium.root)))
+            except OSError:
+                continue
+    assert not found, found
