@@ -10,7 +10,9 @@ class RecordsConfig(AppConfig):
         # Fill the ledger's one registry; opens no store (DESIGN section 3).
         from records import consortium, ledger
         from records.footprint import forwarding
+        from records.sharing import emergency
 
         ledger.register()
         consortium.register()  # what other nodes may ask of this one (cards, records, grants)
         forwarding.register()  # and the accesses to this node's patients they log
+        emergency.register()  # and emergency releases for this node's patients

@@ -144,7 +144,11 @@ def _basis(user, record: MedicalRecord) -> str | None:
 def _key_for(user, version: RecordVersion, basis: str, grants=(), *, patient_id=None) -> WrappedKey | None:
     qs = WrappedKey.objects.select_related("user", "institution").filter(version=version)
     if basis == "break-glass":
-        return qs.filter(user_id=patient_id).first()
+        # The patient's own envelope when their home is this node; at another node, the one their home
+        # node sealed to this clinician for the session (records/sharing/emergency.py).
+        held = list(qs.filter(Q(user_id=patient_id) | Q(user=user)))
+        own = [w for w in held if w.user_id == user.pk]
+        return next((w for w in held if w.user_id == patient_id and not w.user.home_node), own[0] if own else None)
     if basis == "care-team":
         return qs.filter(institution_id=user.institution_id).first()
     if basis == "grant":
@@ -313,6 +317,7 @@ def chart_patient_for_user(user, patient_id):
 
 # -- grants: which records a grant covers, which grants a reader holds ------------------------------
 
+
 def grant_in_scope(grant: Grant, record: MedicalRecord, *, named: bool | None = None) -> bool:
     """Whether ``record`` falls inside ``grant``'s scope (not its window or status).
 
@@ -392,6 +397,7 @@ def granted_records_q(grants) -> Q:
 
 
 # -- break-glass -----------------------------------------------------------------------------------
+
 
 def break_glass_active(clinician, patient_id: int, *, now=None) -> BreakGlass | None:
     """The clinician's open, unexpired session for this patient; one query."""

@@ -20,6 +20,7 @@ from records.clinical.tasks import ingest_file, store_version
 from records.consortium import tasks as consortium_tasks
 from records.footprint import tasks as footprint_tasks
 from records.sharing.breakglass import break_glass_redrive
+from records.sharing.emergency import emergency_grants_end
 from records.sharing.grants import grants_redrive
 from records.sharing.rekey import rekey_jobs_stale
 from records.sharing.tasks import rekey
@@ -37,6 +38,7 @@ def redrive() -> dict:
 
     grants_redrive()
     break_glass_redrive()
+    emergency_grants_end()  # emergency grants of sessions that ended: revoked, and so re-keyed
     job_ids = list(rekey_jobs_stale().values_list("pk", flat=True)[:100])
     for job_id in job_ids:
         rekey.delay(job_id)

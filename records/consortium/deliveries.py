@@ -208,7 +208,10 @@ def share_message(grant_id: int, *, node: str) -> dict[str, Any]:
     grant = Grant.objects.select_related("patient", "grantee_user", "grantee_institution").get(pk=grant_id)
     records = []
     if grant.status == Grant.Status.ACTIVE:
-        covered = MedicalRecord.objects.filter(granted_records_q([grant]), current_version__isnull=False)
+        # A record not stored yet follows on its own when it is (its version is owed to the grantee's node).
+        covered = MedicalRecord.objects.filter(
+            granted_records_q([grant]), current_version__storage=RecordVersion.Storage.STORED
+        )
         records = [record_message(r, node=node) for r in covered.select_related("patient")]
     grantee = (
         {"user": bytes(grant.grantee_user.sign_public)}

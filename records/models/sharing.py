@@ -24,6 +24,9 @@ class GrantPurpose(models.TextChoices):
     SECOND_OPINION = "second_opinion", _("Second opinion")
     RESEARCH = "research", _("Research")
     OTHER = "other", _("Other")
+    # Issued by the patient's home node when another node's clinician broke the glass
+    # (records/sharing/emergency.py); never chosen in the sharing form.
+    EMERGENCY = "emergency", _("Emergency (break-glass)")
 
 
 class Grant(models.Model):
@@ -63,6 +66,8 @@ class Grant(models.Model):
     issued_tx = models.CharField(max_length=80, blank=True)
     # Empty while the revocation waits for the issuing transaction to be sealed (the outbox).
     revoked_tx = models.CharField(max_length=80, blank=True)
+    # An emergency grant's break-glass session on chain (its id); it ends with the session.
+    session = models.BinaryField(max_length=16, blank=True, default=b"", editable=False)
 
     class Meta:
         ordering = ["-created_at"]

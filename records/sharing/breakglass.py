@@ -172,10 +172,17 @@ def break_glass_open(
     else is written. Returns the clinician's session already open for this
     patient, if any, instead of a second one.
     """
-    if not staff_cleared(clinician):
-        raise PermissionDenied(_("Only verified clinicians with two-factor sign-in can use emergency access."))
+    hours = check_request(clinician=clinician, reason=reason, detail=detail, hours=hours)
     if patient is None or patient.role != Role.PATIENT or not patient.is_active or patient.pk == clinician.pk:
         raise ValidationError(_("No patient with this Yilian ID or email address."))
+    reauthenticate(clinician, credential, patient=patient)
+    return _open(clinician=clinician, patient=patient, reason=reason, detail=detail.strip(), hours=hours)
+
+
+def check_request(*, clinician, reason: str, detail: str, hours) -> int:
+    """Who may break the glass, and what they must say; the hours as a number. Raises before anything is written."""
+    if not staff_cleared(clinician):
+        raise PermissionDenied(_("Only verified clinicians with two-factor sign-in can use emergency access."))
     if reason not in BreakGlassReason.values:
         raise ValidationError(_("Choose the kind of emergency."))
     detail = (detail or "").strip()
@@ -187,45 +194,69 @@ def break_glass_open(
         hours = 0
     if not 1 <= hours <= MAX_HOURS:
         raise ValidationError(_("Emergency access lasts between 1 and %(n)d hours.") % {"n": MAX_HOURS})
-    reauthenticate(clinician, credential, patient=patient)
-    return _open(clinician=clinician, patient=patient, reason=reason, detail=detail, hours=hours)
+    return hours
 
 
 @transaction.atomic
 def _open(*, clinician, patient, reason: str, detail: str, hours: int) -> BreakGlass:
-    from chain.ledger_services import tx_sign_and_submit
-
     # The clinician's row lock serialises their sessions: two cannot race in for one patient.
     User.objects.select_for_update().filter(pk=clinician.pk).first()
     current = break_glass_active(clinician, patient.pk)
     if current is not None:
         return current
     now = timezone.now()
-    session = BreakGlass(
-        chain_id=os.urandom(16),
+    session_id, expires_at = os.urandom(16), now + timedelta(hours=hours)
+    pseudonym = pseudonym_for(patient, grantee_public_id=clinician.public_id, purpose=PSEUDONYM_PURPOSE)
+    entry = submit_opening(clinician, session=session_id, pseudonym=pseudonym, reason=reason, expires_at=expires_at)
+    return record_opening(
+        clinician=clinician,
+        patient=patient,
+        session=session_id,
+        pseudonym=pseudonym,
+        reason=reason,
+        detail=detail,
+        opened_at=now,
+        expires_at=expires_at,
+        opened_tx=entry.cid,
+    )
+
+
+def submit_opening(clinician, *, session: bytes, pseudonym: bytes, reason: str, expires_at):
+    """``records.break_glass_opened``, signed by the clinician's key (inside the caller's transaction)."""
+    from chain.ledger_services import tx_sign_and_submit
+
+    payload = {"session": session, "pseudonym": pseudonym, "reason": reason, "not_after": _ms(expires_at)}
+    return tx_sign_and_submit(private_key=signing_private_key(clinician), type=BREAK_GLASS_OPENED, payload=payload)
+
+
+@transaction.atomic
+def record_opening(
+    *,
+    clinician,
+    patient,
+    session: bytes,
+    pseudonym: bytes,
+    reason: str,
+    detail: str,
+    opened_at,
+    expires_at,
+    opened_tx: str,
+    notify_patient: bool = True,
+) -> BreakGlass:
+    """The session's row, its sealed reason, the audit row and the notices, for an opening already submitted."""
+    row = BreakGlass(
+        chain_id=session,
         clinician=clinician,
         institution=clinician.institution,
         patient=patient,
         reason=reason,
-        opened_at=now,
-        expires_at=now + timedelta(hours=hours),
+        opened_at=opened_at,
+        expires_at=expires_at,
+        pseudonym=pseudonym.hex(),
+        opened_tx=opened_tx,
     )
-    _seal_detail(session, detail)
-    pseudonym = pseudonym_for(patient, grantee_public_id=clinician.public_id, purpose=PSEUDONYM_PURPOSE)
-    session.pseudonym = pseudonym.hex()
-    session.save()
-    entry = tx_sign_and_submit(
-        private_key=signing_private_key(clinician),
-        type=BREAK_GLASS_OPENED,
-        payload={
-            "session": bytes(session.chain_id),
-            "pseudonym": pseudonym,
-            "reason": reason,
-            "not_after": _ms(session.expires_at),
-        },
-    )
-    session.opened_tx = entry.cid
-    session.save(update_fields=["opened_tx"])
+    _seal_detail(row, detail)
+    row.save()
     audit(
         actor=clinician,
         action=AccessEvent.Action.BREAK_GLASS,
@@ -234,9 +265,10 @@ def _open(*, clinician, patient, reason: str, detail: str, hours: int) -> BreakG
         basis="break-glass",
         detail=reason,  # the code: audit rows do not depend on the language of the request
     )
-    _notify_patient(session)
-    _notify_reviewers(session)
-    return session
+    if notify_patient:
+        _notify_patient(row)
+    _notify_reviewers(row)
+    return row
 
 
 def _ms(value) -> int:

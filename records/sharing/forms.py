@@ -5,16 +5,23 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
+from accounts.health_id import normalize
 from accounts.models import Institution, Role, User
 from accounts.services import doctors_find, patient_find
-from records.clinical.forms import IsoDateField, VisitOpenForm
+from chain.cluster import in_consortium
+from records.clinical.forms import IsoDateField
 from records.models import BreakGlass, BreakGlassReason, GrantPurpose, GrantScope, MedicalRecord, RecordKind
 
 DEFAULT_DAYS = 30
+
+
+# An emergency grant is issued by the patient's home node for break-glass across nodes, never chosen.
+CHOSEN_PURPOSES = [(value, label) for value, label in GrantPurpose.choices if value != GrantPurpose.EMERGENCY]
 
 
 class GrantForm(forms.Form):
@@ -55,7 +62,7 @@ class GrantForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
     )
-    purpose = forms.ChoiceField(label=_("Purpose"), choices=GrantPurpose.choices, initial=GrantPurpose.TREATMENT)
+    purpose = forms.ChoiceField(label=_("Purpose"), choices=CHOSEN_PURPOSES, initial=GrantPurpose.TREATMENT)
     valid_from = IsoDateField(label=_("From"))
     valid_until = IsoDateField(
         label=_("Until (inclusive)"),
@@ -164,7 +171,7 @@ class AccessRequestForm(forms.Form):
     kinds = forms.MultipleChoiceField(
         label=_("Kinds of record"), choices=RecordKind.choices, required=False, widget=forms.CheckboxSelectMultiple
     )
-    purpose = forms.ChoiceField(label=_("Purpose"), choices=GrantPurpose.choices, initial=GrantPurpose.TREATMENT)
+    purpose = forms.ChoiceField(label=_("Purpose"), choices=CHOSEN_PURPOSES, initial=GrantPurpose.TREATMENT)
     reason = forms.CharField(
         label=_("Reason"),
         max_length=1000,
@@ -233,7 +240,17 @@ class BreakGlassForm(forms.Form):
         help_text=_("Confirm it is you: enter your password, or the 6-digit code from your authenticator app."),
     )
 
-    clean_patient = VisitOpenForm.clean_patient
+    def clean_patient(self):
+        """A patient here; or, in a consortium, a valid Yilian ID of someone registered at another node (a str)."""
+        typed = self.cleaned_data["patient"]
+        match = patient_find(typed)
+        if match is not None and match.is_remote:
+            return match.health_id  # their home node releases their records, whoever holds their card here
+        if match is None and in_consortium() and normalize(typed) is not None:
+            return normalize(typed)
+        if match is None:
+            raise ValidationError(_("No patient with this Yilian ID or email address."), code="not_found")
+        return match
 
 
 class BreakGlassReviewForm(forms.Form):

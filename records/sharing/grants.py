@@ -116,6 +116,7 @@ def grant_issue(
     valid_from,
     valid_until,
     include_sensitive: bool = False,
+    session: bytes = b"",
 ) -> Grant:
     """Grant ``grantee_user`` or ``grantee_institution`` access to some of ``patient``'s records."""
     from chain.ledger_services import tx_sign_and_submit
@@ -154,6 +155,7 @@ def grant_issue(
         purpose=purpose,
         valid_from=valid_from,
         valid_until=valid_until,
+        session=session,
     )
     pseudonym = pseudonym_for(patient, grantee_public_id=grantee.public_id, purpose=purpose)
     grant.pseudonym = pseudonym.hex()

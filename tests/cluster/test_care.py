@@ -7,8 +7,10 @@ consortium: she is seen at Qinghe with her card and a one-time code; the note
 written there reaches her timeline at Huakang; she shares with a doctor at
 Mingde, who reads what Huakang and Qinghe wrote; every read appears in her
 footprint at home, proved by the reading node's batch; with Huakang down the
-Mingde doctor still reads; she revokes and Mingde is refused at once. Then no
-node's data directory holds the note's plaintext.
+Mingde doctor still reads; she revokes and Mingde is refused at once; a grant
+and a revocation made while Mingde's node is down reach it when it returns;
+a Mingde emergency doctor breaks the glass and Huakang releases a time-boxed
+grant. Then no node's data directory holds the note's plaintext.
 """
 
 from __future__ import annotations
@@ -84,6 +86,16 @@ def poll(page, url: str, found, *, timeout: float) -> float | None:
     while time.monotonic() - start < timeout:
         page.goto(url)
         if found(page):
+            return time.monotonic() - start
+        time.sleep(0.5)
+    return None
+
+
+def poll_status(page, url: str, status: int, *, timeout: float) -> float | None:
+    """Request ``url`` until it answers ``status``; seconds it took, None if it never did."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if page.goto(url).status == status:
             return time.monotonic() - start
         time.sleep(0.5)
     return None
@@ -226,6 +238,141 @@ def test_3_revoked_at_home_the_other_node_refuses_the_very_next_request(consorti
         timeout=120,
     )
     assert denied is not None, "the refused attempt never reached the footprint"
+
+
+def test_a_node_down_during_a_grant_and_a_revocation_is_consistent_once_it_returns(consortium, pages):
+    home, hospital = consortium.url("node-1"), consortium.url("node-2")
+    patient, doctor = pages["patient"], pages["mingde"]
+    consortium.pause("node-2")
+    try:
+        patient.goto(f"{home}/patient/sharing/new/")
+        patient.check("input[name=grantee_kind][value=user]")
+        patient.fill("input[name=grantee_query]", "赵婧")
+        patient.click("button[name=find]")
+        patient.locator("input[name=grantee_choice]").first.check()
+        patient.check("input[name=scope][value=kinds]")
+        patient.check("input[name=kinds][value=lab_report]")
+        patient.click("form.grant-form .actions button[type=submit]")
+        patient.wait_for_url(f"{home}/patient/sharing/")  # the patient is not held up by a node that is down
+    finally:
+        consortium.resume("node-2")
+    lab = poll(
+        doctor, f"{hospital}/clinic/patients/", lambda p: p.locator("#shared-with-me a").count() == 1, timeout=90
+    )
+    assert lab is not None, "the grant made while node 2 was down never reached it"
+
+    consortium.pause("node-2")
+    try:
+        patient.goto(f"{home}/patient/sharing/")
+        patient.locator("#grants-active .grant-revoke summary").click()
+        patient.locator("#grants-active .grant-revoke form button[type=submit]").first.click()
+        patient.wait_for_url(f"{home}/patient/sharing/")
+    finally:
+        consortium.resume("node-2")
+    gone = poll(
+        doctor, f"{hospital}/clinic/patients/", lambda p: p.locator("#shared-with-me a").count() == 0, timeout=90
+    )
+    assert gone is not None, "the revocation made while node 2 was down never reached it"
+    assert doctor.goto(f"{hospital}{pages['hrefs'][0]}").status == 403
+
+
+def test_6_break_glass_at_another_node_gets_a_time_boxed_release_from_the_home_node(consortium, pages, artifacts_dir):
+    home, hospital = consortium.url("node-1"), consortium.url("node-2")
+    patient, doctor = pages["patient"], pages["mingde"]
+    patient.goto(f"{home}/patient/card/")
+    yilian_id = patient.locator(".health-id-value code").inner_text().strip()
+    doctor.goto(f"{hospital}/clinic/break-glass/")
+    doctor.fill("input[name=patient]", yilian_id)
+    doctor.check("input[name=reason][value=unconscious]")
+    doctor.fill("textarea[name=detail]", "Brought in unconscious after a fall; no relatives present.")
+    doctor.fill("input[name=hours]", "1")
+    doctor.fill("input[name=credential]", DEMO_PASSWORD)
+    doctor.click("button:has-text('Break the glass')")
+    doctor.wait_for_url("**/clinic/patients/**", timeout=60_000)
+    chart = doctor.url
+    opened = poll(doctor, chart, lambda p: p.locator("a[href^='/records/']").count() >= 4, timeout=60)
+    doctor.screenshot(path=artifacts_dir / "cluster-break-glass-chart.png", full_page=True)
+    assert opened is not None, "the home node's emergency release never reached node 2"
+    href = doctor.locator("a[href^='/records/']").first.get_attribute("href")
+    readable = poll_status(doctor, f"{hospital}{href}", 200, timeout=60)
+    assert readable is not None, "the emergency keys never reached node 2"
+    assert doctor.goto(f"{hospital}{href}").status == 200
+    patient.goto(f"{home}/patient/sharing/")
+    patient.screenshot(path=artifacts_dir / "cluster-break-glass-patient-sharing-zh.png", full_page=True)
+    assert patient.locator("#grants-active .grant").count() >= 1  # she sees the emergency grant, and may end it
+
+
+RESEARCH_PATIENTS = """
+from datetime import date
+from accounts.models import User
+from accounts.services import user_create
+from records.clinical.services import record_create, record_finalize_imported, visit_open
+doctor = User.objects.get(email={doctor!r})
+for i in range(2):
+    patient = user_create(email=f"cohort{{i}}.{node}@demo.yilian", password=None, role="patient", name=f"队列{{i}}")
+    patient.birth_date, patient.sex = date(1980 + i, 5, 1), "female"
+    patient.save(update_fields=["birth_date", "sex"])
+    visit = visit_open(clinician=doctor, patient=patient, imported=True)
+    content = {{"title": "Complete blood count", "specimen": "venous blood", "comment": "",
+               "observations": [{{"name": "WBC", "value": str(6 + i), "unit": "10^9/L",
+                                 "reference_range": "3.5-9.5", "flag": ""}}]}}
+    record = record_create(patient=patient, author=doctor, kind="lab_report", visit=visit, content=content,
+                           imported=True)
+    record_finalize_imported(record=record)
+print("ok")
+"""
+RESEARCH_GRANTS = """
+from datetime import timedelta
+from django.utils import timezone
+from accounts.models import Institution, User
+from chain.ledger_services import TxRejected
+from records.models import Grant
+from records.sharing.grants import grant_issue
+institute = Institution.objects.get(code="dongyue")
+now, waiting = timezone.now(), 0
+for patient in User.objects.filter(email__startswith="cohort", home_node=""):
+    if Grant.objects.filter(patient=patient, purpose="research").exists():
+        continue
+    try:
+        grant_issue(patient=patient, grantee_institution=institute, scope="kinds", kinds=["lab_report"],
+                    purpose="research", valid_from=now, valid_until=now + timedelta(days=30))
+    except TxRejected:  # the patient's key is not committed yet
+        waiting += 1
+print("wait" if waiting else "ok")
+"""
+RESEARCH_PLAN = """
+from accounts.models import User
+from records.models import ResearchDataset
+from records.research.services import dataset_create, dataset_plan
+researcher = User.objects.get(email="researcher@demo.yilian")
+title = "Blood counts across the consortium"
+dataset = ResearchDataset.objects.filter(title=title).first() or dataset_create(
+    user=researcher, title=title, kinds=["lab_report"], imported=True
+)
+plan = dataset_plan(researcher, dataset)
+homes = sorted({r.patient.home_node for r in plan.records})
+print(len(plan.records), len(plan.release.released), ",".join(homes))
+"""
+
+
+def test_5_a_research_institute_builds_a_de_identified_dataset_from_patients_of_every_node(consortium):
+    for node, doctor in (
+        ("node-1", "doctor@demo.yilian"),
+        ("node-2", "doctor2@demo.yilian"),
+        ("node-3", "doctor3@demo.yilian"),
+    ):
+        consortium.shell(node, RESEARCH_PATIENTS.format(doctor=doctor, node=node))
+    for node in ("node-1", "node-2", "node-3"):
+        consortium.wait_until(
+            lambda node=node: consortium.shell(node, RESEARCH_GRANTS).endswith("ok"), 60, f"research grants at {node}"
+        )
+    consortium.shell("node-4", ENABLE_TOTP.format(email="researcher@demo.yilian", secret=SECRET))
+
+    def planned():
+        records, released, homes = consortium.shell("node-4", RESEARCH_PLAN).splitlines()[-1].split(" ")
+        return int(records) == 6 and int(released) >= 5 and homes == "node-1,node-2,node-3"
+
+    consortium.wait_until(planned, 120, "a k = 5 dataset at node 4 from the patients of nodes 1, 2 and 3")
 
 
 def test_no_node_keeps_the_notes_plaintext(consortium):

@@ -20,6 +20,7 @@ from accounts.models import Role
 from chain.ledger_services import TxRejected
 from records.models import AccessEvent, BreakGlass
 from records.sharing import breakglass as services
+from records.sharing import emergency
 from records.sharing.forms import BreakGlassForm, BreakGlassReviewForm
 
 SESSIONS_SHOWN = 50
@@ -35,15 +36,26 @@ def clinic_break_glass(request):
     form = BreakGlassForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        released = True
         try:
-            session = services.break_glass_open(
-                clinician=request.user,
-                patient=data["patient"],
-                reason=data["reason"],
-                detail=data["detail"],
-                credential=data["credential"],
-                hours=data["hours"],
-            )
+            if isinstance(data["patient"], str):  # a Yilian ID of another node: the home node releases
+                session, released = emergency.break_glass_open_remote(
+                    clinician=request.user,
+                    health_id=data["patient"],
+                    reason=data["reason"],
+                    detail=data["detail"],
+                    credential=data["credential"],
+                    hours=data["hours"],
+                )
+            else:
+                session = services.break_glass_open(
+                    clinician=request.user,
+                    patient=data["patient"],
+                    reason=data["reason"],
+                    detail=data["detail"],
+                    credential=data["credential"],
+                    hours=data["hours"],
+                )
         except services.ReauthenticationFailed as exc:
             form.add_error("credential", _errors(exc))
         except (PermissionDenied, ValidationError, TxRejected) as exc:
@@ -54,6 +66,15 @@ def clinic_break_glass(request):
                 _("Emergency access is open until %(until)s. Every record you open is shown to the patient.")
                 % {"until": timezone.localtime(session.expires_at).strftime("%H:%M")},
             )
+            if session.patient.home_node and released:
+                messages.info(
+                    request, _("The patient's home hospital is sending their records; they appear here within seconds.")
+                )
+            elif session.patient.home_node:
+                messages.error(
+                    request,
+                    _("The patient's home hospital cannot be reached: you see only the records this hospital holds."),
+                )
             return redirect("clinic_chart", patient_id=session.patient.public_id)
     sessions = (
         BreakGlass.objects.filter(clinician=request.user)
