@@ -354,10 +354,19 @@ def max_object_bytes() -> int:
     return int(settings.UPLOAD_MAX_BYTES * 1.05) + 64 * 1024 * 1024
 
 
+STORE_CALL_WAIT = 600.0
+
+
 def _store_call(task: Task, *args: str) -> dict:
-    """Run a ``store.…`` task on the store worker (the only writer) and wait for its answer."""
+    """Run a ``store.…`` task on the store worker (the only writer) and wait for its answer.
+
+    The wait is bounded: a message lost with a killed store worker must not
+    hold the reconciler for the task's hour-long limit. On a timeout the
+    object is retried later, and the store's content addressing makes a
+    second import of the same CAR harmless.
+    """
     result = task.apply_async(args=list(args))
-    return result.get(timeout=task.time_limit + 30, disable_sync_subtasks=False)
+    return result.get(timeout=min(task.time_limit + 30, STORE_CALL_WAIT), disable_sync_subtasks=False)
 
 
 def _payload_cid(payload: dict, field_name: str | None) -> CID | None:

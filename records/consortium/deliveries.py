@@ -49,6 +49,7 @@ from django.utils import timezone
 
 from accounts.directory import directory_sync
 from accounts.models import Institution, ListedInstitution, ListedStaff, Role, User
+from chain.cluster import in_consortium
 from chain.ledger_services import to_dag_json
 from chain.models import LedgerState, Transaction
 from chain.models.ledger import state_key_digest
@@ -93,6 +94,10 @@ def deliveries_owed(version: RecordVersion) -> None:
     if patient.home_node:
         nodes = {patient.home_node}
     else:
+        # The patient's home holds every version of their records, whatever the placement says, so a
+        # store wiped here is repaired from the replicas (chain.replication audits what it holds).
+        root = version.root_cid
+        transaction.on_commit(lambda: replicate_here(root) if in_consortium() else None)
         nodes = set()
         for key in version.wrapped_keys.select_related("user", "institution"):
             holder = key.user if key.user_id else key.institution

@@ -217,7 +217,9 @@ def emergency_grants_end(*, sessions: list[bytes] | None = None) -> int:
     from chain.ledger_services import DbState
 
     now = timezone.now()
-    grants = Grant.objects.filter(purpose=GrantPurpose.EMERGENCY, status=Grant.Status.ACTIVE).exclude(session=b"")
+    grants = Grant.objects.filter(
+        purpose=GrantPurpose.EMERGENCY, status=Grant.Status.ACTIVE, patient__home_node=""
+    ).exclude(session=b"")
     if sessions is not None:
         grants = grants.filter(session__in=sessions)
     ended = 0

@@ -304,7 +304,8 @@ def _queue_rekey(job_id: int) -> None:
 def grants_redrive(limit: int = 200) -> int:
     """Submit revocations that waited for their grant's transaction to be sealed."""
 
-    pending = Grant.objects.filter(status=Grant.Status.REVOKED, revoked_tx="")[:limit]
+    # This node's patients only: a grant another node shared here is revoked on chain by the patient's home.
+    pending = Grant.objects.filter(status=Grant.Status.REVOKED, revoked_tx="", patient__home_node="")[:limit]
     submitted = sum(grant_revocation_submit(grant) for grant in pending)
     if submitted:
         log.info("submitted %d waiting grant revocations", submitted)

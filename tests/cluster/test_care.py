@@ -369,8 +369,8 @@ def test_5_a_research_institute_builds_a_de_identified_dataset_from_patients_of_
     consortium.shell("node-4", ENABLE_TOTP.format(email="researcher@demo.yilian", secret=SECRET))
 
     def planned():
-        records, released, homes = consortium.shell("node-4", RESEARCH_PLAN).splitlines()[-1].split(" ")
-        return int(records) == 6 and int(released) >= 5 and homes == "node-1,node-2,node-3"
+        records, released, *homes = consortium.shell("node-4", RESEARCH_PLAN).splitlines()[-1].split(" ")
+        return int(records) == 6 and int(released) >= 5 and homes == ["node-1,node-2,node-3"]
 
     consortium.wait_until(planned, 120, "a k = 5 dataset at node 4 from the patients of nodes 1, 2 and 3")
 

@@ -21,7 +21,7 @@ from records.consortium.deliveries import grants_revoked_on_chain, share_message
 from records.keys import decrypt_content
 from records.ledger import grant_state_key
 from records.models import AccessEvent, Delivery, Grant, MedicalRecord, RekeyJob, Visit
-from records.sharing.grants import grant_issue, grant_revoke
+from records.sharing.grants import grant_issue, grant_revoke, grants_redrive
 from tests.consortium import OtherNode
 from tests.records.conftest import SENTINEL
 
@@ -127,3 +127,5 @@ def test_a_revocation_reaches_the_grantees_node_by_message_and_by_the_chain(shar
     grants_revoked_on_chain([grant_state_key(bytes(shared["grant"].chain_id))])
     assert Grant.objects.get().status == "revoked"
     assert share_receive("node-1", revoked) == (200, {"stored": 0, "revoked": True})
+    # Revoked here, but not this node's to put on chain: its redrive leaves it to the patient's home.
+    assert grants_redrive() == 0
