@@ -181,7 +181,7 @@ def signing_to_visible(records: int) -> list[float]:
             seen: dict[str, float] = {}
             home = sqlite3.connect(f"file:{c.root / 'node-1' / 'yilian.sqlite3'}?mode=ro", uri=True, timeout=5)
             deadline = time.time() + records * 0.5 + 120
-            while time.time() < deadline and (len(seen) < records):
+            while time.time() < deadline and (writer.poll() is None or not set(signed) <= set(seen)):
                 now = time.time()
                 try:
                     rows = home.execute("SELECT public_id FROM records_medicalrecord WHERE kind = 'note'").fetchall()

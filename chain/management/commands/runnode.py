@@ -87,7 +87,11 @@ class Command(BaseCommand):
             ),
             Child(
                 "default",
-                self._celery(bin_dir, "worker", "-Q", "default", "-c", "1", "-n", f"default-{suffix}@%h"),
+                # Threads: its tasks mostly wait (on peers, on the store worker); a replica being fetched
+                # must not hold a record delivery or a revocation behind it.
+                self._celery(
+                    bin_dir, "worker", "-Q", "default", "-P", "threads", "-c", "4", "-n", f"default-{suffix}@%h"
+                ),
                 env,
             ),
             Child(
