@@ -36,7 +36,7 @@ REMOTE_EMAIL_DOMAIN = "directory.invalid"  # RFC 2606: never delivered, never so
 
 
 def remote_email(sign_public_hex: str, node: str) -> str:
-    """The placeholder address of a person whose account is on another node (unique, undeliverable)."""
+    """The address kept for a person whose account is on another node: unique, and never delivered."""
     return f"{sign_public_hex[:24]}.{node}@{REMOTE_EMAIL_DOMAIN}".lower()
 
 
@@ -169,12 +169,7 @@ def _institution_sync(listing: ListedInstitution) -> int:
         # The same public id on every node: an access event names the institution by it (its digest).
         Institution.objects.create(code=listing.code, public_id=listing.public_id, **values)
         return 1
-    if all(_same(getattr(institution, name), value) for name, value in values.items()):
-        return 0
-    for name, value in values.items():
-        setattr(institution, name, value)
-    institution.save(update_fields=list(values))
-    return 1
+    return _bring_up_to_date(institution, values)
 
 
 @transaction.atomic
@@ -220,11 +215,16 @@ def _staff_sync(listing: ListedStaff) -> int:
     if listing.listed and verified_at is None:
         verified_at = timezone.now()
     values["verified_at"] = verified_at
-    if all(_same(getattr(person, name), value) for name, value in values.items()):
+    return _bring_up_to_date(person, values)
+
+
+def _bring_up_to_date(row, values: dict) -> int:
+    """Write ``values`` into ``row`` when any differs; 1 if it changed, else 0."""
+    if all(_same(getattr(row, name), value) for name, value in values.items()):
         return 0
     for name, value in values.items():
-        setattr(person, name, value)
-    person.save(update_fields=[name for name in values])
+        setattr(row, name, value)
+    row.save(update_fields=list(values))
     return 1
 
 

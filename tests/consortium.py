@@ -78,3 +78,24 @@ class OtherNode:
         chain_seal()
         directory_sync()  # what the commit hook does after each block (a test transaction never commits)
         return self
+
+
+def stored_note(doctor, patient, *, text: str):
+    """A note ``doctor`` signed for ``patient`` ("Follow-up", ``text``), stored and anchored in a sealed block."""
+    from records.clinical import storage
+    from records.clinical.services import record_create, record_finalize_imported, visit_open
+
+    visit = visit_open(clinician=doctor, patient=patient, imported=True)
+    record = record_create(
+        patient=patient,
+        author=doctor,
+        kind="note",
+        content={"title": "Follow-up", "text": text},
+        visit=visit,
+        imported=True,
+    )
+    record_finalize_imported(record=record)
+    assert storage.version_store(record.current_version_id) == "stored"
+    chain_seal()
+    record.refresh_from_db()
+    return record

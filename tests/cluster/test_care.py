@@ -21,8 +21,8 @@ import time
 import pytest
 
 from accounts.demo import DEMO_PASSWORD
+from tests.browser import test_records_flow as records_flow
 from tests.cluster.harness import FullConsortium
-from tests.factories import totp_code
 from tests.records.conftest import SENTINEL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.browser]
@@ -69,14 +69,7 @@ def consortium(tmp_path_factory):
 
 
 def sign_in(page, base: str, email: str, *, totp: bool = False) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=login]", email)
-    page.fill("input[name=password]", DEMO_PASSWORD)
-    page.click("form.form button[type=submit]")
-    if totp:
-        page.wait_for_url("**/2fa/authenticate/**")
-        page.fill("input[name=code]", totp_code(SECRET))
-        page.click("form.form button[type=submit]")
+    records_flow.sign_in(page, base, email, SECRET if totp else None)
     page.wait_for_load_state("networkidle")
 
 

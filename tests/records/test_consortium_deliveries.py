@@ -17,10 +17,10 @@ from accounts.models import Institution, User
 from chain.core import dagcbor
 from chain.ledger_services import chain_seal
 from chain.models import Replica
-from records.clinical import reading, storage
-from records.clinical.services import record_create, record_finalize_imported, visit_open
+from records.clinical import reading
 from records.consortium.deliveries import deliveries_send, delivery_message, delivery_receive
 from records.models import AccessEvent, CardCode, Delivery, MedicalRecord, Notification, Visit
+from tests.consortium import stored_note
 from tests.records.conftest import SENTINEL
 
 pytestmark = pytest.mark.django_db
@@ -31,20 +31,8 @@ UNKNOWN_TX = "bafyreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 def written_for_another_nodes_patient(node, carol, alice):
     User.objects.filter(pk=alice.pk).update(home_node="node-2")
     alice.refresh_from_db()
-    visit = visit_open(clinician=carol, patient=alice, imported=True)
-    record = record_create(
-        patient=alice,
-        author=carol,
-        kind="note",
-        content={"title": "Follow-up", "text": SENTINEL},
-        visit=visit,
-        imported=True,
-    )
-    record_finalize_imported(record=record)
-    version = record.versions.get()
-    assert storage.version_store(version.pk) == "stored"
-    chain_seal()
-    version.refresh_from_db()
+    record = stored_note(carol, alice, text=SENTINEL)
+    version = record.current_version
     return record, version
 
 

@@ -15,14 +15,12 @@ from django.utils import timezone
 from accounts.models import User
 from chain.core import crypto, dagcbor
 from chain.ledger_services import chain_seal
-from records.clinical import storage
-from records.clinical.services import record_create, record_finalize_imported, visit_open
 from records.consortium.deliveries import grants_revoked_on_chain, share_message, share_receive
 from records.keys import decrypt_content
 from records.ledger import grant_state_key
 from records.models import AccessEvent, Delivery, Grant, MedicalRecord, RekeyJob, Visit
 from records.sharing.grants import grant_issue, grant_revoke, grants_redrive
-from tests.consortium import OtherNode
+from tests.consortium import OtherNode, stored_note
 from tests.records.conftest import SENTINEL
 
 pytestmark = pytest.mark.django_db
@@ -32,18 +30,7 @@ pytestmark = pytest.mark.django_db
 def shared(node, carol, alice):
     eastbay = OtherNode().join()
     doctor = User.objects.get(sign_public=eastbay.doctor.public)
-    visit = visit_open(clinician=carol, patient=alice, imported=True)
-    record = record_create(
-        patient=alice,
-        author=carol,
-        kind="note",
-        content={"title": "Follow-up", "text": SENTINEL},
-        visit=visit,
-        imported=True,
-    )
-    record_finalize_imported(record=record)
-    assert storage.version_store(record.current_version_id) == "stored"
-    chain_seal()
+    record = stored_note(carol, alice, text=SENTINEL)
     now = timezone.now()
     grant = grant_issue(
         patient=alice,
