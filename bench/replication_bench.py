@@ -4,12 +4,13 @@ Node A holds ``--size-mib`` (default 256) of ciphertext-like random bytes as
 a UnixFS DAG in its RocksDB store and serves it on a peer port
 (``chain.peers.PeerServer``, the trustless gateway ``GET /ipfs/{cid}`` as a
 CAR, every request signed by the asking node). Node B fetches it the way the
-reconciler does (``PeerClient.fetch_car`` into a spool file, then
-``import_car``: every block verified against its CID, the DAG checked
-complete, then written and pinned), into its own store.
+reconciler does (``PeerClient.fetch_car`` into a spool file while the store
+worker's ``import_car`` reads it as it grows: every block verified against its
+CID and written, the DAG checked complete, then pinned), into its own store.
 
-Baseline, same run, same bytes, same machine: a plain HTTP copy, the same
-file served by ``http.server`` and read into a file with one ``fsync``.
+Node A runs in a process of its own, as on a consortium. Baseline, same run,
+same bytes, same machine: a plain HTTP copy, the same file served by
+``http.server`` in node A's process and read into a file with one ``fsync``.
 Printed: MB/s of each (median of ``--repeat`` runs, with the spread) and the
 ratio (target >= 0.5x), then the time to repair ``--repair-mib`` (default
 1024) of objects into a wiped store (many objects of ``--object-mib``).
@@ -34,6 +35,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from chain.core import crypto  # noqa: E402
 from chain.core.blockstore import BlockStore, add_file, import_car  # noqa: E402
+from chain.core.streamio import GrowingFile, finish_growing, remove_growing  # noqa: E402
 from chain.peers import PeerClient  # noqa: E402
 from tests.chain.dag_peer import serve_dag  # noqa: E402
 
@@ -63,39 +66,75 @@ def random_file(path: Path, size: int, seed: int) -> None:
 
 
 def replicate(client: PeerClient, roots: list, work: Path) -> float:
-    """Fetch and import ``roots`` into a fresh store at ``work``; seconds taken."""
+    """Fetch and import ``roots`` into a fresh store at ``work`` as the reconciler does; seconds taken.
+
+    The reconciler's process fetches into a spool file while the store worker
+    imports it as it grows (``GrowingFile``): here a thread plays the store worker.
+    """
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     started = time.perf_counter()
     with BlockStore(str(work / "dag")) as store:
         for root in roots:
-            with tempfile.NamedTemporaryFile(dir=work, suffix=".car") as spool:
-                if not client.fetch_car("node-a", root, spool, timeout=120):
-                    raise SystemExit(f"node A did not serve {root}")
+            path = work / f"{root}.car"
+            with path.open("wb") as spool:
+                importing = ImportThread(store, path, root)
+                fetched = client.fetch_car("node-a", root, spool, timeout=120)
                 spool.flush()
-                spool.seek(0)
-                import_car(store, spool, spool_dir=str(work))
+                finish_growing(path, complete=fetched)
+            importing.join()
+            remove_growing(path)
+            if not fetched:
+                raise SystemExit(f"node A did not serve {root}")
+            if importing.error is not None:
+                raise SystemExit(f"the import of {root} failed: {importing.error}")
         store.catch_up()
     return time.perf_counter() - started
 
 
-def plain_copy(source: Path, work: Path) -> float:
+class ImportThread(threading.Thread):
+    def __init__(self, store: BlockStore, path: Path, root: object) -> None:
+        super().__init__(daemon=True)
+        self.error: Exception | None = None
+        self._args = (store, path, root)
+        self.start()
+
+    def run(self) -> None:
+        store, path, root = self._args
+        try:
+            with io.BufferedReader(GrowingFile(path), buffer_size=MIB) as stream:
+                import_car(store, stream, expect_roots=[root])
+        except Exception as exc:  # reported by replicate()
+            self.error = exc
+
+
+def plain_copy(base_url: str, name: str, work: Path) -> float:
     """The same bytes over plain HTTP into a file, fsynced: the floor replication is compared to."""
-    handler = functools.partial(_QuietHandler, directory=str(source.parent))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     target = work / "copy.bin"
     started = time.perf_counter()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/{source.name}"
-    with urllib.request.urlopen(url) as response, target.open("wb") as out:
+    with urllib.request.urlopen(f"{base_url}/{name}") as response, target.open("wb") as out:  # noqa: S310 (http only)
         while chunk := response.read(MIB):
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
     took = time.perf_counter() - started
-    httpd.shutdown()
     target.unlink()
     return took
+
+
+def serve_node_a(root_dir: Path, node_b_key: bytes) -> None:
+    """Node A, in a process of its own as on a real consortium: its DAG on the peer port, and
+    the plain file on a plain HTTP server beside it. Prints both ports; serves until stdin closes."""
+    store = BlockStore(str(root_dir / "a-dag"))
+    dag = serve_dag(store, {"node-b": node_b_key})
+    handler = functools.partial(_QuietHandler, directory=str(root_dir))
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    print(dag.server_address[1], plain.server_address[1], flush=True)
+    sys.stdin.read()
+    dag.shutdown()
+    plain.shutdown()
+    store.close()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -139,7 +178,6 @@ print(User.objects.exclude(home_node="").filter(role="clinician", verified_at__i
 def signing_to_visible(records: int) -> list[float]:
     """Seconds from signing at node 3 to the row at node 1, for each of ``records`` notes."""
     import sqlite3
-    import subprocess
 
     from tests.cluster.harness import FullConsortium
 
@@ -206,7 +244,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--records", type=int, default=40)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--serve", nargs=2, metavar=("DIR", "KEY"), help=argparse.SUPPRESS)  # node A's process
     args = parser.parse_args()
+    if args.serve:
+        serve_node_a(Path(args.serve[0]), bytes.fromhex(args.serve[1]))
+        return
     if args.quick:
         args.size_mib, args.repair_mib, args.repeat, args.records = 32, 64, 2, 10
     key_b = crypto.new_ed25519()
@@ -222,17 +264,26 @@ def main() -> None:
         for i in range(max(1, args.repair_mib // args.object_mib)):
             data = random.Random(100 + i).randbytes(args.object_mib * MIB)
             objects.append(add_file(store_a, io.BytesIO(data)).root)
-        srv = serve_dag(store_a, {"node-b": key_b.public})
-        client = PeerClient("node-b", key_b.private, {"node-a": f"http://127.0.0.1:{srv.server_address[1]}"})
+        store_a.close()
+        node_a = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(root_dir), key_b.public.hex()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert node_a.stdout is not None
+        assert node_a.stdin is not None
+        dag_port, plain_port = node_a.stdout.readline().split()
+        client = PeerClient("node-b", key_b.private, {"node-a": f"http://127.0.0.1:{dag_port}"})
         work = root_dir / "b"
         work.mkdir()
         copies, replicas = [], []
         for _ in range(args.repeat):  # alternate, so drift in the machine's load hits both alike
-            copies.append(plain_copy(source, work))
+            copies.append(plain_copy(f"http://127.0.0.1:{plain_port}", source.name, work))
             replicas.append(replicate(client, [root], root_dir / "b-store"))
         repair = replicate(client, objects, root_dir / "b-repair")
-        srv.shutdown()
-        store_a.close()
+        node_a.stdin.close()
+        node_a.wait(timeout=60)
 
     copy_mbs, copy_lo, copy_hi = summary(size, copies)
     rep_mbs, rep_lo, rep_hi = summary(size, replicas)

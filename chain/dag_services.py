@@ -12,13 +12,15 @@ the caller that holds a reference is the one that drops it.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from django.conf import settings
 
 from chain.core.blockstore import BlockStore, add_file, import_car
 from chain.core.cid import CID
-from chain.core.errors import CodecError
+from chain.core.errors import CodecError, NotFoundError
+from chain.core.streamio import GrowingFile
 from chain.core.unixfs import ChunkParams
 
 
@@ -52,15 +54,18 @@ def dag_add_path(
     }
 
 
-def dag_import_car(*, store: BlockStore, path: str | Path, root: str | None = None) -> dict:
-    """Import a CARv1 file and pin its roots. Every block is verified, and every root's
-    DAG checked complete, before anything is stored: a bad CAR stores nothing. With
-    ``root``, a CAR whose roots are not exactly that one is refused."""
-    spool = Path(settings.SPOOL_DIR)
-    spool.mkdir(parents=True, exist_ok=True)
+def dag_import_car(*, store: BlockStore, path: str | Path, root: str | None = None, growing: bool = False) -> dict:
+    """Import a CARv1 file and pin its roots, all or nothing: a bad CAR leaves nothing
+    stored. With ``root``, a CAR whose roots are not exactly that one is refused.
+    ``growing``: the file is still being fetched (a replica); it is imported as it
+    arrives, up to the end its writer marks (:class:`~chain.core.streamio.GrowingFile`)."""
     expected = None if root is None else [CID.decode(root)]
-    with open(path, "rb") as stream:
-        result = import_car(store, stream, pin=True, spool_dir=str(spool), expect_roots=expected)
+    try:
+        raw = GrowingFile(path) if growing else open(path, "rb", buffering=0)  # noqa: SIM115
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such CAR file (already removed)") from None
+    with io.BufferedReader(raw, buffer_size=1 << 20) as stream:
+        result = import_car(store, stream, pin=True, expect_roots=expected)
     return {"roots": [str(root) for root in result.roots], "blocks": result.blocks, "bytes": result.bytes}
 
 

@@ -78,12 +78,13 @@ def dag_add_path(self: Task, path: str, chunk_size: int | None = None, max_links
 
 
 @shared_task(name="store.dag_import_car", bind=True, throws=REFUSALS, **LONG)
-def dag_import_car(self: Task, path: str, root: str | None = None) -> dict:
-    """Import the CAR file at ``path`` and pin its roots (all or nothing); ``root``: the only root accepted."""
+def dag_import_car(self: Task, path: str, root: str | None = None, growing: bool = False) -> dict:
+    """Import the CAR file at ``path`` and pin its roots (all or nothing); ``root``: the only root accepted;
+    ``growing``: still being fetched, imported as it arrives."""
     done = _stored_result(self)
     if done is not None:
         return done
-    return dag_services.dag_import_car(store=_writer(self), path=path, root=root)
+    return dag_services.dag_import_car(store=_writer(self), path=path, root=root, growing=growing)
 
 
 @shared_task(name="store.dag_gc", bind=True, throws=REFUSALS, **LONG)

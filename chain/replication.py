@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from celery import Task
+from celery.result import AsyncResult
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -35,6 +36,7 @@ from chain.core.cid import CID
 from chain.core.consortium import authorities_of
 from chain.core.errors import CodecError, CoreError, IntegrityError, NotFoundError
 from chain.core.placement import Replication, holders, ranked
+from chain.core.streamio import finish_growing, remove_growing
 from chain.ledger_registry import pin_intents
 from chain.ledger_services import DbState
 from chain.models import Replica, ReplicationCursor, Transaction
@@ -267,7 +269,7 @@ def sweep_spool(max_age: timedelta = timedelta(hours=1)) -> int:
     spool = Path(settings.SPOOL_DIR) / "replicas"
     cutoff = time.time() - max_age.total_seconds()
     removed = 0
-    for path in spool.glob("*.car") if spool.exists() else []:
+    for path in spool.glob("*.car*") if spool.exists() else []:  # CARs and their end markers
         with contextlib.suppress(OSError):
             if path.stat().st_mtime < cutoff:
                 path.unlink()
@@ -293,15 +295,24 @@ def _replicate(replica: Replica, client: PeerClient, everyone: list[str]) -> str
     for peer in [p for p in ranked(cid, everyone) if p != settings.NODE_ID and p in client.peers]:
         path = spool / f"{cid}.{peer}.{uuid.uuid4().hex}.car"
         try:
+            # The store worker imports the CAR while it arrives: fetching, hashing and writing overlap.
+            # (Tasks run inline when eager: the import then starts once the fetch is over.)
             with path.open("wb") as handle:
-                fetched = client.fetch_car(peer, cid, handle, max_bytes=max_object_bytes())
-            if not fetched:
-                problems.append(f"{peer}: not served")
-                continue
+                importing = None if _inline() else _store_send(dag_tasks.dag_import_car, str(path), str(cid), True)
+                fetched = False
+                try:
+                    fetched = client.fetch_car(peer, cid, handle, max_bytes=max_object_bytes())
+                finally:
+                    handle.flush()
+                    finish_growing(path, complete=fetched)
             try:
-                # Every block verified, the DAG complete and its root the one asked for, or nothing is written.
-                _store_call(dag_tasks.dag_import_car, str(path), str(cid))
+                # Every block verified, the DAG complete and its root the one asked for, or nothing is kept.
+                importing = importing or _store_send(dag_tasks.dag_import_car, str(path), str(cid), True)
+                _store_wait(dag_tasks.dag_import_car, importing)
             except (CodecError, IntegrityError, NotFoundError) as exc:
+                if not fetched:
+                    problems.append(f"{peer}: not served")
+                    continue
                 logger.warning("peer %s served a bad copy of %s (%s); trying another node", peer, cid, exc)
                 problems.append(f"{peer}: bad copy ({exc})")
                 continue
@@ -310,7 +321,7 @@ def _replicate(replica: Replica, client: PeerClient, everyone: list[str]) -> str
             _pinned(replica, peer)
             return "pinned"
         finally:
-            path.unlink(missing_ok=True)
+            remove_growing(path)
     _failed(replica, problems or ["no peer to ask"])
     return "error"
 
@@ -357,15 +368,27 @@ def max_object_bytes() -> int:
 STORE_CALL_WAIT = 600.0
 
 
-def _store_call(task: Task, *args: str) -> dict:
-    """Run a ``store.…`` task on the store worker (the only writer) and wait for its answer.
+def _store_call(task: Task, *args: str | bool) -> dict:
+    """Run a ``store.…`` task on the store worker (the only writer) and wait for its answer."""
+    return _store_wait(task, _store_send(task, *args))
+
+
+def _store_send(task: Task, *args: str | bool) -> AsyncResult:
+    return task.apply_async(args=list(args))
+
+
+def _inline() -> bool:
+    return bool(dag_tasks.dag_import_car.app.conf.task_always_eager)
+
+
+def _store_wait(task: Task, result: AsyncResult) -> dict:
+    """The answer of a ``store.…`` task, or its refusal raised here.
 
     The wait is bounded: a message lost with a killed store worker must not
     hold the reconciler for the task's hour-long limit. On a timeout the
     object is retried later, and the store's content addressing makes a
     second import of the same CAR harmless.
     """
-    result = task.apply_async(args=list(args))
     return result.get(timeout=min(task.time_limit + 30, STORE_CALL_WAIT), disable_sync_subtasks=False)
 
 

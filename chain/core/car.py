@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import cbor2
 
-from . import varint
+from . import streamio, varint
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .dagpb import decode_node
 from .errors import CodecError, IntegrityError
@@ -190,10 +190,15 @@ class CarStats:
     bytes_written: int
 
 
-def write_car(out: BinaryIO, roots: Sequence[CID], get: Getter) -> CarStats:
-    """Export the DAGs under ``roots`` (each block once, parent first) to ``out``."""
+def write_car(out: BinaryIO, roots: Sequence[CID], get: Getter, *, read_ahead: int = 0) -> CarStats:
+    """Export the DAGs under ``roots`` (each block once, parent first) to ``out``.
+
+    ``read_ahead``: how many blocks a thread of their own may get (and check)
+    ahead of the writer, so that reading a store and sending overlap.
+    """
     writer = CarWriter(out, roots)
-    for cid, data in walk_dag(roots, get):
+    blocks = walk_dag(roots, get)
+    for cid, data in streamio.read_ahead(blocks, read_ahead) if read_ahead else blocks:
         writer.write_block(cid, data)
     return CarStats(tuple(roots), writer.blocks, writer.bytes_written)
 

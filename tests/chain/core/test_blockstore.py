@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from chain.core.blockstore import (
     BlockStore,
     ObjectMeta,
     ReadOnlyStoreError,
+    StoreError,
     add_file,
     export_car,
     import_car,
@@ -23,6 +25,7 @@ from chain.core.blockstore import (
 from chain.core.car import CarWriter, block_links, write_car
 from chain.core.cid import CID, DAG_PB, RAW
 from chain.core.errors import CodecError, IntegrityError, NotFoundError
+from chain.core.streamio import GrowingFile, finish_growing, remove_growing
 from chain.core.unixfs import ChunkParams, build_bytes
 
 REPO = Path(__file__).resolve().parents[3]
@@ -268,7 +271,7 @@ def test_export_then_import_into_another_store(tmp_path):
         out = io.BytesIO()
         stats = export_car(a, out, [root])
     with BlockStore(tmp_path / "b") as b:
-        result = import_car(b, io.BytesIO(out.getvalue()), spool_dir=str(tmp_path))
+        result = import_car(b, io.BytesIO(out.getvalue()))
         assert result.roots == (root,)
         assert result.blocks == stats.blocks
         assert b.pins() == {root: 1}
@@ -276,7 +279,7 @@ def test_export_then_import_into_another_store(tmp_path):
 
 
 class _Pipe(io.RawIOBase):
-    """A stream that cannot seek (a pipe, a socket): import_car spools it."""
+    """A stream that cannot seek (a pipe, a socket)."""
 
     def __init__(self, data: bytes) -> None:
         self._inner = io.BytesIO(data)
@@ -290,34 +293,107 @@ class _Pipe(io.RawIOBase):
         return len(chunk)
 
 
-def test_a_car_from_a_stream_that_cannot_seek_is_spooled_and_imported(tmp_path):
+def test_a_car_from_a_stream_that_cannot_seek_is_imported_in_one_pass(tmp_path):
     data = os.urandom(3000)
     root, raw = _car_of(data)
     with BlockStore(tmp_path / "b") as b:
         assert not _Pipe(raw).seekable()
-        result = import_car(b, io.BufferedReader(_Pipe(raw)), spool_dir=str(tmp_path))
+        result = import_car(b, io.BufferedReader(_Pipe(raw)))
         assert result.roots == (root,) and b"".join(b.cat(root)) == data
 
 
-def test_a_car_file_changed_between_the_passes_is_refused(tmp_path, monkeypatch):
-    import chain.core.blockstore as blockstore
+def _corrupt_last(raw: bytes) -> bytes:
+    bad = bytearray(raw)
+    bad[-1] ^= 1  # the last block is a leaf; everything before it is valid
+    return bytes(bad)
 
-    _root, raw = _car_of(os.urandom(3000))
-    path = tmp_path / "fetched.car"
-    path.write_bytes(raw)
-    check = blockstore._check_complete
 
-    def tamper_then_check(*args):  # another process rewrites the file after pass 1
-        with path.open("r+b") as f:
-            f.seek(-1, os.SEEK_END)
-            f.write(b"X")
-        return check(*args)
+def test_a_failed_import_keeps_the_blocks_that_were_there_before_it(store):
+    data = os.urandom(2000)
+    kept = _add(store, data).root
+    before = set(store.iter_cids())
+    _root, raw = _car_of(data + os.urandom(1000))  # shares the first leaves with ``kept``
+    with pytest.raises(IntegrityError):
+        import_car(store, io.BytesIO(_corrupt_last(raw)), batch_bytes=1)
+    assert set(store.iter_cids()) == before
+    assert store.verify([kept]) == []
+    assert store.pins() == {kept: 1}
 
-    monkeypatch.setattr(blockstore, "_check_complete", tamper_then_check)
-    with BlockStore(tmp_path / "b") as b, path.open("rb") as stream:
-        with pytest.raises(IntegrityError, match="changed"):
-            import_car(b, stream)
-        assert b.pins() == {}
+
+def test_a_failed_import_spares_the_blocks_another_running_import_relies_on(store):
+    result, blocks = build_bytes(os.urandom(2000), ChunkParams(**TINY))
+    out = io.BytesIO()
+    write_car(out, [result.root], dict(blocks).__getitem__)
+    with store._in_flight.holding() as other:  # another import (a store worker thread) is bringing them too
+        for cid, data in blocks[:-1]:
+            other.add(cid)
+            store.put(cid, data)
+        with pytest.raises(IntegrityError):
+            import_car(store, io.BytesIO(_corrupt_last(out.getvalue())), batch_bytes=1)
+        assert set(store.iter_cids()) == {cid for cid, _data in blocks[:-1]}
+    assert store.pins() == {}
+
+
+def test_a_write_that_fails_on_the_writer_thread_fails_the_add_and_pins_nothing(store, monkeypatch):
+    def refuse(blocks, *, bulk=False):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "_write_verified", refuse)
+    with pytest.raises(StoreError, match="disk full"):
+        _add(store, os.urandom(20_000))
+    assert store.pins() == {}
+
+
+def _grow(path, raw: bytes, *, complete: bool, pieces: int = 7) -> threading.Thread:
+    """Write ``raw`` to ``path`` in pieces, with pauses, then mark the end."""
+
+    def write() -> None:
+        with path.open("ab") as out:
+            step = max(1, len(raw) // pieces)
+            for at in range(0, len(raw), step):
+                out.write(raw[at : at + step])
+                out.flush()
+                time.sleep(0.01)
+        finish_growing(path, complete=complete)
+
+    path.touch()
+    writer = threading.Thread(target=write)
+    writer.start()
+    return writer
+
+
+def test_a_car_still_being_written_is_imported_as_it_grows(store, tmp_path):
+    data = os.urandom(5000)
+    root, raw = _car_of(data)
+    path = tmp_path / "arriving.car"
+    writer = _grow(path, raw, complete=True)
+    with io.BufferedReader(GrowingFile(path)) as stream:
+        result = import_car(store, stream, expect_roots=[root])
+    writer.join()
+    assert result.roots == (root,)
+    assert b"".join(store.cat(root)) == data
+
+
+def test_a_car_whose_writer_gives_up_is_refused_and_leaves_nothing(store, tmp_path):
+    _root, raw = _car_of(os.urandom(5000))
+    path = tmp_path / "arriving.car"
+    writer = _grow(path, raw[: len(raw) // 2], complete=False)
+    with io.BufferedReader(GrowingFile(path)) as stream, pytest.raises(CodecError, match="gave up"):
+        import_car(store, stream)
+    writer.join()
+    assert list(store.iter_cids()) == []
+    assert store.pins() == {}
+    remove_growing(path)
+    assert list(tmp_path.glob("arriving.car*")) == []
+
+
+def test_a_car_whose_writer_goes_silent_is_refused(store, tmp_path):
+    _root, raw = _car_of(os.urandom(5000))
+    path = tmp_path / "arriving.car"
+    path.write_bytes(raw[:100])  # no end marker, and nothing more
+    with io.BufferedReader(GrowingFile(path, idle=0.2)) as stream, pytest.raises(CodecError, match="nothing written"):
+        import_car(store, stream)
+    assert list(store.iter_cids()) == []
 
 
 @pytest.mark.parametrize("cut", [5, 100, -1])
@@ -331,14 +407,12 @@ def test_truncated_car_changes_nothing(store, cut):
 
 def test_corrupt_car_block_changes_nothing(store):
     _, raw = _car_of(os.urandom(2000))
-    bad = bytearray(raw)
-    bad[-1] ^= 1  # the last block is a leaf; everything before it is valid
-    with pytest.raises(IntegrityError):
-        import_car(store, io.BytesIO(bytes(bad)))
+    with pytest.raises(IntegrityError):  # the blocks before it are written, then taken back
+        import_car(store, io.BytesIO(_corrupt_last(raw)), batch_bytes=1)
     assert list(store.iter_cids()) == []
 
 
-def test_incomplete_car_is_refused_before_any_write_when_pinning(store):
+def test_incomplete_car_is_refused_and_leaves_nothing_when_pinning(store):
     result, blocks = build_bytes(os.urandom(2000), ChunkParams(**TINY))
     out = io.BytesIO()
     writer = CarWriter(out, [result.root])
