@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from csp.decorators import csp_replace
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import Http404, HttpResponse, JsonResponse, QueryDict, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -30,7 +30,7 @@ from django.views.decorators.http import require_POST
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Institution, Role
 from records.anchors import anchor_proof
-from records.clinical import reading, services
+from records.clinical import downloads, reading, services
 from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm
 from records.clinical.uploads import EncryptingUploadHandler, UploadRejected
 from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
@@ -305,13 +305,6 @@ def record_detail(request, record_id):
     return render(request, "records/detail.html", context)
 
 
-def _rekeyed_away(version: RecordVersion) -> bool:
-    """Whether a later version re-encrypted this one, whose file ciphertext is then (soon) collected."""
-    return RecordVersion.objects.filter(
-        record_id=version.record_id, number=version.number + 1, origin=RecordVersion.Origin.REKEY
-    ).exists()
-
-
 def record_status(request, record_id):
     """Processing status for the page to poll after an upload or finalisation."""
     if not request.user.is_authenticated:
@@ -329,55 +322,12 @@ def record_status(request, record_id):
     )
 
 
-_RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")
 _NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 def _version_param(request) -> int | None:
     value = request.GET.get("version") or ""
     return int(value) if _NUMBER.fullmatch(value) else None
-
-
-def _content_disposition(kind: str, name: str) -> str:
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "file"
-    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
-
-
-def _file_unavailable(access, record_file) -> HttpResponse | None:
-    """409 while the file is still being stored; 410 for the old copy of a re-encrypted file once deleted."""
-    if record_file.status != "stored":
-        return HttpResponse(
-            _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
-        )
-    if _rekeyed_away(access.version) and not reading.file_present(record_file):
-        message = _(
-            "This copy of the file was re-encrypted with new keys after access was revoked, and the old copy "
-            "was deleted. Open the current version of the record to get the same file."
-        )
-        return HttpResponse(message, status=410, content_type="text/plain; charset=utf-8")
-    return None
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int, bool] | None:
-    """(first, last, partial) for a ``Range`` header; None when the range cannot be satisfied (416).
-
-    RFC 9110 section 14.2: a server may ignore a Range it cannot parse, or one
-    asking for several ranges, and answer 200 with the whole file, which is
-    what clients expect.
-    """
-    match = _RANGE.match(header.strip()) if header and size else None
-    if match and match.group(1) and match.group(2) and int(match.group(2)) < int(match.group(1)):
-        match = None  # "last < first" is not a valid range: ignored like any other
-    if not (match and (match.group(1) or match.group(2))):
-        return 0, size - 1, False
-    if match.group(1):
-        start = int(match.group(1))
-        end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
-    else:
-        start, end = max(0, size - int(match.group(2))), size - 1
-    if start > end or start >= size:
-        return None
-    return start, end, True
 
 
 @xframe_options_sameorigin
@@ -407,34 +357,7 @@ def record_file(request, record_id, file_id):
         query.pop("version", None)
         target = reverse("record_file", args=[record_id, moved.public_id])
         return redirect(f"{target}?{query.urlencode()}" if query else target)
-    unavailable = _file_unavailable(access, record_file)
-    if unavailable is not None:
-        return unavailable
-    size = record_file.size
-    span = _byte_range(request.headers.get("Range"), size)
-    if span is None:
-        response = HttpResponse(status=416)
-        response["Content-Range"] = f"bytes */{size}"
-        return response
-    start, end, partial = span
-    length = end - start + 1 if size else 0
-    response = StreamingHttpResponse(
-        reading.file_chunks(access, record_file, start, length),
-        status=206 if partial else 200,
-        content_type=record_file.media_type,
-    )
-    response["Content-Length"] = str(length)
-    response["Accept-Ranges"] = "bytes"
-    response["Cache-Control"] = "private, no-store"
-    inline = not download and (
-        record_file.media_type.startswith("image/") or record_file.media_type == "application/pdf"
-    )
-    response["Content-Disposition"] = _content_disposition("inline" if inline else "attachment", name)
-    if partial:
-        response["Content-Range"] = f"bytes {start}-{end}/{size}"
-    if record_file.media_type.startswith("image/"):
-        response["Content-Security-Policy"] = "sandbox; default-src 'none'; img-src 'self'"
-    return response
+    return downloads.file_response(request, access, record_file, name, download=download)
 
 
 def record_file_preview(request, record_id, file_id):
