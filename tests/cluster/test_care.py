@@ -15,7 +15,11 @@ grant. Then no node's data directory holds the note's plaintext.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import signal
 import time
 
 import pytest
@@ -379,3 +383,47 @@ def test_no_node_keeps_the_notes_plaintext(consortium):
             except OSError:
                 continue
     assert not found, found
+
+
+REPLICAS_WHOLE = """
+from chain import stores
+from chain.core.cid import CID
+from chain.models import Replica
+from chain.replication import PINNED, local_state
+rows = Replica.objects.exclude(state__in=["released", "releasing"])
+try:
+    store = stores.dag_reader()
+except stores.StoreError:
+    store = None  # not there (yet): nothing is whole
+whole = sum(local_state(store, CID.decode(r.cid)) == PINNED for r in rows)
+print(rows.count(), whole)
+"""
+
+
+def test_7_the_home_nodes_wiped_store_is_repaired_from_the_replicas(consortium, pages, artifacts_dir):
+    """Node 1's DAG store is lost with the node; restarted, it fetches back what it held from the others."""
+    home = consortium.url("node-1")
+    held, whole = map(int, consortium.shell("node-1", REPLICAS_WHOLE).splitlines()[-1].split())
+    assert held > 0
+    assert whole == held
+    node = consortium.root / "node-1"
+    consortium.pause("node-1")  # nothing of node 1 runs while its store goes
+    pids = consortium.pids("node-1")
+    (node / "dag").rename(node / "dag-lost")
+    for pid in pids:  # the consortium's supervisor starts node 1 again
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(node / "dag-lost")
+
+    def repaired() -> bool:  # every object node 1 held is whole and pinned in its new store
+        rows, whole = map(int, consortium.shell("node-1", REPLICAS_WHOLE).splitlines()[-1].split())
+        return rows >= held and whole == rows
+
+    consortium.wait_until(repaired, 300, "node 1's replicas fetched back from the other nodes")
+    verified = consortium.manage("node-1", "dag", "verify")
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+    patient = pages["patient"]
+    patient.goto(f"{home}/patient/")
+    patient.click(f"text={NOTE}")
+    patient.wait_for_selector("text=128/82")  # written at node 3, its ciphertext back at home, opened with her key
+    patient.screenshot(path=artifacts_dir / "cluster-repaired-note-zh.png", full_page=True)
