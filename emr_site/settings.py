@@ -81,6 +81,8 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "oauth2_provider",
     "django_htmx",
     "csp",
     "django_celery_beat",
@@ -122,7 +124,7 @@ TEMPLATES = [
             BASE_DIR / "templates",
             *(
                 BASE_DIR / "records" / room / "templates"
-                for room in ("clinical", "sharing", "footprint", "research", "consortium")
+                for room in ("clinical", "sharing", "footprint", "research", "consortium", "api")
             ),
         ],
         "APP_DIRS": True,
@@ -345,15 +347,79 @@ UPLOAD_MAX_BYTES = env_size("UPLOAD_MAX_BYTES", 2 << 30)
 
 # -- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "oauth2_provider.contrib.rest_framework.OAuth2Authentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "emr_site.api.problem_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "emr_site.api.Page",
+    # Per signed-in person (or per app token), and per address for callers not signed in.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "emr_site.api.ClientRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_str("API_RATE_USER", "600/min"),
+        "anon": env_str("API_RATE_ANON", "60/min"),
+    },
 }
+# OAuth2 for third-party apps (records/api/oauth.py): authorization code with PKCE, SMART-style scopes.
+OAUTH2_PROVIDER = {
+    "PKCE_REQUIRED": True,
+    "SCOPES_BACKEND_CLASS": "records.api.oauth.SmartScopes",
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": 60,
+    "ACCESS_TOKEN_EXPIRE_SECONDS": env_int("OAUTH_ACCESS_TOKEN_SECONDS", 3600),
+    "REFRESH_TOKEN_EXPIRE_SECONDS": env_int("OAUTH_REFRESH_TOKEN_SECONDS", 30 * 24 * 3600),
+    "ROTATE_REFRESH_TOKEN": True,
+    "REQUEST_APPROVAL_PROMPT": "force",  # every authorisation shows the consent screen
+    # RFC 9700 (the OAuth 2.0 security BCP) throughout: no implicit or password grant, S256 only, tokens
+    # only in the Authorization header, `iss` in the answer, tokens stored hashed, refresh replay revokes.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    # https, and http only on the loopback address for native apps (RFC 8252): `api_app register` and the
+    # consent screen (records/api/oauth.py) refuse any other http address, so DOT's W008 is silenced below.
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https", "http"],
+}
+SILENCED_SYSTEM_CHECKS = ["oauth2_provider.W008"]  # http redirects: loopback only, enforced by the app (above)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Yilian API",
-    "DESCRIPTION": "Patient-owned medical records on a permissioned chain.",
+    "DESCRIPTION": (
+        "Patient-owned medical records on a permissioned chain. Every read of patient data is recorded "
+        "in the patient's footprint, marked with the application that made it. Errors are problem details "
+        "(RFC 9457) in the caller's language (Accept-Language: zh-Hans or en)."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from this node: machines may be offline
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "OAUTH2_FLOWS": ["authorizationCode"],
+    "OAUTH2_AUTHORIZATION_URL": "/o/authorize/",
+    "OAUTH2_TOKEN_URL": "/o/token/",
+    "OAUTH2_REFRESH_URL": "/o/token/",
+    "ENUM_NAME_OVERRIDES": {
+        "RecordKindEnum": "records.models.RecordKind",
+        "ClinicalRecordKindEnum": "records.api.serializers.CLINICAL_KINDS",
+        "VisitKindEnum": "records.models.Visit.Kind",
+        "VisitStatusEnum": "records.models.Visit.Status",
+        "RecordStatusEnum": "records.models.MedicalRecord.Status",
+        "GrantStatusEnum": "records.models.Grant.Status",
+        "GrantScopeEnum": "records.models.GrantScope",
+        "GrantPurposeEnum": "records.models.GrantPurpose",
+        "AccessActionEnum": "records.models.AccessEvent.Action",
+        "AccessOutcomeEnum": "records.models.AccessEvent.Outcome",
+    },
 }
 
 # -- security -------------------------------------------------------------------------------

@@ -6,7 +6,32 @@ records, so an action without its audit row cannot be committed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from records.models import AccessEvent
+
+_client: ContextVar[str] = ContextVar("audit_client", default="")
+
+
+@contextmanager
+def calling_client(name: str) -> Iterator[None]:
+    """Mark every audit row written inside as made through ``name`` (``api``, ``app:<client id>``).
+
+    The portals write rows with no mark; the REST API and FHIR endpoints wrap
+    each request, so a patient's footprint says which application read.
+    """
+    token = _client.set(name[:80])
+    try:
+        yield
+    finally:
+        _client.reset(token)
+
+
+def set_calling_client(name: str) -> None:
+    """Inside :func:`calling_client`: name the application once the caller is known (after authentication)."""
+    _client.set(name[:80])
 
 
 def audit(
@@ -32,6 +57,7 @@ def audit(
         purpose=purpose,
         basis=basis,
         detail=detail[:200],
+        client=_client.get(),
         # The patient's home node keeps their footprint: an event about someone of another node goes there.
         forward="pending" if patient is not None and patient.home_node else "",
     )

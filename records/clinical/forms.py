@@ -143,6 +143,32 @@ class RecordBaseForm(forms.Form):
         return data
 
     @classmethod
+    def bound_to(cls, content: dict, *, amending: bool = False, reason: str = "") -> RecordBaseForm:
+        """The form bound to ``content`` as JSON gives it (the API), rows as the page would post them."""
+        data = {name: content.get(name, "") for name in cls.fields_in_content}
+        if amending:
+            data["amendment_reason"] = reason
+        if cls.formset_key:
+            rows = content.get(cls.formset_key)
+            rows = rows if isinstance(rows, list) else []
+            data |= {f"{cls.formset_key}-TOTAL_FORMS": str(len(rows)), f"{cls.formset_key}-INITIAL_FORMS": "0"}
+            for i, row in enumerate(rows):
+                for name, value in (row if isinstance(row, dict) else {}).items():
+                    data[f"{cls.formset_key}-{i}-{name}"] = value
+        return cls({k: v if isinstance(v, str) else str(v) for k, v in data.items()}, amending=amending)
+
+    def error_map(self) -> dict[str, list[str]]:
+        """Every message, by field; a row's fields as ``medications[0].dose``."""
+        errors = {("__all__" if k == "__all__" else k): [str(m) for m in v] for k, v in self.errors.items()}
+        if self.formset is not None:
+            for i, row in enumerate(self.formset.errors):
+                for name, messages in row.items():
+                    errors[f"{self.formset_key}[{i}].{name}"] = [str(m) for m in messages]
+            if self.formset.non_form_errors():
+                errors[self.formset_key] = [str(m) for m in self.formset.non_form_errors()]
+        return errors
+
+    @classmethod
     def initial_from(cls, content: dict) -> dict:
         initial = {name: content.get(name, "") for name in cls.fields_in_content}
         if cls.formset_key:

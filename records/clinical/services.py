@@ -31,6 +31,8 @@ from records.policy import RecordAccess, grantees_in_scope, record_get_for_user,
 class RecordStateError(ValidationError):
     """The record is not in a state that allows this change."""
 
+    http_status = 409  # the API answers a conflict, not invalid input
+
 
 # -- visits -------------------------------------------------------------------------
 

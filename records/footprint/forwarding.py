@@ -74,6 +74,7 @@ def _event_message(event: AccessEvent) -> dict:
         "purpose": event.purpose,
         "basis": event.basis,
         "detail": event.detail,
+        "client": event.client,
         "chain_tx": event.chain_tx,
         "chain_digest": event.chain_digest,
     }
@@ -151,6 +152,7 @@ def _event_from(item: dict) -> AccessEvent | None:
         purpose=item["purpose"],
         basis=item["basis"],
         detail=str(item["detail"])[:200],
+        client=str(item.get("client") or "")[:80],
     )
 
 

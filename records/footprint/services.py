@@ -99,6 +99,8 @@ def event_canonical(event: AccessEvent) -> bytes:
         "basis": event.basis,
         "detail": event.detail,
     }
+    if event.client:  # committed to only when set, so the digests of earlier events stay what they were
+        document["client"] = event.client
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -407,16 +409,34 @@ def institutions_seen(patient) -> list:
 def footprint_rows(events: list[AccessEvent], *, reader) -> list[dict]:
     """The page's rows: each event with its chain proof, purpose and basis in words, and whether it is the reader's."""
     proofs = chain_proofs(events)
+    clients = client_labels({e.client for e in events if e.client})
     return [
         {
             "event": e,
             "chain": proofs[e.pk],
             "purpose": PURPOSES.get(e.purpose, e.purpose),
             "basis": BASES.get(e.basis, e.basis),
+            "client": clients.get(e.client, ""),
             "own": e.actor_id == reader.pk,
         }
         for e in events
     ]
+
+
+def client_labels(clients: set[str]) -> dict[str, str]:
+    """How the footprint names the applications accesses came through; one query for the apps."""
+    from oauth2_provider.models import get_application_model
+
+    ids = {c.removeprefix("app:") for c in clients if c.startswith("app:")}
+    names = dict(get_application_model().objects.filter(client_id__in=ids).values_list("client_id", "name"))
+    labels = {}
+    for client in clients:
+        if client == "api":
+            labels[client] = _("Through the Yilian API")
+        elif client.startswith("app:"):
+            app = client.removeprefix("app:")
+            labels[client] = _("Through the app “%(name)s”") % {"name": names.get(app, app)}
+    return labels
 
 
 def row_to_check(rows: list[dict], check: str) -> dict | None:

@@ -57,6 +57,9 @@ class AccessEvent(models.Model):
     outcome = models.CharField(max_length=8, choices=Outcome.choices)
     basis = models.CharField(max_length=32, blank=True)
     detail = models.CharField(max_length=200, blank=True)
+    # The application the access came through: "" for the portals, "api" for the REST API with a
+    # browser session, "app:<client id>" for an OAuth2 application.
+    client = models.CharField(max_length=80, blank=True, default="")
     # Set together, in one transaction, when the row's digest goes on chain in a
     # ``records.access_logged`` batch; empty means not logged yet (the outbox).
     # For an event about a patient whose home is another node: "pending" until that node has it

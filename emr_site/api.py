@@ -1,0 +1,148 @@
+"""What every endpoint of the REST API shares: errors as problem details, cursor pages, documented refusals.
+
+Errors follow RFC 9457 (``application/problem+json``): ``type`` names the
+kind of problem (a stable URI under ``/api/v1/problems/``), ``title`` says it
+in the caller's language (``Accept-Language``, as the portals), ``status`` is
+the HTTP status, ``detail`` what happened here, and for invalid input
+``errors`` maps each field to its messages. Django's own refusals
+(``Http404``, ``PermissionDenied``, ``ValidationError``) raised by the
+services and access helpers come out the same way.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.views import exception_handler
+
+PROBLEM_TYPE = "application/problem+json"
+
+# status → (slug of its type URI, title); titles are translated when a response is made.
+PROBLEMS = {
+    400: ("invalid", gettext_lazy("The request is not valid.")),
+    401: ("unauthenticated", gettext_lazy("Sign in or send a valid access token.")),
+    403: ("forbidden", gettext_lazy("You may not do this. The attempt has been recorded.")),
+    404: ("not-found", gettext_lazy("There is nothing here, or nothing you may see.")),
+    405: ("method-not-allowed", gettext_lazy("This method is not allowed here.")),
+    406: ("not-acceptable", gettext_lazy("This format is not available.")),
+    409: ("conflict", gettext_lazy("The request conflicts with the current state.")),
+    412: ("stale", gettext_lazy("The resource changed since you read it.")),
+    413: ("too-large", gettext_lazy("The request is too large.")),
+    415: ("unsupported-media-type", gettext_lazy("This content type is not accepted.")),
+    428: ("precondition-required", gettext_lazy("This change needs a precondition (If-Match).")),
+    429: ("throttled", gettext_lazy("Too many requests. Wait, then try again.")),
+}
+
+
+def problem_title(code: int) -> str:
+    return str(PROBLEMS[code][1]) if code in PROBLEMS else _("The request failed.")
+
+
+def problem(code: int, detail: str = "", *, errors: dict | None = None, instance: str = "") -> Response:
+    """A problem-details response (RFC 9457)."""
+    slug = PROBLEMS.get(code, ("error", ""))[0]
+    body: dict = {"type": f"/api/v1/problems/{slug}", "title": problem_title(code), "status": code}
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    return Response(body, status=code, content_type=PROBLEM_TYPE)
+
+
+def problem_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's exception handler, answering every error as problem details."""
+    if isinstance(exc, DjangoValidationError) and getattr(exc, "http_status", 400) != 400:
+        request = context.get("request")
+        return problem(exc.http_status, " ".join(exc.messages), instance=request.path if request else "")
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(_django_messages(exc))
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # a bug: Django's 500 page, logged
+    request = context.get("request")
+    instance = request.path if request is not None else ""
+    if isinstance(exc, exceptions.ValidationError):
+        data = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        errors = {field: [str(m) for m in (msgs if isinstance(msgs, list) else [msgs])] for field, msgs in data.items()}
+        first = next(iter(errors.values()), [""])[0]
+        answer = problem(400, first, errors=errors, instance=instance)
+    else:
+        code = response.status_code
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else ""
+        answer = problem(code, _detail_text(code, detail), instance=instance)
+    for header in ("WWW-Authenticate", "Retry-After", "Allow"):
+        if header in response:
+            answer[header] = response[header]
+    return answer
+
+
+def _detail_text(code: int, detail: object) -> str:
+    text = str(detail) if detail else ""
+    # DRF's stock sentences say the same as the title; only a service's own reason adds something.
+    stock = {
+        str(exceptions.NotFound.default_detail),
+        str(exceptions.PermissionDenied.default_detail),
+        str(exceptions.NotAuthenticated.default_detail),
+    }
+    return "" if text in stock else text
+
+
+def _django_messages(exc: DjangoValidationError) -> dict | list:
+    if hasattr(exc, "error_dict"):
+        return {field: [str(m) for e in errors for m in e.messages] for field, errors in exc.error_dict.items()}
+    return list(exc.messages)
+
+
+class Problem(serializers.Serializer):
+    """RFC 9457 problem details."""
+
+    type = serializers.CharField(help_text="A URI naming the kind of problem.")
+    title = serializers.CharField(help_text="The kind of problem, in the caller's language.")
+    status = serializers.IntegerField()
+    detail = serializers.CharField(required=False, help_text="What went wrong with this request.")
+    instance = serializers.CharField(required=False, help_text="The path that was asked for.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="For invalid input: each field's messages.",
+    )
+
+
+def refusals(*codes: int) -> dict[int, OpenApiResponse]:
+    """The problem responses an endpoint documents, beside the ones every endpoint may give."""
+    every = (401, 429)
+    return {
+        code: OpenApiResponse(Problem, description=str(PROBLEMS[code][1])) for code in sorted(set(codes) | set(every))
+    }
+
+
+class Page(CursorPagination):
+    """Cursor pages: stable while rows are added, with no count query."""
+
+    page_size = 50
+    max_page_size = 200
+    page_size_query_param = "page_size"
+    ordering = "-created_at"
+
+
+class ClientRateThrottle(UserRateThrottle):
+    """A rate per person per application: one app's burst never uses up the portal's or another app's."""
+
+    def get_cache_key(self, request, view) -> str | None:
+        key = super().get_cache_key(request, view)
+        application = getattr(getattr(request, "auth", None), "application", None)
+        return key if application is None or key is None else f"{key}-app-{application.pk}"

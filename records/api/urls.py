@@ -1,0 +1,30 @@
+"""``/api/v1/``: the REST API's endpoints, and its schema and documentation (served from this node)."""
+
+from csp.decorators import csp_update
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
+
+from records.api import views
+
+# Swagger UI and ReDoc style their pages inline (ReDoc builds its own worker); they show no patient data.
+docs_policy = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("docs/", docs_policy(SpectacularSwaggerSplitView.as_view(url_name="api_schema")), name="api_docs"),
+    path("redoc/", docs_policy(SpectacularRedocView.as_view(url_name="api_schema")), name="api_redoc"),
+    path("me/", views.MeView.as_view(), name="api_me"),
+    path("records/", views.RecordListView.as_view(), name="api_records"),
+    path("records/<uuid:record_id>/", views.RecordDetailView.as_view(), name="api_record"),
+    path("records/<uuid:record_id>/sign/", views.RecordSignView.as_view(), name="api_record_sign"),
+    path("records/<uuid:record_id>/amend/", views.RecordAmendView.as_view(), name="api_record_amend"),
+    path("records/<uuid:record_id>/files/<uuid:file_id>/", views.RecordFileView.as_view(), name="api_record_file"),
+    path("visits/", views.VisitOpenView.as_view(), name="api_visits"),
+    path("visits/<uuid:visit_id>/close/", views.VisitCloseView.as_view(), name="api_visit_close"),
+    path("grants/", views.GrantListView.as_view(), name="api_grants"),
+    path("grants/<uuid:grant_id>/revoke/", views.GrantRevokeView.as_view(), name="api_grant_revoke"),
+    path("footprint/", views.FootprintView.as_view(), name="api_footprint"),
+    path("notifications/", views.NotificationListView.as_view(), name="api_notifications"),
+    path("notifications/read/", views.NotificationsReadView.as_view(), name="api_notifications_read"),
+    path("shared-with-me/", views.SharedWithMeView.as_view(), name="api_shared_with_me"),
+]
