@@ -16,11 +16,10 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import exception_handler
 
 PROBLEM_TYPE = "application/problem+json"
@@ -122,27 +121,59 @@ class Problem(serializers.Serializer):
     )
 
 
-def refusals(*codes: int) -> dict[int, OpenApiResponse]:
+def refusals(*codes: int) -> dict[tuple[int, str], OpenApiResponse]:
     """The problem responses an endpoint documents, beside the ones every endpoint may give."""
     every = (401, 429)
     return {
-        code: OpenApiResponse(Problem, description=str(PROBLEMS[code][1])) for code in sorted(set(codes) | set(every))
+        (code, PROBLEM_TYPE): OpenApiResponse(Problem, description=str(PROBLEMS[code][1]))
+        for code in sorted(set(codes) | set(every))
     }
 
 
 class Page(CursorPagination):
-    """Cursor pages: stable while rows are added, with no count query."""
+    """Cursor pages: stable while rows are added, with no count query. A ``page_size`` that is not a
+    whole number from 1 to 200 is refused (400), not silently replaced."""
 
     page_size = 50
     max_page_size = 200
     page_size_query_param = "page_size"
     ordering = "-created_at"
 
+    def get_page_size(self, request) -> int:
+        given = request.query_params.getlist(self.page_size_query_param)
+        if not given:
+            return self.page_size
+        if len(given) > 1 or not given[0].isdigit() or not 1 <= int(given[0]) <= self.max_page_size:
+            message = _("page_size is a whole number from 1 to %(most)s.") % {"most": self.max_page_size}
+            raise exceptions.ValidationError({self.page_size_query_param: [message]})
+        return int(given[0])
 
-class ClientRateThrottle(UserRateThrottle):
-    """A rate per person per application: one app's burst never uses up the portal's or another app's."""
+    def decode_cursor(self, request):
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError(
+                {self.cursor_query_param: [_("This cursor is not one this API gave.")]}
+            ) from None
 
-    def get_cache_key(self, request, view) -> str | None:
-        key = super().get_cache_key(request, view)
-        application = getattr(getattr(request, "auth", None), "application", None)
-        return key if application is None or key is None else f"{key}-app-{application.pk}"
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("cursor", str, description="The page after this cursor (from next or previous)."),
+    OpenApiParameter(
+        "page_size",
+        {"type": "integer", "minimum": 1, "maximum": Page.max_page_size},
+        description="Rows per page (50 unless given).",
+    ),
+]
+
+
+def paged(item: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of a cursor page of ``item``: what :class:`Page` answers."""
+    return inline_serializer(
+        name=f"Paged{item.__name__}",
+        fields={
+            "next": serializers.URLField(allow_null=True, help_text="The next page, or null."),
+            "previous": serializers.URLField(allow_null=True, help_text="The previous page, or null."),
+            "results": item(many=True),
+        },
+    )

@@ -359,7 +359,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "emr_site.api.Page",
     # Per signed-in person (or per app token), and per address for callers not signed in.
     "DEFAULT_THROTTLE_CLASSES": [
-        "emr_site.api.ClientRateThrottle",
+        "emr_site.throttling.ClientRateThrottle",
         "rest_framework.throttling.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
@@ -390,6 +390,9 @@ OAUTH2_PROVIDER = {
     # consent screen (records/api/oauth.py) refuse any other http address, so DOT's W008 is silenced below.
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https", "http"],
 }
+# FHIR import (records/fhir/importing.py): the largest transaction Bundle, and the largest attachment in one.
+FHIR_IMPORT_MAX_BYTES = env_size("FHIR_IMPORT_MAX_BYTES", 64 << 20)
+FHIR_ATTACHMENT_MAX_BYTES = env_size("FHIR_ATTACHMENT_MAX_BYTES", 16 << 20)
 SILENCED_SYSTEM_CHECKS = ["oauth2_provider.W008"]  # http redirects: loopback only, enforced by the app (above)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Yilian API",
@@ -404,6 +407,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "COMPONENT_SPLIT_PATCH": False,  # a PATCH replaces a draft's whole content: its body is not partial
+    # Apps authenticate with OAuth2; the browser session is the portal's own and is not offered to them.
+    "AUTHENTICATION_WHITELIST": ["oauth2_provider.contrib.rest_framework.OAuth2Authentication"],
     "OAUTH2_FLOWS": ["authorizationCode"],
     "OAUTH2_AUTHORIZATION_URL": "/o/authorize/",
     "OAUTH2_TOKEN_URL": "/o/token/",
@@ -417,6 +423,7 @@ SPECTACULAR_SETTINGS = {
         "GrantStatusEnum": "records.models.Grant.Status",
         "GrantScopeEnum": "records.models.GrantScope",
         "GrantPurposeEnum": "records.models.GrantPurpose",
+        "ChosenPurposeEnum": "records.sharing.forms.CHOSEN_PURPOSES",
         "AccessActionEnum": "records.models.AccessEvent.Action",
         "AccessOutcomeEnum": "records.models.AccessEvent.Outcome",
     },

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from records.models import Grant, GrantPurpose, GrantScope, MedicalRecord, RecordKind, Visit
+from records.sharing.forms import CHOSEN_PURPOSES
 
 CLINICAL_KINDS = [(value, label) for value, label in RecordKind.choices if value != RecordKind.DOCUMENT]
 
@@ -18,7 +19,7 @@ class Person(serializers.Serializer):
 
 class Me(Person):
     email = serializers.EmailField()
-    health_id = serializers.CharField(allow_blank=True, help_text="A patient's Yilian ID; empty for staff.")
+    health_id = serializers.CharField(allow_null=True, help_text="A patient's Yilian ID; null for staff.")
     language = serializers.CharField()
 
 
@@ -103,7 +104,9 @@ class GrantIn(serializers.Serializer):
     kinds = serializers.ListField(child=serializers.ChoiceField(choices=RecordKind.choices), required=False)
     records = serializers.ListField(child=serializers.UUIDField(), required=False, max_length=1000)
     include_sensitive = serializers.BooleanField(default=False)
-    purpose = serializers.ChoiceField(choices=GrantPurpose.choices)
+    purpose = serializers.ChoiceField(
+        choices=CHOSEN_PURPOSES, help_text="Emergency grants are made by break-glass only."
+    )
     valid_from = serializers.DateTimeField(required=False)
     valid_until = serializers.DateTimeField()
 

@@ -1,7 +1,7 @@
 """``/api/v1/``: the REST API's endpoints, and its schema and documentation (served from this node)."""
 
 from csp.decorators import csp_update
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from records.api import views
@@ -27,4 +27,5 @@ urlpatterns = [
     path("notifications/", views.NotificationListView.as_view(), name="api_notifications"),
     path("notifications/read/", views.NotificationsReadView.as_view(), name="api_notifications_read"),
     path("shared-with-me/", views.SharedWithMeView.as_view(), name="api_shared_with_me"),
+    re_path(r"^.*$", views.NotFoundView.as_view(), name="api_not_found"),
 ]

@@ -20,12 +20,14 @@ from django.utils.dateparse import parse_date
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import MethodNotAllowed, NotFound
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Institution, Role, User
-from emr_site.api import Page, problem, refusals
+from emr_site.api import PAGE_PARAMETERS, Page, paged, problem, refusals
 from records import audit
 from records.anchors import anchor_proof
 from records.api import serializers as out
@@ -67,6 +69,8 @@ class ApiView(APIView):
             return super().dispatch(request, *args, **kwargs)
 
     def initial(self, request: Request, *args, **kwargs) -> None:
+        if not hasattr(self, request.method.lower()) or request.method.lower() not in self.http_method_names:
+            raise MethodNotAllowed(request.method)  # before who is asking: the method is wrong for everyone
         super().initial(request, *args, **kwargs)
         audit.set_calling_client(client_name(request))
 
@@ -76,6 +80,18 @@ class ApiView(APIView):
             pager.ordering = ordering
         page = pager.paginate_queryset(rows, request, view=self)
         return pager.get_paginated_response(serializer(page, many=True, context=context or {}).data)
+
+
+class NotFoundView(ApiView):
+    """Any other path under /api/v1/ (an id that is not a UUID, a typo): a problem, not an HTML page."""
+
+    permission_classes = [AllowAny]
+    schema = None  # not an operation
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        raise NotFound()
+
+    get = post = put = patch = delete = head = options = lambda self, request, *args, **kwargs: None
 
 
 # -- who am I ------------------------------------------------------------------------------------
@@ -107,10 +123,9 @@ class RecordListView(ApiView):
         parameters=[
             OpenApiParameter("kind", str, enum=RecordKind.values, description="Only records of this kind."),
             OpenApiParameter("patient", str, description="A clinician's filter: one patient's id."),
-            OpenApiParameter("cursor", str, description="The page after this cursor (from next/previous)."),
-            OpenApiParameter("page_size", int, description="Records per page (at most 200; 50 by default)."),
+            *PAGE_PARAMETERS,
         ],
-        responses={200: out.RecordSummary(many=True), **refusals(400, 403)},
+        responses={200: paged(out.RecordSummary), **refusals(400, 403)},
         tags=["records"],
     )
     def get(self, request: Request) -> Response:
@@ -120,13 +135,16 @@ class RecordListView(ApiView):
         if allowed is not None:
             rows = rows.filter(kind__in=allowed)
         kind = request.query_params.get("kind")
-        if kind:
+        if kind is not None:
             if kind not in RecordKind.values:
                 return problem(400, _invalid("kind"), errors={"kind": [_invalid("kind")]}, instance=request.path)
             rows = rows.filter(kind=kind)
         patient = request.query_params.get("patient")
         if patient:
-            rows = rows.filter(patient__public_id=_uuid_or_404(patient))
+            try:
+                rows = rows.filter(patient__public_id=uuid.UUID(patient))
+            except ValueError:
+                return _field_problem(request, "patient", _invalid("patient"))
         return self.paginate(request, rows, out.RecordSummary)
 
     @extend_schema(
@@ -248,7 +266,7 @@ class RecordAmendView(ApiView):
         operation_id="records_amend",
         request=out.AmendIn,
         parameters=[IF_MATCH],
-        responses={200: out.RecordDetail, **refusals(400, 403, 404, 409, 412)},
+        responses={200: out.RecordDetail, **refusals(400, 403, 404, 409, 412, 428)},
         tags=["records"],
     )
     def post(self, request: Request, record_id) -> Response:
@@ -364,15 +382,17 @@ class GrantListView(ApiView):
 
     @extend_schema(
         operation_id="grants_list",
-        parameters=[OpenApiParameter("status", str, enum=Grant.Status.values)],
-        responses={200: out.GrantOut(many=True), **refusals(403)},
+        parameters=[OpenApiParameter("status", str, enum=Grant.Status.values), *PAGE_PARAMETERS],
+        responses={200: paged(out.GrantOut), **refusals(400, 403)},
         tags=["sharing"],
     )
     def get(self, request: Request) -> Response:
         """The patient's grants, newest first."""
         rows = _grants_of(request.user)
         wanted = request.query_params.get("status")
-        if wanted in Grant.Status.values:
+        if wanted is not None:
+            if wanted not in Grant.Status.values:
+                return _field_problem(request, "status", _invalid("status"))
             rows = rows.filter(status=wanted)
         return self.paginate(request, rows, out.GrantOut)
 
@@ -451,10 +471,9 @@ class FootprintView(ApiView):
             OpenApiParameter("from", str, description="First day (YYYY-MM-DD)."),
             OpenApiParameter("to", str, description="Last day (YYYY-MM-DD)."),
             OpenApiParameter("own", bool, description="Include the patient's own accesses."),
-            OpenApiParameter("cursor", str),
-            OpenApiParameter("page_size", int),
+            *PAGE_PARAMETERS,
         ],
-        responses={200: out.FootprintEvent(many=True), **refusals(400, 403)},
+        responses={200: paged(out.FootprintEvent), **refusals(400, 403)},
         tags=["footprint"],
     )
     def get(self, request: Request) -> Response:
@@ -468,6 +487,8 @@ class FootprintView(ApiView):
             if value and day is None:
                 errors[name] = [_invalid(name)]
             days[name] = day
+        if params.getlist("own") and (len(params.getlist("own")) > 1 or params["own"] not in BOOLEANS):
+            errors["own"] = [_invalid("own")]
         for name, allowed in (("action", AccessEvent.Action.values), ("outcome", AccessEvent.Outcome.values)):
             if params.get(name) and params[name] not in allowed:
                 errors[name] = [_invalid(name)]
@@ -479,7 +500,7 @@ class FootprintView(ApiView):
             outcome=params.get("outcome") or "",
             date_from=days["from"],
             date_to=days["to"],
-            include_own=params.get("own") in ("1", "true"),
+            include_own=BOOLEANS.get(params.get("own", ""), False),
         )
         pager = Page()
         pager.ordering = ("-at", "-pk")
@@ -493,7 +514,8 @@ class NotificationListView(ApiView):
 
     @extend_schema(
         operation_id="notifications_list",
-        responses={200: out.NotificationOut(many=True), **refusals(403)},
+        parameters=PAGE_PARAMETERS,
+        responses={200: paged(out.NotificationOut), **refusals(400, 403)},
         tags=["people"],
     )
     def get(self, request: Request) -> Response:
@@ -525,7 +547,8 @@ class SharedWithMeView(ApiView):
 
     @extend_schema(
         operation_id="shared_with_me",
-        responses={200: out.SharedWithMe(many=True), **refusals(403)},
+        parameters=PAGE_PARAMETERS,
+        responses={200: paged(out.SharedWithMe), **refusals(400, 403)},
         tags=["records"],
     )
     def get(self, request: Request) -> Response:
@@ -577,11 +600,7 @@ def _version(request: Request) -> int | None:
     return int(value) if value.isdigit() and len(value) < 10 else None
 
 
-def _uuid_or_404(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise Http404("no such patient") from None
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _field_problem(request: Request, field: str, message: str) -> Response:

@@ -248,3 +248,18 @@ def human_size(size: int) -> str:
 
 def spool_path(stream_id) -> str:
     return os.path.join(settings.SPOOL_DIR, f"{stream_id}.enc")
+
+
+def spool_bytes(name: str, data: bytes, *, max_bytes: int | None = None) -> SpooledUpload:
+    """Encrypt bytes already in memory (a FHIR attachment) into the spool, as an upload would be.
+
+    :class:`UploadRejected` for what an upload would refuse (too large, empty, a type not accepted).
+    """
+    handler = EncryptingUploadHandler(max_bytes=max_bytes)
+    try:
+        handler.new_file("file", name, "application/octet-stream", len(data))
+        for start in range(0, len(data), handler.chunk_size):
+            handler.receive_data_chunk(data[start : start + handler.chunk_size], start)
+        return handler.file_complete(len(data))
+    except StopUpload:
+        raise handler.error or UploadRejected(_("The file could not be stored."), 400) from None

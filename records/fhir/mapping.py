@@ -25,6 +25,8 @@ from django.urls import reverse
 from records.models import AccessEvent, Grant, GrantPurpose, MedicalRecord, RecordKind, RecordVersion, Visit
 
 YILIAN_ID = "urn:yilian:health-id"
+RECORD_SYSTEM = "urn:yilian:record"
+EXT = "https://yilian.example/fhir/StructureDefinition"  # our extensions: what FHIR has no element for
 CID_SYSTEM = "urn:ipfs:cid"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -140,6 +142,8 @@ def record_resources(record: MedicalRecord, version: RecordVersion, content: dic
                     "date": _when(version.finalized_at or version.created_at),
                     "subject": common["subject"],
                     "content": [{"attachment": a} for a in attachments],
+                    # The record these files belong to: an import attaches them to it again.
+                    "context": {"related": [ref(MAIN_TYPE[record.kind], _main_id(record))]},
                 }
             )
         )
@@ -179,6 +183,17 @@ def _medications(rid, record, version, content, common, final, title) -> list[di
                     {"text": dosage or None, "route": {"text": med.get("route")} if med.get("route") else None}
                 ],
                 "note": [{"text": content["instructions"]}] if content.get("instructions") else None,
+                "groupIdentifier": {"system": RECORD_SYSTEM, "value": rid},
+                "extension": [
+                    {"url": f"{EXT}/{name}", "valueString": value}
+                    for name, value in (
+                        ("title", title),
+                        ("dose", med.get("dose")),
+                        ("frequency", med.get("frequency")),
+                        ("duration", med.get("duration")),
+                    )
+                    if value
+                ],
             }
         )
     return out
@@ -218,7 +233,7 @@ def _lab(rid, record, version, content, common, final, title) -> list[dict]:
         "performer": [_person(record.author)],
         "result": [ref("Observation", o["id"]) for o in observations],
         "conclusion": content.get("comment"),
-        "extension": [{"url": "urn:yilian:specimen", "valueString": content["specimen"]}]
+        "extension": [{"url": f"{EXT}/specimen", "valueString": content["specimen"]}]
         if content.get("specimen")
         else None,
     }
@@ -239,6 +254,9 @@ def _pathology(rid, record, version, content, common, final, title) -> list[dict
             "performer": [_person(record.author)],
             "conclusion": content.get("diagnosis"),
             "presentedForm": [_text_attachment(content.get("findings"), title)] if content.get("findings") else None,
+            "extension": [{"url": f"{EXT}/specimen", "valueString": content["specimen"]}]
+            if content.get("specimen")
+            else None,
         }
     ]
 
@@ -256,6 +274,11 @@ def _imaging(rid, record, version, content, common, final, title) -> list[dict]:
             "description": title,
             "reasonCode": [{"text": content["body_site"]}] if content.get("body_site") else None,
             "note": [{"text": n} for n in notes if n],
+            "extension": [
+                {"url": f"{EXT}/{name}", "valueString": content[name]}
+                for name in ("findings", "impression")
+                if content.get(name)
+            ],
             "interpreter": [_person(record.author)],
         }
     ]
@@ -302,6 +325,10 @@ MAIN_TYPE = {
     RecordKind.NOTE: "DocumentReference",
     RecordKind.DOCUMENT: "DocumentReference",
 }
+
+
+def _main_id(record: MedicalRecord) -> str:
+    return f"{record.public_id}-m1" if record.kind == RecordKind.PRESCRIPTION else str(record.public_id)
 
 
 def provenance(record: MedicalRecord, version: RecordVersion, targets: list[dict], anchor: dict | None) -> dict:

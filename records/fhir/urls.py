@@ -5,6 +5,7 @@ from django.urls import path
 from records.fhir import views
 
 urlpatterns = [
+    path("", views.TransactionView.as_view(), name="fhir_transaction"),
     path("metadata", views.MetadataView.as_view(), name="fhir_metadata"),
     path(".well-known/smart-configuration", views.SmartConfigurationView.as_view(), name="fhir_smart_config"),
     path("Patient/<str:resource_id>/$everything", views.EverythingView.as_view(), name="fhir_everything"),

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404, StreamingHttpResponse
@@ -21,6 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -29,11 +31,11 @@ from rest_framework.response import Response
 from accounts.models import Role, User
 from records import audit
 from records.anchors import anchor_proof
-from records.api.access import ScopedPermission, check_kind_in_scope, client_name, kinds_in_scope
+from records.api.access import ScopedPermission, check_kind_in_scope, client_name, kinds_in_scope, scope_allows
 from records.api.oauth import SmartScopes
 from records.api.views import ApiView
 from records.clinical import reading
-from records.fhir import mapping
+from records.fhir import importing, mapping
 from records.footprint.services import Filters, chain_proofs, footprint_events
 from records.models import Grant, MedicalRecord, RecordKind, Visit
 from records.policy import (
@@ -57,6 +59,10 @@ RECORD_TYPES = {
 TYPES = ["Patient", "Encounter", *RECORD_TYPES, "Consent", "AuditEvent"]
 
 
+class FhirParser(JSONParser):
+    media_type = FHIR_JSON
+
+
 class FhirRenderer(JSONRenderer):
     media_type = FHIR_JSON
     format = "fhir"
@@ -70,6 +76,8 @@ def outcome(code: str, text: str, *, severity: str = "error", issues: list[dict]
 
 
 STATUS_CODES = {
+    415: "not-supported",
+    413: "too-costly",
     400: "invalid",
     401: "login",
     403: "forbidden",
@@ -81,6 +89,7 @@ STATUS_CODES = {
 
 class FhirView(ApiView):
     renderer_classes = [FhirRenderer, JSONRenderer]
+    parser_classes = [FhirParser, JSONParser]
 
     @property
     def scope_resources(self) -> tuple[str, ...]:
@@ -304,6 +313,35 @@ def _everything_resources(user: User) -> Iterator[dict]:
         yield from _record_resources_for(user, record.public_id)
     for grant in Grant.objects.filter(patient=user).select_related("patient", "grantee_user", "grantee_institution"):
         yield mapping.consent(grant)
+
+
+class TransactionView(FhirView):
+    """``POST /fhir/r4/``: a transaction Bundle from another EMR, imported all or nothing (fhir/importing.py)."""
+
+    permission_classes = [FhirAccess]
+    scope_resources = ("*", *RECORD_TYPES)
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        if request.user.role != Role.CLINICIAN:
+            raise exceptions.PermissionDenied(_("Records are imported by clinicians, into their institution."))
+        if kinds_in_scope(request, "write") is not None and not scope_allows(request, "*", "write"):
+            raise exceptions.PermissionDenied(_("Importing needs the app to be allowed to write every kind of record."))
+        limit = settings.FHIR_IMPORT_MAX_BYTES
+        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+            return Response(
+                outcome("too-costly", _("The Bundle is larger than %(limit)s bytes.") % {"limit": limit}), status=413
+            )
+        try:
+            records = importing.import_bundle(clinician=request.user, bundle=request.data)
+        except importing.ImportRefused as refused:
+            return Response(outcome("invalid", "", issues=[i.as_fhir() for i in refused.issues]), status=400)
+        entries = []
+        for record in records:
+            main = mapping.MAIN_TYPE[record.kind]
+            rid = f"{record.public_id}-m1" if main == "MedicationRequest" else str(record.public_id)
+            entries.append({"response": {"status": "201 Created", "location": f"{main}/{rid}"}})
+        return Response({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}, status=200)
 
 
 # -- helpers -------------------------------------------------------------------------------------------

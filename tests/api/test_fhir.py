@@ -3,69 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
-from chain.ledger_services import chain_seal
-from records.clinical import storage
-from records.clinical.services import record_create, record_finalize_imported
 from records.fhir.mapping import validate
 from records.models import AccessEvent
-from records.sharing.grants import grant_issue
 from tests.records.conftest import login
 from tests.records.test_policy import stored_record  # noqa: F401  (a fixture, used by name)
 
 pytestmark = pytest.mark.django_db
 
 FHIR = "application/fhir+json"
-
-
-@pytest.fixture
-def world(request, alice, carol, visit):
-    imaging = request.getfixturevalue("stored_record")
-    made = {"imaging": imaging}
-    for kind, content in (
-        (
-            "prescription",
-            {
-                "title": "Antibiotics",
-                "instructions": "After meals",
-                "medications": [
-                    {"name": "Amoxicillin", "dose": "500 mg", "route": "oral", "frequency": "tid", "duration": "7 days"}
-                ],
-            },
-        ),
-        (
-            "lab_report",
-            {
-                "title": "Blood count",
-                "specimen": "venous blood",
-                "comment": "",
-                "observations": [
-                    {"name": "Hb", "value": "13.5", "unit": "g/dL", "reference_range": "12-16", "flag": "normal"},
-                    {"name": "Note", "value": "clear", "unit": "", "reference_range": "", "flag": ""},
-                ],
-            },
-        ),
-        ("pathology", {"title": "Biopsy", "specimen": "skin", "diagnosis": "Benign naevus", "findings": "No atypia"}),
-        ("note", {"title": "Follow-up", "text": "Doing well."}),
-    ):
-        record = record_create(patient=alice, author=carol, kind=kind, visit=visit, content=content, imported=True)
-        record_finalize_imported(record=record)
-        storage.version_store(record.current_version_id)  # stored and anchored, as the store worker does
-        made[kind] = record
-    chain_seal()
-    made["grant"] = grant_issue(
-        patient=alice,
-        grantee_user=carol,
-        scope="all",
-        purpose="treatment",
-        valid_from=timezone.now() - timedelta(minutes=1),
-        valid_until=timezone.now() + timedelta(days=30),
-    )
-    return made
 
 
 def fhir(client, path: str, **extra):
@@ -104,7 +52,7 @@ def test_the_capability_statement_and_smart_configuration_are_public_and_valid(c
         "Patient",
     ],
 )
-def test_every_resource_a_patient_gets_validates(client, alice, world, resource_type):
+def test_every_resource_a_patient_gets_validates(client, alice, chart, resource_type):
     login(client, alice)
     answer = fhir(client, resource_type)
     assert answer.status_code == 200, answer.content[:500]
@@ -118,7 +66,7 @@ def test_every_resource_a_patient_gets_validates(client, alice, world, resource_
         assert one.json() == resource
 
 
-def test_the_clinical_content_is_mapped(client, alice, world):
+def test_the_clinical_content_is_mapped(client, alice, chart):
     login(client, alice)
     [med] = entries(fhir(client, "MedicationRequest"))
     assert med["medicationCodeableConcept"]["text"] == "Amoxicillin"
@@ -137,7 +85,7 @@ def test_the_clinical_content_is_mapped(client, alice, world):
     assert consent["provision"]["purpose"][0]["code"] == "TREAT"
 
 
-def test_each_record_read_through_fhir_is_in_the_footprint(client, alice, carol, world):
+def test_each_record_read_through_fhir_is_in_the_footprint(client, alice, carol, chart):
     login(client, carol)
     answer = fhir(client, f"DiagnosticReport?patient=Patient/{alice.public_id}")
     assert answer.status_code == 200
@@ -147,14 +95,14 @@ def test_each_record_read_through_fhir_is_in_the_footprint(client, alice, carol,
 
 
 @pytest.mark.parametrize("who", ["bob", "dave", "erin"])
-def test_outsiders_get_an_operation_outcome_and_nothing_of_alices(request, client, world, who):
+def test_outsiders_get_an_operation_outcome_and_nothing_of_alices(request, client, chart, who):
     login(client, request.getfixturevalue(who))
-    alice = world["note"].patient
+    alice = chart["note"].patient
     for path in (
-        f"DocumentReference/{world['note'].public_id}",
+        f"DocumentReference/{chart['note'].public_id}",
         f"Patient/{alice.public_id}",
         f"Patient/{alice.public_id}/$everything",
-        f"Consent/{world['grant'].public_id}",
+        f"Consent/{chart['grant'].public_id}",
     ):
         answer = fhir(client, path)
         assert answer.status_code in (403, 404), (who, path, answer.status_code)
@@ -165,7 +113,7 @@ def test_outsiders_get_an_operation_outcome_and_nothing_of_alices(request, clien
         assert entries(search) == []
 
 
-def test_unknown_types_and_bad_paging_are_refused_as_operation_outcomes(client, alice, world):
+def test_unknown_types_and_bad_paging_are_refused_as_operation_outcomes(client, alice, chart):
     login(client, alice)
     unknown = fhir(client, "Spaceship")
     assert unknown.status_code == 404
@@ -177,7 +125,7 @@ def test_unknown_types_and_bad_paging_are_refused_as_operation_outcomes(client, 
     assert client.get("/fhir/r4/Patient").status_code in (200, 406)
 
 
-def test_search_pages_follow_their_next_link(client, alice, world):
+def test_search_pages_follow_their_next_link(client, alice, chart):
     login(client, alice)
     everything = {r["id"] for r in entries(fhir(client, "DocumentReference?_count=200"))}
     seen: list[str] = []
@@ -194,7 +142,7 @@ def test_search_pages_follow_their_next_link(client, alice, world):
     assert sorted(seen) == sorted(everything)
 
 
-def test_everything_streams_the_patients_own_bundle(client, alice, world):
+def test_everything_streams_the_patients_own_bundle(client, alice, chart):
     login(client, alice)
     answer = fhir(client, f"Patient/{alice.public_id}/$everything")
     assert answer.status_code == 200
@@ -217,7 +165,7 @@ def test_everything_streams_the_patients_own_bundle(client, alice, world):
     assert AccessEvent.objects.filter(actor=alice, action="view", client="api").count() >= 5
 
 
-def test_a_doctor_may_not_ask_for_everything(client, alice, carol, world):
+def test_a_doctor_may_not_ask_for_everything(client, alice, carol, chart):
     login(client, carol)
     answer = fhir(client, f"Patient/{alice.public_id}/$everything")
     assert answer.status_code == 403
