@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Q
 from django.http import Http404, StreamingHttpResponse
 from django.urls import reverse
@@ -56,6 +57,7 @@ RECORD_TYPES = {
     "DocumentReference": list(RecordKind.values),  # notes and documents, and every record's files
     "Provenance": list(RecordKind.values),
 }
+EVERYTHING_CHUNK = 50
 TYPES = ["Patient", "Encounter", *RECORD_TYPES, "Consent", "AuditEvent"]
 
 
@@ -309,8 +311,15 @@ def _everything_resources(user: User) -> Iterator[dict]:
     yield mapping.patient(user)
     for visit in Visit.objects.filter(patient=user).select_related("patient", "institution").order_by("opened_at"):
         yield mapping.encounter(visit)
-    for record in records_shown_to_patient(user).order_by("created_at").only("public_id").iterator(chunk_size=200):
-        yield from _record_resources_for(user, record.public_id)
+    ids = list(records_shown_to_patient(user).order_by("created_at").values_list("public_id", flat=True))
+    for start in range(0, len(ids), EVERYTHING_CHUNK):
+        # One transaction per chunk: its reads' audit rows are committed together, not one fsync each,
+        # and memory holds one chunk's resources, not the Bundle.
+        with transaction.atomic():
+            chunk = [
+                r for record_id in ids[start : start + EVERYTHING_CHUNK] for r in _record_resources_for(user, record_id)
+            ]
+        yield from chunk
     for grant in Grant.objects.filter(patient=user).select_related("patient", "grantee_user", "grantee_institution"):
         yield mapping.consent(grant)
 
