@@ -71,6 +71,24 @@ def fuzzer(monkeypatch):
     return get_application_model().objects.get(name="Fuzzer")
 
 
+@pytest.fixture
+def same_connection():
+    """Keep the test's database connection across the fuzzer's requests (ask for it after the tokens).
+
+    Schemathesis calls the WSGI app itself, whose request signals close the connection after each
+    request; on a server database that ends the test's transaction under it. Django's test client
+    disconnects them for each of its own requests (and connects them again after), so this comes last.
+    """
+    from django.core import signals
+    from django.db import close_old_connections
+
+    for signal in (signals.request_started, signals.request_finished):
+        signal.disconnect(close_old_connections)
+    yield
+    for signal in (signals.request_started, signals.request_finished):
+        signal.connect(close_old_connections)
+
+
 def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept-Language": "en"}
 
@@ -97,19 +115,20 @@ def clinician_token(client, world, carol, fuzzer) -> dict[str, str]:  # noqa: F8
 
 @SCHEMA.parametrize()
 @HYPOTHESIS
-def test_every_operation_answers_as_its_schema_says_to_a_patient(case, patient_token):
+def test_every_operation_answers_as_its_schema_says_to_a_patient(case, patient_token, same_connection):
     case.call_and_validate(headers=patient_token)
 
 
 @SCHEMA.parametrize()
 @HYPOTHESIS
-def test_every_operation_answers_as_its_schema_says_to_a_clinician(case, clinician_token):
+def test_every_operation_answers_as_its_schema_says_to_a_clinician(case, clinician_token, same_connection):
     case.call_and_validate(headers=clinician_token)
 
 
 @pytest.mark.parametrize("who", ["patient_token", "clinician_token"])
 def test_sequences_of_calls_stay_within_the_schema(request, who):
     token = request.getfixturevalue(who)
+    request.getfixturevalue("same_connection")
 
     class WithToken(SCHEMA.as_state_machine()):
         def get_call_kwargs(self, case):
