@@ -27,5 +27,5 @@ urlpatterns = [
     path("notifications/", views.NotificationListView.as_view(), name="api_notifications"),
     path("notifications/read/", views.NotificationsReadView.as_view(), name="api_notifications_read"),
     path("shared-with-me/", views.SharedWithMeView.as_view(), name="api_shared_with_me"),
-    re_path(r"^.*$", views.NotFoundView.as_view(), name="api_not_found"),
+    re_path(r"^[\s\S]*$", views.NotFoundView.as_view(), name="api_not_found"),  # newlines too
 ]

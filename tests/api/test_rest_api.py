@@ -334,3 +334,13 @@ def test_patients_and_other_hospitals_cannot_write(client, alice, bob, dave, vis
     login(client, dave)
     assert api(client, "post", "api_visit_close", visit.public_id).status_code == 403
     assert not MedicalRecord.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path", ["records/not-a-uuid/", "records/%0A/", "nothing-here/", "records/%C3%BC%0Ax/files/y/"]
+)
+def test_any_other_path_under_the_api_is_a_problem_not_a_page(client, alice, path):
+    login(client, alice)
+    answer = client.get(f"/api/v1/{path}", HTTP_ACCEPT_LANGUAGE="en")
+    assert answer.status_code == 404
+    assert answer["Content-Type"] == PROBLEM
