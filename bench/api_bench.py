@@ -38,30 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from records_bench import configure, free_port, make_records, session_headers, setup_node  # noqa: E402
-
-
-def start_web(env: dict[str, str], workdir: Path):
-    """gunicorn as runnode starts it for ``make run`` (two workers)."""
-    import socket
-    import subprocess
-
-    port = free_port()
-    log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - lives as long as the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "emr_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--timeout", "120", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server, port
-        except OSError:
-            time.sleep(0.1)
-    server.terminate()
-    raise SystemExit("gunicorn did not start within 60 s")
+from records_bench import configure, make_records, session_headers, setup_node, start_gunicorn  # noqa: E402
 
 
 def load(port: int, headers: dict[str, str], paths: list[str], clients: int, requests: int) -> dict:
@@ -144,7 +121,7 @@ def main() -> None:
 
         MedicalRecord.objects.filter(patient=patient).update(status=MedicalRecord.Status.FINAL)
         ids = [str(i) for i in MedicalRecord.objects.filter(patient=patient).values_list("public_id", flat=True)[:50]]
-        server, port = start_web(env, workdir)
+        server, port = start_gunicorn(env, workdir, workers=2)  # as `make run` starts it
         headers = session_headers(patient) | {"Accept-Language": "en"}
         pages = {
             "record list  API    /api/v1/records/": ["/api/v1/records/"],

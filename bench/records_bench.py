@@ -82,13 +82,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_gunicorn(env: dict[str, str], workdir: Path, *, workers: int = 1) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - lives as long as the server
     server = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "emr_site.wsgi:application",
-            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--timeout", "900", "--log-level", "warning",
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", "900", "--log-level", "warning",
         ],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
