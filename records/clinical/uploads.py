@@ -13,14 +13,19 @@ into the DAG (``records.clinical.tasks.ingest_file``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.http import QueryDict
+from django.http.multipartparser import MultiPartParserError
+from django.utils.http import parse_header_parameters
 from django.utils.translation import gettext as _
 
 from chain.core import stream
@@ -236,6 +241,77 @@ class EncryptingUploadHandler(FileUploadHandler):
                 upload.discard()
 
     discard_all = discard_unclaimed
+
+
+RAW_UPLOAD = "application/octet-stream"
+
+
+def _raw_fields(request) -> QueryDict:
+    """Form fields of a raw upload, sent JSON-encoded in a header (never in the URL, which is logged)."""
+    fields = QueryDict(mutable=True)
+    try:
+        data = json.loads(unquote(request.headers.get("X-Upload-Fields") or "{}"))
+    except ValueError:
+        data = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and isinstance(value, str):
+                fields[key] = value
+    return fields
+
+
+def _raw_name(request) -> str:
+    """A raw upload's file name: ``X-Upload-Name`` (URL-encoded), else ``Content-Disposition``'s ``filename``."""
+    name = request.headers.get("X-Upload-Name")
+    if name:
+        return unquote(name)
+    _value, params = parse_header_parameters(request.headers.get("Content-Disposition") or "")
+    return params.get("filename") or "file"
+
+
+def upload_fields(request) -> QueryDict:
+    """The form fields that came with an upload parsed by :func:`parse_upload`."""
+    return getattr(request, "_raw_upload_fields", None) or request.POST
+
+
+def uploaded_files(request, handler: EncryptingUploadHandler) -> list[SpooledUpload]:
+    """The files :func:`parse_upload` spooled: a raw body's one file, or a form's ``file`` parts."""
+    if request.content_type == RAW_UPLOAD:
+        return list(handler.uploads)
+    return request.FILES.getlist("file")
+
+
+def parse_upload(request, handler: EncryptingUploadHandler) -> UploadRejected | None:
+    """Read an upload's body through ``handler`` (already in ``request.upload_handlers``): the refusal, or None.
+
+    A form (``multipart/form-data``) or a raw body (``application/octet-stream``, the
+    file name in ``X-Upload-Name`` or ``Content-Disposition``, form fields in
+    ``X-Upload-Fields``). A body larger than the limit is refused before it is read;
+    whatever is refused leaves no spool file.
+    """
+    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    if length > handler.max_bytes + 64 * 1024:
+        return UploadRejected.too_large(handler.max_bytes)
+    try:
+        if request.content_type == RAW_UPLOAD:
+            request._raw_upload_fields = _raw_fields(request)
+            handler.spool_raw_body(request, _raw_name(request))
+        else:
+            request.POST  # noqa: B018 - parses the body through the encrypting handler
+    except MultiPartParserError as exc:
+        handler.discard_all()
+        if "header size" in str(exc):  # Django reads at most 1 KiB of a part's headers: the file name
+            message = _("The file name is too long. Rename the file to something shorter and upload it again.")
+        else:
+            message = _("The upload could not be read. Nothing was stored; please try again.")
+        return UploadRejected(message, 400)
+    except Exception:  # client went away: nothing half-stored
+        handler.discard_all()
+        return UploadRejected(_("The upload was interrupted. Nothing was stored; please try again."), 400)
+    if handler.error is not None:
+        handler.discard_all()
+        return handler.error
+    return None
 
 
 def human_size(size: int) -> str:

@@ -7,18 +7,15 @@ on a record.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
-from urllib.parse import unquote
 
 from csp.decorators import csp_replace
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
-from django.http import Http404, HttpResponse, JsonResponse, QueryDict
-from django.http.multipartparser import MultiPartParserError
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -32,7 +29,14 @@ from accounts.models import Institution, Role
 from records.anchors import anchor_proof
 from records.clinical import downloads, reading, services
 from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm
-from records.clinical.uploads import EncryptingUploadHandler, UploadRejected
+from records.clinical.uploads import (
+    RAW_UPLOAD,
+    EncryptingUploadHandler,
+    UploadRejected,
+    parse_upload,
+    upload_fields,
+    uploaded_files,
+)
 from records.models import AccessEvent, MedicalRecord, RecordKind, RecordVersion, Visit
 from records.policy import (
     RecordAccessDenied,
@@ -122,65 +126,16 @@ def _upload_response(request, *, ok: bool, message: str, status: int = 200, redi
     return render(request, "patient/upload.html", context, status=status)
 
 
-RAW_UPLOAD = "application/octet-stream"
-
-
-def _raw_fields(request) -> QueryDict:
-    """Form fields of a raw upload, sent JSON-encoded in a header (never in the URL, which is logged)."""
-    fields = QueryDict(mutable=True)
-    try:
-        data = json.loads(unquote(request.headers.get("X-Upload-Fields") or "{}"))
-    except ValueError:
-        data = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(key, str) and isinstance(value, str):
-                fields[key] = value
-    return fields
-
-
-def _upload_fields(request) -> QueryDict:
-    return getattr(request, "_raw_upload_fields", None) or request.POST
-
-
-def _uploaded_files(request, handler) -> list:
-    if request.content_type == RAW_UPLOAD:
-        return list(handler.uploads)
-    return request.FILES.getlist("file")
-
-
 def _parse_upload(request) -> tuple[EncryptingUploadHandler, UploadRejected | None]:
     handler = EncryptingUploadHandler(request)
     request.upload_handlers = [handler]
-    length = int(request.META.get("CONTENT_LENGTH") or 0)
-    if length > handler.max_bytes + 64 * 1024:
-        return handler, UploadRejected.too_large(handler.max_bytes)
-    try:
-        if request.content_type == RAW_UPLOAD:
-            request._raw_upload_fields = _raw_fields(request)
-            handler.spool_raw_body(request, unquote(request.headers.get("X-Upload-Name") or "file"))
-        else:
-            request.POST  # noqa: B018 - parses the body through the encrypting handler
-    except MultiPartParserError as exc:
-        handler.discard_all()
-        if "header size" in str(exc):  # Django reads at most 1 KiB of a part's headers: the file name
-            message = _("The file name is too long. Rename the file to something shorter and upload it again.")
-        else:
-            message = _("The upload could not be read. Nothing was stored; please try again.")
-        return handler, UploadRejected(message, 400)
-    except Exception:  # client went away: nothing half-stored
-        handler.discard_all()
-        return handler, UploadRejected(_("The upload was interrupted. Nothing was stored; please try again."), 400)
-    if handler.error is not None:
-        handler.discard_all()
-        return handler, handler.error
-    return handler, None
+    return handler, parse_upload(request, handler)
 
 
 @csrf_protect
 def _upload_document_checked(request, handler):
-    form = DocumentForm(_upload_fields(request))
-    uploads = _uploaded_files(request, handler)
+    form = DocumentForm(upload_fields(request))
+    uploads = uploaded_files(request, handler)
     upload = uploads[0] if uploads else None
     if upload is None:
         handler.discard_all()
@@ -648,8 +603,8 @@ def _draft_submission_checked(request, record_id, handler, *, finalize: bool, fi
     access, denied = _access(request, record_id, action=action)
     if denied:
         return _draft_refusal(request, None, _("You do not have access to this record."), 403)
-    uploads = _uploaded_files(request, handler)
-    fields = _upload_fields(request)
+    uploads = uploaded_files(request, handler)
+    fields = upload_fields(request)
     form, content = _draft_form(access, fields)
     sends_text = any(name in fields for name in form.fields)
     if files_required and not uploads:
