@@ -38,6 +38,7 @@ PROBLEMS = {
     415: ("unsupported-media-type", gettext_lazy("This content type is not accepted.")),
     428: ("precondition-required", gettext_lazy("This change needs a precondition (If-Match).")),
     429: ("throttled", gettext_lazy("Too many requests. Wait, then try again.")),
+    503: ("unavailable", gettext_lazy("The chain cannot record this yet. Try again in a minute.")),
 }
 
 
@@ -60,6 +61,13 @@ def problem(code: int, detail: str = "", *, errors: dict | None = None, instance
 
 def problem_exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's exception handler, answering every error as problem details."""
+    from chain.ledger_services import TxRejected
+
+    if isinstance(exc, TxRejected):  # the ledger refused the transaction the service made: nothing was written
+        request = context.get("request")
+        answer = problem(503, problem_title(503), instance=request.path if request else "")
+        answer["Retry-After"] = "60"
+        return answer
     if isinstance(exc, DjangoValidationError) and getattr(exc, "http_status", 400) != 400:
         request = context.get("request")
         return problem(exc.http_status, " ".join(exc.messages), instance=request.path if request else "")

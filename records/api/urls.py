@@ -4,7 +4,7 @@ from csp.decorators import csp_update
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from records.api import views
+from records.api import care, views
 
 # Swagger UI and ReDoc style their pages inline (ReDoc builds its own worker); they show no patient data.
 docs_policy = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
@@ -27,5 +27,24 @@ urlpatterns = [
     path("notifications/", views.NotificationListView.as_view(), name="api_notifications"),
     path("notifications/read/", views.NotificationsReadView.as_view(), name="api_notifications_read"),
     path("shared-with-me/", views.SharedWithMeView.as_view(), name="api_shared_with_me"),
+    path("records/<uuid:record_id>/files/", care.RecordFilesView.as_view(), name="api_record_files"),
+    path("documents/", care.DocumentUploadView.as_view(), name="api_documents"),
+    path("access-requests/", care.AccessRequestListView.as_view(), name="api_access_requests"),
+    path(
+        "access-requests/<uuid:request_id>/approve/",
+        care.AccessRequestApproveView.as_view(),
+        name="api_access_request_approve",
+    ),
+    path(
+        "access-requests/<uuid:request_id>/decline/",
+        care.AccessRequestDeclineView.as_view(),
+        name="api_access_request_decline",
+    ),
+    path(
+        "access-requests/<uuid:request_id>/withdraw/",
+        care.AccessRequestWithdrawView.as_view(),
+        name="api_access_request_withdraw",
+    ),
+    path("break-glass/", care.BreakGlassView.as_view(), name="api_break_glass"),
     re_path(r"^[\s\S]*$", views.NotFoundView.as_view(), name="api_not_found"),  # newlines too
 ]
