@@ -254,11 +254,11 @@ class AccessRequestOut(serializers.Serializer):
 
 
 class AccessRequestIn(serializers.Serializer):
-    patient = serializers.CharField(max_length=254, help_text="The patient's Yilian ID or email address.")
+    patient = out.Text(max_length=254, help_text="The patient's Yilian ID or email address.")
     scope = serializers.ChoiceField(choices=[GrantScope.ALL, GrantScope.KINDS])
     kinds = serializers.ListField(child=serializers.ChoiceField(choices=RecordKind.choices), required=False)
     purpose = serializers.ChoiceField(choices=CHOSEN_PURPOSES)
-    reason = serializers.CharField(max_length=1000)
+    reason = out.Text(max_length=1000)
     days = serializers.IntegerField(min_value=1, max_value=365)
 
 
@@ -439,11 +439,11 @@ class BreakGlassOut(serializers.Serializer):
 
 
 class BreakGlassIn(serializers.Serializer):
-    patient = serializers.CharField(max_length=254, help_text="The patient's Yilian ID or email address.")
+    patient = out.Text(max_length=254, help_text="The patient's Yilian ID or email address.")
     reason = serializers.ChoiceField(choices=BreakGlassReason.choices)
-    detail = serializers.CharField(max_length=1000, help_text="What is happening; read by the patient and reviewers.")
+    detail = out.Text(max_length=1000, help_text="What is happening; read by the patient and reviewers.")
     hours = serializers.IntegerField(min_value=1, max_value=12, default=4)
-    credential = serializers.CharField(
+    credential = out.Text(
         max_length=128,
         trim_whitespace=False,
         help_text="Re-authentication: the clinician's password, or a current authenticator code. "

@@ -10,6 +10,17 @@ from records.sharing.forms import CHOSEN_PURPOSES
 CLINICAL_KINDS = [(value, label) for value, label in RecordKind.choices if value != RecordKind.DOCUMENT]
 
 
+class Text(serializers.CharField):
+    """A string field that refuses numbers and booleans instead of turning them into text."""
+
+    default_error_messages = {"invalid": serializers.CharField.default_error_messages["invalid"]}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class Person(serializers.Serializer):
     id = serializers.UUIDField(source="public_id")
     name = serializers.CharField(source="display_name")

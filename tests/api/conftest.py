@@ -1,5 +1,6 @@
 """The API tests use the records fixtures: a node, a visit, a stored record."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,15 @@ from records.clinical.services import record_create, record_finalize_imported
 from records.sharing.grants import grant_issue
 from tests.records.conftest import visit  # noqa: F401  (a fixture, used by name)
 from tests.records.test_policy import stored_record  # noqa: F401  (a fixture, used by name)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(settings):
+    """A cache of the test's own: the rate limits count by user id, which every test database reuses,
+    and the default file cache is shared by every process on the machine (and kept between runs)."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": str(uuid.uuid4())}
+    }
 
 
 @pytest.fixture
