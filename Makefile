@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: install run cluster dev test test-fast lint bench migrate seed messages clean
+.PHONY: install run cluster dev test test-fast lint bench bench-js migrate seed messages clean
 
 # `make cluster`: a fresh local consortium (node i: $(CLUSTER_DIR)/node-<i>/, web on BASE_PORT+i, peers on BASE_PORT+100+i).
 NODES ?= 4
@@ -44,6 +44,10 @@ lint: install
 
 bench: install
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Dev-only: the IPFS reference importer (npm), which bench/dag_bench.py measures beside dag add when present.
+bench-js:
+	cd bench/js && npm ci --no-audit --no-fund
 
 messages: install
 	$(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=var --no-obsolete

@@ -4,7 +4,11 @@ Prints, for ``--size-mib`` of random bytes (default 256) in a file on disk:
 
 * the SHA-256 ceiling: hashing those bytes in chunk-size pieces, nothing else;
 * dag add: chunk + hash + build + store into a fresh RocksDB BlockStore, as
-  MB/s and as a ratio to the ceiling and to the JS reference (357 MB/s);
+  MB/s and as a ratio to the ceiling;
+* the IPFS reference importer (``ipfs-unixfs-importer`` into ``blockstore-fs``,
+  Node.js, in a process of its own) on the same file with the same profile,
+  alternating with dag add, when it is installed (``make bench-js``: a
+  dev-only comparison); the ratio to it, and whether both made the same root CID;
 * dag cat: stream the file back, every block re-hashed (target >= 500 MB/s);
 
 then, for a ``--big-mib`` object (default 1024):
@@ -12,7 +16,8 @@ then, for a ``--big-mib`` object (default 1024):
 * peak RSS growth of a child process while it adds the object (target <= 64 MiB);
 * the median time of a 1 MiB read at random offsets of that object (target < 5 ms).
 
-MB is 10**6 bytes. Add and cat are the median of ``--repeat`` runs.
+MB is 10**6 bytes. Add, cat and the reference are the median of ``--repeat`` runs, with every run
+printed (the spread).
 Everything lives in a temporary directory that is removed at the end.
 
     .venv/bin/python bench/dag_bench.py [--size-mib 256] [--big-mib 1024] [--quick]
@@ -41,8 +46,8 @@ from chain.core.blockstore import BlockStore, add_file  # noqa: E402
 from chain.core.cid import CID  # noqa: E402
 from chain.core.unixfs import PROFILE_2025  # noqa: E402
 
-JS_REFERENCE_MBS = 357.0
 MIB = 1024 * 1024
+JS_DIR = ROOT / "bench" / "js"
 
 
 class UniqueStream:
@@ -97,6 +102,28 @@ def bench_add(path: Path, workdir: Path, args: argparse.Namespace) -> tuple[floa
         result = add_file(store, f, chunk_size=args.chunk_size, max_links=args.max_links)
         seconds = time.perf_counter() - start
     return mbs(result.size, seconds), result.root, db
+
+
+def js_reference_available() -> bool:
+    return shutil.which("node") is not None and (JS_DIR / "node_modules" / "ipfs-unixfs-importer").is_dir()
+
+
+def bench_js(path: Path, workdir: Path, args: argparse.Namespace) -> tuple[float, str]:
+    """The IPFS reference importer on ``path`` in a Node.js process: MB/s of its import, and its root CID."""
+    store = workdir / f"js-{time.monotonic_ns()}"
+    command = [
+        "node",
+        str(JS_DIR / "dag_reference.mjs"),
+        str(path),
+        str(store),
+        str(args.chunk_size),
+        str(args.max_links),
+    ]
+    try:
+        report = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    return mbs(report["size"], report["seconds"]), report["root"]
 
 
 def bench_cat(db: Path, root: CID) -> float:
@@ -186,7 +213,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--reads", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=PROFILE_2025.chunk_size)
     parser.add_argument("--max-links", type=int, default=PROFILE_2025.max_links)
     parser.add_argument("--quick", action="store_true", help="32 MiB, 128 MiB object, 1 run")
@@ -216,18 +243,30 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
     ceiling = sha256_ceiling(source, args.chunk_size)
     print(f"sha256 ceiling           {ceiling:8.0f} MB/s")
 
-    adds, cats = [], []
-    for _ in range(args.repeat):
+    adds, cats, refs, roots = [], [], [], set()
+    reference = js_reference_available()
+    for _ in range(args.repeat):  # alternating, so both see the same machine
+        if reference:
+            speed, js_root = bench_js(source, workdir, args)
+            refs.append(speed)
+            roots.add(js_root)
         speed, root, db = bench_add(source, workdir, args)
         adds.append(speed)
+        roots.add(str(root))
         cats.append(bench_cat(db, root))
         shutil.rmtree(db, ignore_errors=True)
     add, cat = statistics.median(adds), statistics.median(cats)
     runs = " ".join(f"{a:.0f}" for a in adds)
-    print(
-        f"dag add (RocksDB)        {add:8.0f} MB/s  = {add / ceiling:.2f} x sha256, "
-        f"{add / JS_REFERENCE_MBS:.2f} x JS 357 MB/s  (runs: {runs})"
-    )
+    print(f"dag add (RocksDB)        {add:8.0f} MB/s  = {add / ceiling:.2f} x sha256  (runs: {runs})")
+    if reference:
+        ref = statistics.median(refs)
+        same = "the same root CID" if len(roots) == 1 else f"DIFFERENT root CIDs: {sorted(roots)}"
+        print(
+            f"IPFS reference importer  {ref:8.0f} MB/s  dag add = {add / ref:.2f} x it, {same}"
+            f"  (runs: {' '.join(f'{r:.0f}' for r in refs)})"
+        )
+    else:
+        print("IPFS reference importer  not installed (make bench-js installs it from npm): no comparison this run")
     verdict = "ok" if cat >= 500 else "BELOW 500"
     print(f"dag cat (verified)       {cat:8.0f} MB/s  [{verdict}]  (runs: {' '.join(f'{c:.0f}' for c in cats)})")
 
