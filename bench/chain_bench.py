@@ -11,6 +11,10 @@ touches a real database. Three measurements:
    validate the sealed block, write it to RocksDB (synced), project it into the
    database and clear the mempool. The raw Ed25519 verification rate is
    measured in the same run; the ratio shows what the rest costs.
+   Beside it, ``tx_submit`` one at a time (a commit each), then from
+   ``--submit-processes`` processes of ``--submit-threads`` threads each
+   (submissions made outside a transaction share commits), then
+   ``tx_submit_many`` in batches.
 2. **Commit latency** from ``tx_submit`` to the block's database commit, with a
    submitter thread at ``--rate`` tx/s and the seal loop driven in-process at
    ``CHAIN_BLOCK_INTERVAL`` (as beat drives the store worker).
@@ -149,7 +153,7 @@ def seal_until_empty() -> tuple[int, int]:
 
 
 # -- the measurements ----------------------------------------------------------------------------
-def throughput(count: int, signers: Signers, verify_rate: float) -> None:
+def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.Namespace, data_dir: str) -> None:
     from django.db import transaction
 
     from chain.ledger_services import TxRejected, chain_ensure_genesis, tx_submit, tx_submit_many
@@ -165,6 +169,8 @@ def throughput(count: int, signers: Signers, verify_rate: float) -> None:
     for raw in sample:
         tx_submit(raw)
     submit_rate = len(sample) / (time.perf_counter() - start)
+    processes, threads = args.submit_processes, args.submit_threads
+    concurrent_rate = concurrent_submit(data_dir, processes, threads, max(50, min(1000, count // 20)))
     batch = [tx.encoded for tx in Signers(50).make(min(5000, count))]  # the batch path (relayed, bulk)
     start = time.perf_counter()
     for first in range(0, len(batch), 500):
@@ -184,6 +190,10 @@ def throughput(count: int, signers: Signers, verify_rate: float) -> None:
     print(f"raw Ed25519 verify:                 {verify_rate:8,.0f} /s")
     print(f"create + sign (client side):        {sign_rate:8,.0f} tx/s")
     print(f"tx_submit (validate + mempool row): {submit_rate:8,.0f} tx/s  (one at a time, a commit each)")
+    print(
+        f"tx_submit, {processes * threads} concurrent submitters: {concurrent_rate:6,.0f} tx/s  "
+        f"({processes} processes x {threads} threads; each validated and committed before it returns)"
+    )
     print(
         f"tx_submit_many (batches of 500):    {batch_rate:8,.0f} tx/s  ({batch_rate / submit_rate:.1f}x; "
         "same checks, signatures over both cores, one commit per batch)"
@@ -259,6 +269,52 @@ def _status_mib(field: str) -> float:
     return 0.0
 
 
+def submit_child(data_dir: str, threads: int, count: int) -> None:
+    """Run in a child process: ``threads`` submitters of ``count`` transactions each, started on a line on stdin."""
+    from django.db import connection
+
+    from chain.ledger_services import tx_submit
+
+    work = [[tx.encoded for tx in Signers(10).make(count)] for _ in range(threads)]
+
+    def submit(raws: list[bytes]) -> None:
+        for raw in raws:
+            tx_submit(raw)  # outside a transaction: durable when it returns
+        connection.close()
+
+    runners = [threading.Thread(target=submit, args=(raws,)) for raws in work]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.perf_counter()
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    print(json.dumps({"txs": threads * count, "seconds": time.perf_counter() - start}), flush=True)
+
+
+def concurrent_submit(data_dir: str, processes: int, threads: int, count: int) -> float:
+    """tx/s of ``processes`` × ``threads`` submitters, each sending ``count`` transactions, all started together."""
+    command = [sys.executable, __file__, "--submit-child", data_dir, str(threads), str(count)]
+    env = {**os.environ, "EMR_DATA_DIR": data_dir}
+    children = [
+        subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    for child in children:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("a submitting process did not start")
+    start = time.perf_counter()
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    reports = [json.loads(child.stdout.readline()) for child in children]
+    took = time.perf_counter() - start
+    for child in children:
+        child.wait(timeout=60)
+    return sum(report["txs"] for report in reports) / took
+
+
 def verify_child() -> None:
     """Run in a child process: verify the chain, print time and memory as JSON.
 
@@ -327,8 +383,16 @@ def main() -> None:
     parser.add_argument("--verify-sizes", default="20000,100000", help="chain lengths (transactions) to verify")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--submit-processes", type=int, default=2)
+    parser.add_argument("--submit-threads", type=int, default=4)
     parser.add_argument("--verify-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--submit-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.submit_child:
+        data_dir, threads, count = args.submit_child
+        setup_django(data_dir)
+        submit_child(data_dir, int(threads), int(count))
+        return
     if args.verify_child:
         setup_django(args.verify_child)
         verify_child()
@@ -346,7 +410,7 @@ def main() -> None:
         f"block interval {settings.CHAIN_BLOCK_INTERVAL} s; up to {settings.CHAIN_MAX_BLOCK_TXS} txs per block"
     )
     signers = Signers(args.signers)
-    throughput(args.txs, signers, raw_verify_rate())
+    throughput(args.txs, signers, raw_verify_rate(), args, data_dir)
     latency(args.latency_seconds, args.rate, Signers(args.signers))
     verify_sizes([int(s) for s in args.verify_sizes.split(",")], signers, data_dir)
     if not args.keep:

@@ -213,3 +213,73 @@ def test_a_batch_refuses_what_a_concurrent_submission_took_and_keeps_the_rest(pa
     assert isinstance(outcomes[0], TxRejected) and outcomes[0].reason == "replay"
     assert outcomes[1].seq == 1
     assert MempoolEntry.objects.count() == 2
+
+
+# -- submissions outside a transaction share commits (group commit) ------------------------------------
+def _in_threads(work, count: int) -> list:
+    """Run ``work(index)`` in ``count`` threads started together; their results (or exceptions) in order."""
+    import threading
+
+    from django.db import connection
+
+    results: list = [None] * count
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = work(index)
+        except BaseException as exc:  # handed to the test to look at
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_submitters_outside_a_transaction_each_get_their_own_committed_outcome(demo_tx):
+    pairs = [crypto.new_ed25519() for _ in range(8)]
+    txs = [[demo_tx(p, seq) for seq in range(1, 11)] for p in pairs]
+    forged = dataclasses.replace(demo_tx(pairs[0], 11), payload={"nonce": 99})
+
+    def submit_all(index: int) -> list:
+        outcomes = [tx_submit(tx).cid for tx in txs[index]]
+        if index == 0:
+            try:
+                tx_submit(forged)
+            except TxRejected as refused:
+                outcomes.append(refused.reason)
+        return outcomes
+
+    results = _in_threads(submit_all, len(pairs))
+
+    for index, outcomes in enumerate(results):
+        assert outcomes[:10] == [str(tx.cid) for tx in txs[index]], outcomes
+    assert results[0][10] == "bad-signature"  # refused to its own submitter only
+    assert MempoolEntry.objects.count() == 80  # every acknowledged one is committed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_group_commit_fails_every_submission_in_it_and_writes_nothing(demo_tx, monkeypatch):
+    import chain.ledger_services as services
+
+    real = services._insert_entries
+
+    def failing(entries, outcomes):
+        with transaction.atomic():
+            real(entries, outcomes)  # the rows are inserted, then the database fails before the commit
+            raise services.IntegrityError("disk full")
+
+    monkeypatch.setattr(services, "_insert_entries", failing)
+    pairs = [crypto.new_ed25519() for _ in range(4)]
+    results = _in_threads(lambda index: tx_submit(demo_tx(pairs[index], 1)), len(pairs))
+    assert all(isinstance(r, services.IntegrityError) for r in results), results
+    assert not MempoolEntry.objects.exists()
+    monkeypatch.setattr(services, "_insert_entries", real)
+    assert tx_submit(demo_tx(pairs[0], 1)).seq == 1  # the next submitter leads again
