@@ -19,8 +19,9 @@ from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import APIView, exception_handler
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -136,6 +137,22 @@ def refusals(*codes: int) -> dict[tuple[int, str], OpenApiResponse]:
         (code, PROBLEM_TYPE): OpenApiResponse(Problem, description=str(PROBLEMS[code][1]))
         for code in sorted(set(codes) | set(every))
     }
+
+
+class ApiBaseView(APIView):
+    """What every endpoint does: a wrong method is 405 before who is asking is looked at; cursor pages."""
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        if not hasattr(self, request.method.lower()) or request.method.lower() not in self.http_method_names:
+            raise exceptions.MethodNotAllowed(request.method)  # the method is wrong for everyone
+        super().initial(request, *args, **kwargs)
+
+    def paginate(self, request: Request, rows, serializer, *, ordering=None, context=None) -> Response:
+        pager = Page()
+        if ordering is not None:
+            pager.ordering = ordering
+        page = pager.paginate_queryset(rows, request, view=self)
+        return pager.get_paginated_response(serializer(page, many=True, context=context or {}).data)
 
 
 class Page(CursorPagination):

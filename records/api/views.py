@@ -20,14 +20,13 @@ from django.utils.dateparse import parse_date
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import MethodNotAllowed, NotFound
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.models import Institution, Role, User
-from emr_site.api import PAGE_PARAMETERS, Page, paged, problem, refusals
+from emr_site.api import PAGE_PARAMETERS, ApiBaseView, Page, paged, problem, refusals
 from records import audit
 from records.anchors import anchor_proof
 from records.api import serializers as out
@@ -61,7 +60,7 @@ IF_MATCH = OpenApiParameter(
 )
 
 
-class ApiView(APIView):
+class ApiView(ApiBaseView):
     """Every endpoint: the audit rows it writes name the calling application."""
 
     def dispatch(self, request, *args, **kwargs):
@@ -69,17 +68,8 @@ class ApiView(APIView):
             return super().dispatch(request, *args, **kwargs)
 
     def initial(self, request: Request, *args, **kwargs) -> None:
-        if not hasattr(self, request.method.lower()) or request.method.lower() not in self.http_method_names:
-            raise MethodNotAllowed(request.method)  # before who is asking: the method is wrong for everyone
         super().initial(request, *args, **kwargs)
         audit.set_calling_client(client_name(request))
-
-    def paginate(self, request: Request, rows, serializer, *, ordering=None, context=None) -> Response:
-        pager = Page()
-        if ordering is not None:
-            pager.ordering = ordering
-        page = pager.paginate_queryset(rows, request, view=self)
-        return pager.get_paginated_response(serializer(page, many=True, context=context or {}).data)
 
 
 class NotFoundView(ApiView):
