@@ -4,7 +4,8 @@ from csp.decorators import csp_update
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from records.api import care, views
+from chain import api as chain_api
+from records.api import care, research, views
 
 # Swagger UI and ReDoc style their pages inline (ReDoc builds its own worker); they show no patient data.
 docs_policy = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
@@ -46,5 +47,27 @@ urlpatterns = [
         name="api_access_request_withdraw",
     ),
     path("break-glass/", care.BreakGlassView.as_view(), name="api_break_glass"),
+    path("research/datasets/", research.DatasetListView.as_view(), name="api_research_datasets"),
+    path("research/datasets/<uuid:dataset_id>/", research.DatasetDetailView.as_view(), name="api_research_dataset"),
+    path(
+        "research/datasets/<uuid:dataset_id>/exports/",
+        research.ExportListView.as_view(),
+        name="api_research_exports",
+    ),
+    path(
+        "research/datasets/<uuid:dataset_id>/exports/<uuid:export_id>/",
+        research.ExportDetailView.as_view(),
+        name="api_research_export",
+    ),
+    path("chain/", chain_api.StatusView.as_view(), name="api_chain_status"),
+    path("chain/blocks/", chain_api.BlockListView.as_view(), name="api_chain_blocks"),
+    path("chain/blocks/<int:height>/", chain_api.BlockDetailView.as_view(), name="api_chain_block"),
+    path(
+        "chain/blocks/<int:height>/transactions/",
+        chain_api.BlockTransactionsView.as_view(),
+        name="api_chain_block_transactions",
+    ),
+    path("chain/transactions/<str:cid>/", chain_api.TransactionDetailView.as_view(), name="api_chain_transaction"),
+    path("chain/peers/", chain_api.PeersView.as_view(), name="api_chain_peers"),
     re_path(r"^[\s\S]*$", views.NotFoundView.as_view(), name="api_not_found"),  # newlines too
 ]
