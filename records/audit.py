@@ -46,7 +46,35 @@ def audit(
     basis: str = "",
     detail: str = "",
 ) -> AccessEvent:
-    return AccessEvent.objects.create(
+    event = audit_row(
+        actor=actor,
+        action=action,
+        outcome=outcome,
+        patient=patient,
+        record=record,
+        visit=visit,
+        purpose=purpose,
+        basis=basis,
+        detail=detail,
+    )
+    event.save(force_insert=True)
+    return event
+
+
+def audit_row(
+    *,
+    actor,
+    action: str,
+    outcome: str = AccessEvent.Outcome.ALLOWED,
+    patient=None,
+    record=None,
+    visit=None,
+    purpose: str = "treatment",
+    basis: str = "",
+    detail: str = "",
+) -> AccessEvent:
+    """The row :func:`audit` writes, unsaved: for callers that record many reads in one ``bulk_create``."""
+    return AccessEvent(
         actor=actor if getattr(actor, "is_authenticated", False) else None,
         actor_institution_id=getattr(actor, "institution_id", None),
         patient=patient,

@@ -20,13 +20,22 @@ rooms' services) build on it, never the reverse. The rules:
   the patient (``records.sharing.breakglass``), through the patient's own envelope
   (no key is delivered, so nothing outlives the session). Drafts stay out.
 
+- an institution export (``records_get_for_user(..., institution_export=True)``
+  only, never a single read): a cleared institution administrator (verified,
+  2FA on), for the signed records of their own institution, through the
+  institution's key (FHIR Bulk Data, ``records.fhir.bulk``).
+
 Everyone else is denied, and the denial is an audit row. The decision costs a
-constant number of queries whatever the number of records or keys.
+constant number of queries whatever the number of records or keys; the batch
+form, ``records_get_for_user``, decides a chunk of records with the same
+rules (the same ``_decide`` and ``_pick_key``) in a constant number of queries
+for the whole chunk, from rows it loads once (``_Preloaded``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from allauth.mfa.utils import is_mfa_enabled
@@ -36,7 +45,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import Role
-from records.audit import audit
+from records.audit import audit, audit_row
 from records.keys import open_dek
 from records.models import (
     AccessEvent,
@@ -109,10 +118,37 @@ def _unsigned_for_patient(user, record: MedicalRecord) -> bool:
     return user.pk == record.patient_id and record.status == MedicalRecord.Status.DRAFT and record.author_id != user.pk
 
 
-def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
+@dataclass
+class _Preloaded:
+    """What ``_decide`` and ``_pick_key`` would query per record, loaded once for a chunk of records."""
+
+    mfa: bool
+    grants: list[Grant] = field(default_factory=list)  # usable by the reader now, personal ones first
+    named: set[tuple[int, int]] = field(default_factory=set)  # (grant, record) pairs a grant lists
+    glass: dict[int, BreakGlass] = field(default_factory=dict)  # open sessions, by patient
+    keys: dict[int, list[WrappedKey]] = field(default_factory=dict)  # every envelope, by version
+
+    def grants_for(self, record: MedicalRecord) -> list[Grant]:
+        return [
+            g
+            for g in self.grants
+            if g.patient_id == record.patient_id and grant_in_scope(g, record, named=(g.pk, record.pk) in self.named)
+        ]
+
+
+def _decide(
+    user, record: MedicalRecord, pre: _Preloaded | None = None, *, institution_export: bool = False
+) -> tuple[str | None, list[Grant]]:
+    if institution_export:
+        # The institution's own signed records, through its key: this rule alone, for anyone.
+        own = record.institution_id is not None and record.institution_id == user.institution_id
+        signed = record.status != MedicalRecord.Status.DRAFT
+        if user.role == Role.INSTITUTION_ADMIN and own and signed and _cleared(user, pre):
+            return "institution", []
+        return None, []
     if user.pk == record.patient_id:
         return "patient", []
-    if not user.is_verified_staff or not is_mfa_enabled(user):
+    if not _cleared(user, pre):
         return None, []
     if user.role == Role.CLINICIAN:
         if user.pk == record.author_id:
@@ -129,35 +165,52 @@ def _decide(user, record: MedicalRecord) -> tuple[str | None, list[Grant]]:
     # the de-identified datasets of ``records.research`` only.
     if user.role != Role.CLINICIAN or record.status == MedicalRecord.Status.DRAFT:
         return None, []
-    grants = _grants_for(user, record)
+    grants = _grants_for(user, record) if pre is None else pre.grants_for(record)
     if grants:
         return "grant", grants
-    if break_glass_active(user, record.patient_id) is not None:
+    if _session(user, record.patient_id, pre) is not None:
         return "break-glass", []
     return None, []
+
+
+def _cleared(user, pre: _Preloaded | None) -> bool:
+    return user.is_verified_staff and (pre.mfa if pre is not None else is_mfa_enabled(user))
 
 
 def _basis(user, record: MedicalRecord) -> str | None:
     return _decide(user, record)[0]
 
 
-def _key_for(user, version: RecordVersion, basis: str, grants=(), *, patient_id=None) -> WrappedKey | None:
-    qs = WrappedKey.objects.select_related("user", "institution").filter(version=version)
+def _session(user, patient_id: int, pre: _Preloaded | None) -> BreakGlass | None:
+    return break_glass_active(user, patient_id) if pre is None else pre.glass.get(patient_id)
+
+
+def _key_for(
+    user, version: RecordVersion, basis: str, grants=(), *, patient_id=None, pre: _Preloaded | None = None
+) -> WrappedKey | None:
+    if pre is not None:
+        held = pre.keys.get(version.pk, [])
+    else:  # a version has a handful of envelopes: load them all, choose below
+        held = list(WrappedKey.objects.select_related("user", "institution").filter(version=version))
+    return _pick_key(user, held, basis, grants, patient_id=patient_id)
+
+
+def _pick_key(user, held: Sequence[WrappedKey], basis: str, grants=(), *, patient_id=None) -> WrappedKey | None:
+    """Which of a version's envelopes ``user`` opens under ``basis``; None: none of them."""
     if basis == "break-glass":
         # The patient's own envelope when their home is this node; at another node, the one their home
         # node sealed to this clinician for the session (records/sharing/emergency.py).
-        held = list(qs.filter(Q(user_id=patient_id) | Q(user=user)))
         own = [w for w in held if w.user_id == user.pk]
         return next((w for w in held if w.user_id == patient_id and not w.user.home_node), own[0] if own else None)
-    if basis == "care-team":
-        return qs.filter(institution_id=user.institution_id).first()
+    if basis in ("care-team", "institution"):
+        return next((w for w in held if w.institution_id and w.institution_id == user.institution_id), None)
     if basis == "grant":
         institutions = {g.grantee_institution_id for g in grants if g.grantee_institution_id}
         mine = any(g.grantee_user_id == user.pk for g in grants)
-        recipients = Q(institution_id__in=institutions) | (Q(user=user) if mine else Q(pk__in=[]))
         # A personal envelope before the institution's.
-        return qs.filter(recipients).order_by(F("user_id").desc(nulls_last=True)).first()
-    return qs.filter(user=user).first()
+        personal = [w for w in held if mine and w.user_id == user.pk]
+        return next(iter(personal + [w for w in held if w.institution_id in institutions]), None)
+    return next((w for w in held if w.user_id == user.pk), None)
 
 
 def _grant_of(wrapped: WrappedKey, grants) -> Grant:
@@ -198,29 +251,10 @@ def record_get_for_user(
         # Not yet theirs to see, and not an attempt against them: nothing in their footprint.
         audit(actor=user, action=action, outcome=AccessEvent.Outcome.DENIED, record=record, detail="unsigned draft")
         raise Http404("not signed yet")
-    basis, grants = _decide(user, record) if user.is_authenticated else (None, [])
     version = record.current_version
     if version_number is not None and version is not None and version.number != version_number:
         version = record.versions.filter(number=version_number).first()
-    wrapped = (
-        _key_for(user, version, basis, grants, patient_id=record.patient_id)
-        if (basis and version is not None)
-        else None
-    )
-    # A grant without a key for this version must not hide an emergency session.
-    if (
-        wrapped is None
-        and basis == "grant"
-        and user.role == Role.CLINICIAN
-        and version is not None
-        and break_glass_active(user, record.patient_id) is not None
-    ):
-        basis, grants = "break-glass", []
-        wrapped = _key_for(user, version, basis, patient_id=record.patient_id)
-    if wrapped is not None and basis == "grant":
-        purpose = _grant_of(wrapped, grants).purpose
-    elif basis == "break-glass":
-        purpose = "emergency"
+    basis, wrapped, purpose = _resolve(user, record, version, purpose)
     if wrapped is None:
         audit(
             actor=user,
@@ -244,6 +278,144 @@ def record_get_for_user(
             detail=detail,
         )
     return RecordAccess(record=record, version=version, basis=basis, wrapped=wrapped, user=user)
+
+
+def _resolve(
+    user,
+    record: MedicalRecord,
+    version: RecordVersion | None,
+    purpose: str,
+    pre: _Preloaded | None = None,
+    *,
+    institution_export: bool = False,
+) -> tuple[str | None, WrappedKey | None, str]:
+    """The basis, the envelope to open (None: denied) and the purpose to record, for a loaded record."""
+    basis, grants = (
+        _decide(user, record, pre, institution_export=institution_export) if user.is_authenticated else (None, [])
+    )
+    wrapped = (
+        _key_for(user, version, basis, grants, patient_id=record.patient_id, pre=pre)
+        if (basis and version is not None)
+        else None
+    )
+    # A grant without a key for this version must not hide an emergency session.
+    if (
+        wrapped is None
+        and basis == "grant"
+        and user.role == Role.CLINICIAN
+        and version is not None
+        and _session(user, record.patient_id, pre) is not None
+    ):
+        basis, grants = "break-glass", []
+        wrapped = _key_for(user, version, basis, patient_id=record.patient_id, pre=pre)
+    if wrapped is not None and basis == "grant":
+        purpose = _grant_of(wrapped, grants).purpose
+    elif basis == "break-glass":
+        purpose = "emergency"
+    return basis, wrapped, purpose
+
+
+def records_get_for_user(
+    user,
+    record_ids: Sequence,
+    *,
+    purpose: str = "treatment",
+    action: str = AccessEvent.Action.VIEW,
+    detail: str = "",
+    institution_export: bool = False,
+) -> list[RecordAccess]:
+    """``record_get_for_user`` for a chunk of records (current versions): the same rules, every
+    decision audited, in a constant number of queries whatever the chunk's size.
+
+    Returns the accesses allowed, in the order of ``record_ids``. Unlike the
+    single read nothing is raised: a record the user may not open (or that
+    does not exist, or is a draft not yet theirs) is left out, and its denial
+    recorded as the single read would record it. ``institution_export``:
+    decide by the institution-export rule alone (module docstring). Call it
+    inside a transaction, so the reads and their rows commit together.
+    """
+    DENIED = AccessEvent.Outcome.DENIED
+    wanted = list(dict.fromkeys(record_ids))
+    if not wanted:
+        return []
+    records = {
+        r.public_id: r
+        for r in MedicalRecord.objects.select_related(
+            "patient", "visit", "institution", "author", "current_version__created_by"
+        )
+        .prefetch_related("current_version__files")
+        .filter(public_id__in=wanted)
+    }
+    pre = _preload(user, list(records.values()), institution_export=institution_export)
+    rows, allowed = [], []
+    for record_id in wanted:
+        record = records.get(record_id)
+        if record is None:
+            rows.append(audit_row(actor=user, action=action, outcome=DENIED, purpose=purpose, detail="unknown record"))
+            continue
+        if _unsigned_for_patient(user, record):
+            rows.append(audit_row(actor=user, action=action, outcome=DENIED, record=record, detail="unsigned draft"))
+            continue
+        version = record.current_version
+        basis, wrapped, used_for = _resolve(user, record, version, purpose, pre, institution_export=institution_export)
+        if wrapped is None or version is None:
+            reason = detail or ("no basis" if basis is None else "no key for this version")
+            rows.append(
+                audit_row(
+                    actor=user,
+                    action=action,
+                    outcome=DENIED,
+                    patient=record.patient,
+                    record=record,
+                    purpose=used_for,
+                    detail=reason,
+                )
+            )
+            continue
+        rows.append(
+            audit_row(
+                actor=user,
+                action=action,
+                patient=record.patient,
+                record=record,
+                visit=record.visit,
+                purpose=used_for,
+                basis=basis or "",
+                detail=detail,
+            )
+        )
+        allowed.append(RecordAccess(record=record, version=version, basis=basis or "", wrapped=wrapped, user=user))
+    AccessEvent.objects.bulk_create(rows, batch_size=500)
+    return allowed
+
+
+def _preload(user, records: list[MedicalRecord], *, institution_export: bool) -> _Preloaded:
+    """The rows ``_decide`` and ``_pick_key`` need for ``records``: at most five queries."""
+    if not user.is_authenticated:
+        return _Preloaded(mfa=False)
+    staff = user.role != Role.PATIENT
+    pre = _Preloaded(mfa=staff and is_mfa_enabled(user))
+    others = {r.patient_id for r in records if r.patient_id != user.pk}
+    if pre.mfa and user.role == Role.CLINICIAN and others and not institution_export:
+        pre.grants = list(
+            grants_usable_by(user)
+            .filter(patient_id__in=others)
+            .order_by(F("grantee_institution_id").asc(nulls_first=True), "-created_at")  # personal grants first
+        )
+        pre.named = set(
+            Grant.records.through.objects.filter(
+                grant_id__in=[g.pk for g in pre.grants], medicalrecord_id__in=[r.pk for r in records]
+            ).values_list("grant_id", "medicalrecord_id")
+        )
+        now = timezone.now()
+        sessions = BreakGlass.objects.filter(
+            clinician_id=user.pk, patient_id__in=others, closed_at__isnull=True, expires_at__gt=now
+        ).order_by("expires_at")
+        pre.glass = {s.patient_id: s for s in sessions}  # the latest-ending one wins, as break_glass_active
+    versions = [r.current_version_id for r in records if r.current_version_id]
+    for wrapped in WrappedKey.objects.select_related("user", "institution").filter(version_id__in=versions):
+        pre.keys.setdefault(wrapped.version_id, []).append(wrapped)
+    return pre
 
 
 def visit_get_for_user(user, visit_id, *, action: str = AccessEvent.Action.VIEW_CHART) -> Visit:

@@ -31,19 +31,17 @@ from rest_framework.response import Response
 
 from accounts.models import Role, User
 from records import audit
-from records.anchors import anchor_proof
 from records.api.access import ScopedPermission, check_kind_in_scope, client_name, kinds_in_scope, scope_allows
 from records.api.oauth import SmartScopes
 from records.api.views import ApiView
-from records.clinical import reading
 from records.fhir import importing, mapping
+from records.fhir.resources import chunk_resources, record_resources_for
 from records.footprint.services import Filters, chain_proofs, footprint_events
 from records.models import Grant, MedicalRecord, RecordKind, Visit
 from records.policy import (
     chart_patient_for_user,
     granted_records_q,
     grants_usable_by,
-    record_get_for_user,
     records_shown_to_patient,
     visit_get_for_user,
 )
@@ -167,6 +165,9 @@ class MetadataView(FhirView):
                         ],
                     },
                     "resource": resources,
+                    "operation": [
+                        {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}
+                    ],
                 }
             ],
         }
@@ -313,13 +314,12 @@ def _everything_resources(user: User) -> Iterator[dict]:
         yield mapping.encounter(visit)
     ids = list(records_shown_to_patient(user).order_by("created_at").values_list("public_id", flat=True))
     for start in range(0, len(ids), EVERYTHING_CHUNK):
-        # One transaction per chunk: its reads' audit rows are committed together, not one fsync each,
-        # and memory holds one chunk's resources, not the Bundle.
+        # One transaction per chunk: its reads are decided and audited together (a constant number of
+        # queries, one bulk insert), and memory holds one chunk's resources, not the Bundle.
         with transaction.atomic():
-            chunk = [
-                r for record_id in ids[start : start + EVERYTHING_CHUNK] for r in _record_resources_for(user, record_id)
-            ]
-        yield from chunk
+            chunk = chunk_resources(user, ids[start : start + EVERYTHING_CHUNK])
+        for _access, found in chunk:
+            yield from found
     for grant in Grant.objects.filter(patient=user).select_related("patient", "grantee_user", "grantee_institution"):
         yield mapping.consent(grant)
 
@@ -356,18 +356,7 @@ class TransactionView(FhirView):
 # -- helpers -------------------------------------------------------------------------------------------
 def _record_resources(request: Request, record_id, version: int | None = None) -> list[dict]:
     check_kind_in_scope(request, record_id)
-    return _record_resources_for(request.user, record_id, version)
-
-
-def _record_resources_for(user: User, record_id, version: int | None = None) -> list[dict]:
-    """The record's resources (its current version, or ``version``), with the version's Provenance."""
-    access = record_get_for_user(user, record_id, version_number=version)
-    content = reading.content_of(access)
-    files = [(f.record_file, f.name) for f in reading.files_of(access, content)]
-    resources = mapping.record_resources(access.record, access.version, content, files)
-    anchor = anchor_proof(access.version.anchor_tx) if access.version.anchor_tx else None
-    resources.append(mapping.provenance(access.record, access.version, resources, anchor))
-    return resources
+    return record_resources_for(request.user, record_id, version)
 
 
 def _patient_for(request: Request, resource_id: str) -> User:

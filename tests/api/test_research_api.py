@@ -145,6 +145,7 @@ def test_an_export_answers_the_file_and_is_audited_as_the_portals(client, studie
     assert exported.count() == released_records(studied)
     assert exported.filter(patient=alice).count() == 3  # in Alice's footprint, one row per record
     assert all(str(export.public_id) in e.detail for e in exported)
+    assert set(exported.values_list("client", flat=True)) == {"api"}  # marked with the calling application
 
     described = call(client, "get", "api_research_export", dataset.public_id, export.public_id)
     assert described.status_code == 200
