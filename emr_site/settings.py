@@ -564,3 +564,15 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "store", "expires": CHAIN_VALIDATE_INTERVAL},
     },
 }
+
+# FHIR Bulk Data $export (records/fhir/bulk.py): the encrypted NDJSON files, kept this many hours.
+BULK_EXPORT_DIR = Path(env_str("BULK_EXPORT_DIR", str(DATA_DIR / "exports"))).resolve()
+BULK_EXPORT_HOURS = env_int("BULK_EXPORT_HOURS", 24, minimum=1)
+# Re-queues exports that lost their worker, removes expired ones. Its tasks live in records.fhir,
+# which records.tasks (autodiscovered) may not import: the worker imports them by name.
+CELERY_BEAT_SCHEDULE["fhir-bulk-sweep"] = {
+    "task": "default.fhir_bulk_sweep",
+    "schedule": 300.0,
+    "options": {"queue": "default", "expires": 300},
+}
+CELERY_IMPORTS = ["records.fhir.tasks"]

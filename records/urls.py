@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("records.footprint.urls")),
     path("", include("records.research.urls")),
     path("", include("records.consortium.urls")),
+    path("", include("records.fhir.portal_urls")),
 ]

@@ -10,6 +10,7 @@ keys cross rooms and the access policy reads all of them (docs/architecture.md).
 """
 
 from records.models.clinical import (
+    BulkExport,
     KeptRecordManager,
     MedicalRecord,
     RecordFile,
@@ -39,6 +40,7 @@ __all__ = [
     "AccessRequest",
     "BreakGlass",
     "BreakGlassReason",
+    "BulkExport",
     "CardCode",
     "Delivery",
     "Grant",

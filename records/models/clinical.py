@@ -220,3 +220,52 @@ class WrappedKey(models.Model):
 
     def __str__(self) -> str:
         return f"key for {self.user_id or self.institution_id} on {self.version_id}"
+
+
+class BulkExport(models.Model):
+    """A FHIR Bulk Data export of an institution's records (``records.fhir.bulk``); the row is its outbox.
+
+    The pending work is in the row: ``cursor`` (the last record exported, by
+    pk) and the files written so far. A worker killed mid-step leaves the row
+    ``running`` with its old cursor; the sweep re-queues it, and the step
+    rewrites the same file names. The files are encrypted under a key of
+    their own, wrapped by the node KEK (``key_wrapped``); nothing clinical is
+    in the row, only which records and patients each file holds (ids).
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Ready")
+        FAILED = "failed", _("Failed")
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    institution = models.ForeignKey("accounts.Institution", on_delete=models.PROTECT, related_name="+")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    request_url = models.CharField(max_length=1000)
+    types = models.JSONField(default=list)
+    since = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.RUNNING)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    cursor = models.BigIntegerField(default=0)
+    # [{"type", "name", "count", "records": [pk…], "patients": [pk…]}], one per file written.
+    outputs = models.JSONField(default=list)
+    key_wrapped = models.BinaryField(editable=False)
+    # The application that asked (as audit rows name it), for the rows the job writes.
+    client = models.CharField(max_length=80, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["institution", "-created_at"]),
+            models.Index(fields=["status", "updated_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"export {self.public_id} ({self.status})"
