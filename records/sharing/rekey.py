@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import uuid
 from datetime import timedelta
 
@@ -73,11 +72,33 @@ def _after_item(item_id: int) -> None:
 
 
 # -- one file --------------------------------------------------------------------------------
-def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new_key: bytes) -> tuple[CID, int]:
-    """Stream ``old``'s plaintext from the DAG into a new encrypted stream, added to the DAG.
+class _Pieces:
+    """A readable stream over an iterator of byte strings: what ``add_file`` reads its chunks from."""
 
-    Memory: one ciphertext segment read, one plaintext segment, one sealed
-    segment. Returns the new root (pinned) and the new ciphertext size.
+    def __init__(self, pieces) -> None:
+        self._pieces = iter(pieces)
+        self._buffer = bytearray()
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        size = len(self._buffer) if size < 0 else min(size, len(self._buffer))
+        taken = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return taken
+
+
+def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new_key: bytes) -> tuple[CID, int]:
+    """Stream ``old``'s plaintext from the DAG into a new encrypted stream, added to the DAG as it is made.
+
+    No spool file: each re-encrypted segment goes straight into ``add_file``,
+    whose writer thread stores the previous chunk while this one is decrypted
+    and sealed. Memory: a chunk and a few segments. Returns the new root
+    (pinned) and the new ciphertext size; a plaintext of the wrong length
+    leaves nothing pinned.
     """
     reader = SequentialReader(CID.decode(old.root_cid))
     reader.store = store
@@ -87,34 +108,30 @@ def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new
         associated_data=old.stream_associated_data(),
         ciphertext_total=old.ciphertext_size,
     )
-    os.makedirs(settings.SPOOL_DIR, exist_ok=True)
-    path = os.path.join(settings.SPOOL_DIR, f"{new.stream_id}.rekey.part")
     encryptor = stream.Encryptor(new_key, associated_data=new.stream_associated_data())
-    written = 0
-    try:
-        with open(path, "w+b") as spool:
-            spool.write(encryptor.header)
-            written += len(encryptor.header)
-            size = 0
-            for piece in plaintext:
-                size += len(piece)
-                sealed = encryptor.update(piece)
-                spool.write(sealed)
-                written += len(sealed)
-            last = encryptor.finalize()
-            spool.write(last)
-            written += len(last)
-            if size != old.size:
-                raise CryptoError(f"file {old.public_id}: decrypted {size} bytes, expected {old.size}")
-            spool.flush()
-            spool.seek(0)
-            result = add_file(
-                store, spool, chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
-            )
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    return result.root, written
+    counted = {"plain": 0, "sealed": 0}
+
+    def sealed():
+        for piece in _then_finalized(plaintext, encryptor, counted):
+            counted["sealed"] += len(piece)
+            yield piece
+
+    result = add_file(
+        store, _Pieces(sealed()), chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
+    )
+    if counted["plain"] != old.size:
+        store.unpin(result.root)
+        raise CryptoError(f"file {old.public_id}: decrypted {counted['plain']} bytes, expected {old.size}")
+    return result.root, counted["sealed"]
+
+
+def _then_finalized(plaintext, encryptor, counted: dict[str, int]):
+    """The new stream's pieces: its header, each plaintext piece sealed, then the final segment."""
+    yield encryptor.header
+    for piece in plaintext:
+        counted["plain"] += len(piece)
+        yield encryptor.update(piece)
+    yield encryptor.finalize()
 
 
 def _unpin_once(store, roots) -> int:
