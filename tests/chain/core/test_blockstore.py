@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chain.core import blockstore
 from chain.core.blockstore import (
     BLOCKS_CF,
     BlockStore,
@@ -314,24 +315,178 @@ def test_a_failed_import_keeps_the_blocks_that_were_there_before_it(store):
     before = set(store.iter_cids())
     _root, raw = _car_of(data + os.urandom(1000))  # shares the first leaves with ``kept``
     with pytest.raises(IntegrityError):
-        import_car(store, io.BytesIO(_corrupt_last(raw)), batch_bytes=1)
+        import_car(store, io.BytesIO(_corrupt_last(raw)), segment_bytes=1)
     assert set(store.iter_cids()) == before
     assert store.verify([kept]) == []
     assert store.pins() == {kept: 1}
 
 
-def test_a_failed_import_spares_the_blocks_another_running_import_relies_on(store):
-    result, blocks = build_bytes(os.urandom(2000), ChunkParams(**TINY))
+def _blocks_of(data: bytes) -> tuple[CID, list[tuple[CID, bytes]]]:
+    result, blocks = build_bytes(data, ChunkParams(**TINY))
+    return result.root, blocks
+
+
+def _car_from(root: CID, blocks) -> bytes:
+    """A CAR of exactly ``blocks``, in that order (no check that they match their CIDs)."""
     out = io.BytesIO()
-    write_car(out, [result.root], dict(blocks).__getitem__)
-    with store._in_flight.holding() as other:  # another import (a store worker thread) is bringing them too
-        for cid, data in blocks[:-1]:
-            other.add(cid)
-            store.put(cid, data)
-        with pytest.raises(IntegrityError):
-            import_car(store, io.BytesIO(_corrupt_last(out.getvalue())), batch_bytes=1)
-        assert set(store.iter_cids()) == {cid for cid, _data in blocks[:-1]}
+    writer = CarWriter(out, [root])
+    for cid, data in blocks:
+        writer.write_block(cid, data)
+    return out.getvalue()
+
+
+def _staged(store) -> list[Path]:
+    return [p for p in (Path(store.path) / "ingest").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("segment_bytes", [1, 300, 16 * 1024 * 1024])
+def test_an_import_stores_exactly_the_cars_blocks(tmp_path, segment_bytes):
+    data = os.urandom(5000)
+    root, blocks = _blocks_of(data)
+    with BlockStore(tmp_path / "db") as store:
+        result = import_car(store, io.BytesIO(_car_from(root, blocks)), segment_bytes=segment_bytes)
+        assert result.roots == (root,) and result.blocks == len(blocks)
+        assert set(store.iter_cids()) == {cid for cid, _data in blocks}
+        assert all(store.get(cid) == block for cid, block in blocks)
+        assert store.verify([root]) == [] and store.verify() == []
+        assert store.pins() == {root: 1}
+        assert b"".join(store.cat(root)) == data
+        assert _staged(store) == []
+        exported = io.BytesIO()
+        export_car(store, exported, [root])
+    with BlockStore(tmp_path / "added") as added:  # the same file through add_file's WriteBatches
+        assert _add(added, data).root == root
+        expected = io.BytesIO()
+        export_car(added, expected, [root])
+    assert exported.getvalue() == expected.getvalue()
+
+
+def test_blocks_repeated_in_a_car_are_stored_once(store):
+    root, blocks = _blocks_of(os.urandom(2000))
+    leaf = next(block for block in blocks if block[0].codec == RAW)
+    raw = _car_from(root, [leaf, leaf, *blocks, leaf])  # within one segment and across segments
+    for segment_bytes in (1, 1 << 20):
+        import_car(store, io.BytesIO(raw), segment_bytes=segment_bytes)
+    assert sorted(store.iter_cids(), key=CID.to_bytes) == sorted({cid for cid, _ in blocks}, key=CID.to_bytes)
+    assert store.verify([root]) == []
+    assert store.pins() == {root: 2}
+
+
+def test_a_corrupt_block_in_the_middle_of_a_car_leaves_nothing(store):
+    root, blocks = _blocks_of(os.urandom(5000))
+    middle = len(blocks) // 2
+    cid, data = blocks[middle]
+    bad = [*blocks[:middle], (cid, bytes([data[0] ^ 1]) + data[1:]), *blocks[middle + 1 :]]
+    with pytest.raises(IntegrityError):
+        import_car(store, io.BytesIO(_car_from(root, bad)), segment_bytes=200)
+    assert list(store.iter_cids()) == []
     assert store.pins() == {}
+    assert _staged(store) == []
+
+
+def _fail(*args, **kwargs):
+    raise StoreError("killed here")
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["writing the second SST", "checking the DAG is complete", "ingesting"],
+)
+def test_an_import_that_fails_before_ingesting_leaves_the_store_as_it_was(store, monkeypatch, where):
+    kept = _add(store, os.urandom(1500)).root
+    before = set(store.iter_cids())
+    root, blocks = _blocks_of(os.urandom(5000))
+    if where == "writing the second SST":
+        real = blockstore._SstSink._write_sst
+
+        def second_fails(self, segment):
+            if self._paths:
+                _fail()
+            real(self, segment)
+
+        monkeypatch.setattr(blockstore._SstSink, "_write_sst", second_fails)
+    elif where == "checking the DAG is complete":
+        monkeypatch.setattr(blockstore, "_check_complete", _fail)
+    else:
+        monkeypatch.setattr(store, "_ingest", _fail)
+    with pytest.raises(StoreError, match="killed here"):
+        import_car(store, io.BytesIO(_car_from(root, blocks)), segment_bytes=300)
+    assert set(store.iter_cids()) == before
+    assert store.pins() == {kept: 1}
+    assert _staged(store) == []
+
+
+def test_an_import_that_fails_between_ingesting_and_pinning_leaves_only_what_gc_removes(store, monkeypatch):
+    kept = _add(store, os.urandom(1500)).root
+    before = set(store.iter_cids())
+    root, blocks = _blocks_of(os.urandom(5000))
+    monkeypatch.setattr(store, "_add_pin", _fail)
+    with pytest.raises(StoreError, match="killed here"):
+        import_car(store, io.BytesIO(_car_from(root, blocks)), segment_bytes=300)
+    monkeypatch.undo()
+    assert store.pins() == {kept: 1}
+    store.gc()
+    assert set(store.iter_cids()) == before
+
+
+def test_sst_files_a_killed_import_left_are_removed_when_the_store_opens(tmp_path):
+    with BlockStore(tmp_path / "db") as store:
+        staging = Path(store._staging_dir())
+    (staging / "000000.sst").write_bytes(b"half an SST")
+    with BlockStore(tmp_path / "db") as store:
+        assert not (Path(store.path) / "ingest").exists()
+        assert list(store.iter_cids()) == []
+
+
+def test_an_import_sharing_blocks_with_the_store_keeps_them_on_failure_and_repairs_them(tmp_path):
+    data = os.urandom(3000)
+    kept = _add_to(tmp_path, data)
+    root, blocks = _blocks_of(data + os.urandom(1000))  # shares its first leaves with ``kept``
+    shared = next(cid for cid, _data in blocks if cid.codec == RAW)
+    _rewrite_block(tmp_path / "db", shared, b"rot")
+    with BlockStore(tmp_path / "db") as store:
+        before = set(store.iter_cids())
+        assert shared in before
+        with pytest.raises(IntegrityError):
+            import_car(store, io.BytesIO(_corrupt_last(_car_from(root, blocks))), segment_bytes=1)
+        assert set(store.iter_cids()) == before
+        assert store.verify([kept]) == [shared]
+        result = import_car(store, io.BytesIO(_car_from(root, blocks)), segment_bytes=1)
+        assert result.blocks == len(blocks)
+        assert store.verify([kept, root]) == []  # the damaged shared block was written again
+        assert store.pins() == {kept: 1, root: 1}
+
+
+def _add_to(tmp_path, data: bytes) -> CID:
+    with BlockStore(tmp_path / "db") as store:
+        return _add(store, data).root
+
+
+def test_concurrent_imports_sharing_blocks_one_failing_leave_the_other_whole(store):
+    data = os.urandom(6000)
+    root, blocks = _blocks_of(data)
+    good = _car_from(root, blocks)
+    bad = _corrupt_last(good)
+    for _round in range(5):
+        outcomes: dict[str, BaseException | None] = {}
+
+        def run(name: str, raw: bytes, outcomes: dict[str, BaseException | None] = outcomes) -> None:
+            try:
+                import_car(store, io.BytesIO(raw), segment_bytes=100)
+                outcomes[name] = None
+            except IntegrityError as exc:
+                outcomes[name] = exc
+
+        threads = [threading.Thread(target=run, args=args) for args in (("good", good), ("bad", bad))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert outcomes["good"] is None and isinstance(outcomes["bad"], IntegrityError)
+    assert store.pins() == {root: 5}
+    assert store.verify([root]) == []
+    assert set(store.iter_cids()) == {cid for cid, _data in blocks}
+    assert _staged(store) == []
 
 
 def test_a_write_that_fails_on_the_writer_thread_fails_the_add_and_pins_nothing(store, monkeypatch):
@@ -407,8 +562,8 @@ def test_truncated_car_changes_nothing(store, cut):
 
 def test_corrupt_car_block_changes_nothing(store):
     _, raw = _car_of(os.urandom(2000))
-    with pytest.raises(IntegrityError):  # the blocks before it are written, then taken back
-        import_car(store, io.BytesIO(_corrupt_last(raw)), batch_bytes=1)
+    with pytest.raises(IntegrityError):  # the blocks before it are in SST files, never ingested
+        import_car(store, io.BytesIO(_corrupt_last(raw)), segment_bytes=1)
     assert list(store.iter_cids()) == []
 
 
