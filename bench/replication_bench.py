@@ -6,7 +6,8 @@ a UnixFS DAG in its RocksDB store and serves it on a peer port
 CAR, every request signed by the asking node). Node B fetches it the way the
 reconciler does (``PeerClient.fetch_car`` into a spool file while the store
 worker's ``import_car`` reads it as it grows: every block verified against its
-CID and written, the DAG checked complete, then pinned), into its own store.
+CID and written, the DAG checked complete, then pinned), into its own store,
+the store worker being a process of its own as in production.
 
 Node A runs in a process of its own, as on a consortium. Baseline, same run,
 same bytes, same machine: a plain HTTP copy, the same file served by
@@ -31,6 +32,7 @@ import argparse
 import functools
 import http.server
 import io
+import multiprocessing
 import os
 import random
 import shutil
@@ -41,6 +43,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,44 +71,69 @@ def random_file(path: Path, size: int, seed: int) -> None:
 def replicate(client: PeerClient, roots: list, work: Path) -> float:
     """Fetch and import ``roots`` into a fresh store at ``work`` as the reconciler does; seconds taken.
 
-    The reconciler's process fetches into a spool file while the store worker
-    imports it as it grows (``GrowingFile``): here a thread plays the store worker.
+    The reconciler's process fetches into a spool file while the store worker,
+    a process of its own already running (the only RocksDB writer), imports it
+    as it grows (``GrowingFile``). Two processes, as in production: a thread
+    would share this one's GIL with the fetch.
     """
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    started = time.perf_counter()
-    with BlockStore(str(work / "dag")) as store:
+    worker = StoreWorker(work / "dag")
+    try:
+        started = time.perf_counter()
         for root in roots:
             path = work / f"{root}.car"
             with path.open("wb") as spool:
-                importing = ImportThread(store, path, root)
+                worker.start_import(path, root)
                 fetched = client.fetch_car("node-a", root, spool, timeout=120)
                 spool.flush()
                 finish_growing(path, complete=fetched)
-            importing.join()
+            error = worker.result()
             remove_growing(path)
             if not fetched:
                 raise SystemExit(f"node A did not serve {root}")
-            if importing.error is not None:
-                raise SystemExit(f"the import of {root} failed: {importing.error}")
-        store.catch_up()
-    return time.perf_counter() - started
+            if error is not None:
+                raise SystemExit(f"the import of {root} failed: {error}")
+        took = time.perf_counter() - started
+    finally:
+        worker.close()
+    return took
 
 
-class ImportThread(threading.Thread):
-    def __init__(self, store: BlockStore, path: Path, root: object) -> None:
-        super().__init__(daemon=True)
-        self.error: Exception | None = None
-        self._args = (store, path, root)
-        self.start()
+class StoreWorker:
+    """The store worker in a process of its own: opens the store, then imports each spool file it is sent."""
 
-    def run(self) -> None:
-        store, path, root = self._args
-        try:
-            with io.BufferedReader(GrowingFile(path), buffer_size=MIB) as stream:
-                import_car(store, stream, expect_roots=[root])
-        except Exception as exc:  # reported by replicate()
-            self.error = exc
+    def __init__(self, path: Path) -> None:
+        context = multiprocessing.get_context("spawn")  # a fork would hold node A's stdin open
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_store_worker, args=(str(path), child), daemon=True)
+        self._process.start()
+        self._conn.recv()  # the store is open
+
+    def start_import(self, path: Path, root: object) -> None:
+        self._conn.send((str(path), root))
+
+    def result(self) -> str | None:
+        """The import's error, or None once it is pinned."""
+        return self._conn.recv()
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join(timeout=60)
+
+
+def _store_worker(path: str, conn: Connection) -> None:
+    with BlockStore(path) as store:
+        conn.send("open")
+        while (job := conn.recv()) is not None:
+            spool, root = job
+            try:
+                with io.BufferedReader(GrowingFile(spool), buffer_size=MIB) as stream:
+                    import_car(store, stream, expect_roots=[root])
+            except Exception as exc:  # reported by replicate()
+                conn.send(f"{type(exc).__name__}: {exc}")
+            else:
+                conn.send(None)
 
 
 def plain_copy(base_url: str, name: str, work: Path) -> float:
