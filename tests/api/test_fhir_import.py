@@ -21,10 +21,8 @@ FHIR = "application/fhir+json"
 SKIPPED = {"Provenance", "Consent"}  # not clinical content: signatures and grants stay with their node
 
 
-def exported(client, patient) -> dict:
-    """Her records as another EMR would send them: $everything, files inlined, as a transaction."""
-    login(client, patient)
-    everything = json.loads(b"".join(client.get(f"/fhir/r4/Patient/{patient.public_id}/$everything").streaming_content))
+def transaction_of(everything: dict, download) -> dict:
+    """``$everything`` as another EMR would send it: files inlined (``download(url)`` gives them), as a transaction."""
     entries = []
     for entry in everything["entry"]:
         resource = entry["resource"]
@@ -33,8 +31,7 @@ def exported(client, patient) -> dict:
         for content in resource.get("content") or []:
             attachment = content["attachment"]
             if "url" in attachment:
-                data = b"".join(client.get(attachment.pop("url")).streaming_content)
-                attachment["data"] = base64.b64encode(data).decode()
+                attachment["data"] = base64.b64encode(download(attachment.pop("url"))).decode()
         entries.append(
             {
                 "fullUrl": entry["fullUrl"],
@@ -42,8 +39,16 @@ def exported(client, patient) -> dict:
                 "request": {"method": "POST", "url": resource["resourceType"]},
             }
         )
-    client.logout()
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def exported(client, patient) -> dict:
+    """Her records as another EMR would send them: $everything, files inlined, as a transaction."""
+    login(client, patient)
+    everything = json.loads(b"".join(client.get(f"/fhir/r4/Patient/{patient.public_id}/$everything").streaming_content))
+    bundle = transaction_of(everything, lambda url: b"".join(client.get(url).streaming_content))
+    client.logout()
+    return bundle
 
 
 def post(client, bundle, **extra):
