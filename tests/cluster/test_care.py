@@ -16,6 +16,9 @@ grant. Then no node's data directory holds the note's plaintext.
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,9 +28,10 @@ import time
 import pytest
 
 from accounts.demo import DEMO_PASSWORD
+from tests.api.test_fhir_import import FHIR, transaction_of
 from tests.browser import test_records_flow as records_flow
 from tests.cluster.harness import FullConsortium
-from tests.records.conftest import SENTINEL
+from tests.records.conftest import SENTINEL, pdf_bytes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.browser]
 
@@ -427,3 +431,112 @@ def test_7_the_home_nodes_wiped_store_is_repaired_from_the_replicas(consortium, 
     patient.click(f"text={NOTE}")
     patient.wait_for_selector("text=128/82")  # written at node 3, its ciphertext back at home, opened with her key
     patient.screenshot(path=artifacts_dir / "cluster-repaired-note-zh.png", full_page=True)
+
+
+FILED_NOTE = "Chest X-ray report from Huakang"
+FILED = """
+from accounts.models import User
+from records.clinical import services
+from records.clinical.uploads import spool_bytes
+from records.policy import record_get_for_user
+doctor = User.objects.get(email="doctor@demo.yilian")
+patient = User.objects.get(email="patient@demo.yilian")
+visit = services.visit_open(clinician=doctor, patient=patient)
+record = services.record_create(patient=patient, author=doctor, kind="note", visit=visit,
+                                content={{"title": {title!r}, "text": "No consolidation; see the scanned report."}})
+access = record_get_for_user(doctor, record.public_id, action="upload")
+services.record_attach_file(access=access, upload=spool_bytes("chest-xray.pdf", {data!r}))
+services.record_finalize(access=record_get_for_user(doctor, record.public_id, action="finalize"))
+services.visit_close(clinician=doctor, visit=visit)
+print(record.public_id)
+"""
+COUNTS = """
+from accounts.models import User
+from records.models import MedicalRecord, RecordFile, Visit
+here = User.objects.get(email="doctor3@demo.yilian").institution  # what an import at Qinghe would write
+print(MedicalRecord.objects.filter(institution=here).count(), Visit.objects.filter(institution=here).count(),
+      RecordFile.objects.filter(version__record__institution=here).count())
+"""
+RECORD_TYPES = {"MedicationRequest", "DiagnosticReport", "Observation", "ImagingStudy", "DocumentReference"}
+
+
+def download(page, url: str) -> bytes:
+    """A file's decrypted bytes, once stored (409 while it is being stored)."""
+    start = time.monotonic()
+    while True:
+        answer = page.request.get(url)
+        if answer.status != 409 or time.monotonic() - start > 60:
+            assert answer.ok, (url, answer.status, answer.text()[:500])
+            return answer.body()
+        time.sleep(0.5)
+
+
+def clinical_content(page, base: str, record_ids) -> dict[str, list[str]]:
+    """Each record's content by kind, read through the API; files by name, size and sha256 (new files, new ids)."""
+    out: dict[str, list[str]] = {}
+    for record_id in record_ids:
+        answer = page.request.get(f"{base}/api/v1/records/{record_id}/")
+        assert answer.ok, (record_id, answer.status, answer.text()[:500])
+        body = answer.json()
+        content = {k: v for k, v in body["content"].items() if k != "files"}
+        files = sorted(
+            (f["name"], f["size"], hashlib.sha256(download(page, base + f["url"])).hexdigest()) for f in body["files"]
+        )
+        entry = json.dumps({"content": content, "files": files}, sort_keys=True, ensure_ascii=False)
+        out.setdefault(body["kind"], []).append(entry)
+    return {kind: sorted(entries) for kind, entries in out.items()}
+
+
+def fhir_post(page, base: str, bundle: dict):
+    token = next(c["value"] for c in page.context.cookies(base) if c["name"] == "csrftoken")
+    headers = {"Content-Type": FHIR, "Accept": FHIR, "Accept-Language": "en", "X-CSRFToken": token}
+    return page.request.post(f"{base}/fhir/r4/", data=json.dumps(bundle), headers=headers)
+
+
+def test_an_export_at_home_imported_at_another_node_gives_the_same_clinical_content(consortium, pages):
+    """Her $everything at Huakang (node 1), files inlined, imported by the Qinghe doctor at node 3: the same records."""
+    home, clinic = consortium.url("node-1"), consortium.url("node-3")
+    patient, doctor = pages["patient"], pages["qinghe"]
+    consortium.shell("node-1", ENABLE_TOTP.format(email="doctor@demo.yilian", secret=SECRET))  # Huakang, 2FA
+    filed = consortium.shell("node-1", FILED.format(title=FILED_NOTE, data=pdf_bytes("chest x-ray"))).splitlines()[-1]
+    me = patient.request.get(f"{home}/api/v1/me/").json()
+    answer = patient.request.get(f"{home}/fhir/r4/Patient/{me['id']}/$everything", headers={"Accept": FHIR})
+    assert answer.ok, answer.text()[:2000]
+    everything = answer.json()
+    bundle = transaction_of(everything, lambda url: download(patient, home + url))
+    resources = [e["resource"] for e in bundle["entry"]]
+    originals = sorted({r["id"][:36] for r in resources if r["resourceType"] in RECORD_TYPES})
+    assert filed in originals
+    assert any("data" in c["attachment"] for r in resources for c in r.get("content") or [])
+    at_home = clinical_content(patient, home, originals)
+    assert {"note", "prescription", "lab_report"} <= set(at_home), sorted(at_home)  # every kind she has at node 1
+    assert sum(map(len, at_home.values())) == len(originals)
+    assert any(NOTE in entry for entry in at_home["note"])  # written at Qinghe in test_1_2
+    assert any('"chest-xray.pdf"' in entry for entry in at_home["note"])
+
+    counts = consortium.shell("node-3", COUNTS).splitlines()[-1]
+    broken = copy.deepcopy(bundle)
+    prescribed = next(e["resource"] for e in broken["entry"] if e["resource"]["resourceType"] == "MedicationRequest")
+    prescribed["status"] = "sort-of"  # one entry broken: the whole Bundle is refused
+    refused = fhir_post(doctor, clinic, broken)
+    assert refused.status == 400, refused.text()[:2000]
+    outcome = refused.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert any("sort-of" in (i.get("diagnostics") or "") for i in outcome["issue"]), outcome
+    stranger = copy.deepcopy(bundle)
+    for resource in (e["resource"] for e in stranger["entry"]):
+        if resource["resourceType"] == "Patient":
+            resource["identifier"] = [{"system": "urn:yilian:health-id", "value": "YL0000000"}]
+            resource["id"] = "somebody-else"
+    unknown = fhir_post(doctor, clinic, stranger)
+    assert unknown.status == 400, unknown.text()[:2000]
+    assert "not registered here" in unknown.text()
+    assert consortium.shell("node-3", COUNTS).splitlines()[-1] == counts  # nothing written
+
+    imported = fhir_post(doctor, clinic, bundle)
+    assert imported.status == 200, imported.text()[:2000]
+    response = imported.json()
+    assert response["type"] == "transaction-response"
+    made = [e["response"]["location"].split("/", 1)[1][:36] for e in response["entry"]]
+    assert len(made) == len(originals)
+    assert clinical_content(doctor, clinic, made) == at_home
