@@ -389,6 +389,16 @@ class FullConsortium:
         children = json.loads((self.root / node / "run" / "node.json").read_text())["processes"]
         return [ours] + [c["pid"] for c in children.values() if c.get("pid")]
 
+    def tree(self, node: str) -> list[int]:
+        """:meth:`pids` and every descendant of them (gunicorn's workers, which hold the node's port)."""
+        import psutil
+
+        found = []
+        for pid in self.pids(node):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found += [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+        return list(dict.fromkeys(found))
+
     def pause(self, node: str) -> None:
         for pid in self.pids(node):
             with contextlib.suppress(ProcessLookupError):

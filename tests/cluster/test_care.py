@@ -412,7 +412,8 @@ def test_7_the_home_nodes_wiped_store_is_repaired_from_the_replicas(consortium, 
     assert whole == held
     node = consortium.root / "node-1"
     consortium.pause("node-1")  # nothing of node 1 runs while its store goes
-    pids = consortium.pids("node-1")
+    # Its whole tree: an orphaned gunicorn worker would hold the node's port until it next wakes.
+    pids = consortium.tree("node-1")
     (node / "dag").rename(node / "dag-lost")
     for pid in pids:  # the consortium's supervisor starts node 1 again
         with contextlib.suppress(ProcessLookupError):
