@@ -682,35 +682,42 @@ class BlockStore:
 
 
 # -- imports and exports -----------------------------------------------------------------------
-class _BatchSink:
-    """Writes verified blocks in batches of about ``limit`` bytes, on a writer thread of its own.
+class _WriterThread:
+    """Blocks gathered into batches of about ``limit`` bytes, each written by a thread of its own.
 
     The caller reads and hashes while the thread writes the previous batch:
     hashlib and RocksDB both release the GIL, so the two overlap on two cores.
     At most ``depth`` full batches wait for the writer, which bounds memory. A
     write that failed is raised by the next call or by :meth:`close`. Use it as
     a context manager: leaving on an exception stops the writer and drops what
-    it had not yet written.
+    it had not yet written. Subclasses say how a batch is written.
     """
 
-    def __init__(self, store: BlockStore, limit: int, *, depth: int = 2) -> None:
-        self._store = store
+    name = "blockstore-writer"
+
+    def __init__(self, limit: int, *, depth: int) -> None:
         self._limit = limit
-        self._blocks: list[tuple[CID, bytes]] = []
+        self._blocks: list[tuple[Any, bytes]] = []
         self._bytes = 0
-        self._queue: queue.Queue[list[tuple[CID, bytes]] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[list[tuple[Any, bytes]] | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._abandoned = False
-        self._thread = threading.Thread(target=self._run, name="blockstore-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
+    def _key(self, cid: CID, data: bytes) -> Any:
+        return cid
+
+    def _write(self, batch: list[tuple[Any, bytes]]) -> None:
+        raise NotImplementedError
+
     def __call__(self, cid: CID, data: bytes) -> None:
-        self._blocks.append((cid, data))
+        self._blocks.append((self._key(cid, data), data))
         self._bytes += len(data)
         if self._bytes >= self._limit:
             self._hand_over()
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         """Write what is left and wait for the writer; raise its error, if any."""
         if self._blocks:
             self._hand_over()
@@ -718,16 +725,12 @@ class _BatchSink:
         self._thread.join()
         self._raise_failure()
 
-    def __enter__(self) -> _BatchSink:
-        return self
-
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        if kind is None:
-            return
-        self._abandoned = True
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # wake a writer waiting on an empty queue
-        self._thread.join()
+        if kind is not None:
+            self._abandoned = True
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)  # wake a writer waiting on an empty queue
+            self._thread.join()
 
     def _hand_over(self) -> None:
         self._raise_failure()
@@ -742,7 +745,7 @@ class _BatchSink:
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None and not self._abandoned:
             try:
-                self._store._write_verified(batch, bulk=True)
+                self._write(batch)
             except BaseException as exc:  # handed over to the caller's thread
                 self._error = exc
                 self._abandoned = True
@@ -750,7 +753,25 @@ class _BatchSink:
             self._queue.get_nowait()
 
 
-class _SstSink:
+class _BatchSink(_WriterThread):
+    """Writes verified blocks into the store in batches of about ``limit`` bytes (``add_file``)."""
+
+    def __init__(self, store: BlockStore, limit: int, *, depth: int = 2) -> None:
+        self._store = store
+        super().__init__(limit, depth=depth)
+
+    def _write(self, batch: list[tuple[Any, bytes]]) -> None:
+        self._store._write_verified(batch, bulk=True)
+
+    def close(self) -> None:
+        """Write what is left and wait for the writer; raise its error, if any."""
+        self._finish()
+
+    def __enter__(self) -> _BatchSink:
+        return self
+
+
+class _SstSink(_WriterThread):
     """Writes verified blocks into sorted SST files of about ``limit`` bytes, on a writer thread of its own.
 
     RocksDB needs an SST file's keys in order and a CAR's are not, so blocks
@@ -760,70 +781,37 @@ class _SstSink:
     while the thread writes the previous one: at most one full segment waits
     for the writer, which bounds memory to about three segments. Nothing
     reaches the database here: :meth:`close` returns the files for
-    :meth:`BlockStore._ingest`. A write that failed is raised by the next call
-    or by :meth:`close`. Use it as a context manager: leaving, on success or
-    not, stops the writer and removes the files (ingestion has moved them).
+    :meth:`BlockStore._ingest`. Leaving the context, on success or not, stops
+    the writer and removes the files (ingestion has moved them).
     """
 
+    name = "blockstore-sst-writer"
+
     def __init__(self, store: BlockStore, limit: int, *, depth: int = 1) -> None:
-        self._limit = limit
         self._dir = store._staging_dir()
         self._paths: list[str] = []
-        self._blocks: list[tuple[bytes, bytes]] = []
-        self._bytes = 0
-        self._queue: queue.Queue[list[tuple[bytes, bytes]] | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._abandoned = False
-        self._thread = threading.Thread(target=self._run, name="blockstore-sst-writer", daemon=True)
-        self._thread.start()
+        super().__init__(limit, depth=depth)
 
-    def __call__(self, cid: CID, data: bytes) -> None:
+    def _key(self, cid: CID, data: bytes) -> bytes:
         if type(data) is not bytes:  # rocksdict would pickle anything else
             raise TypeError("blocks must be bytes")
-        self._blocks.append((cid.to_bytes(), data))
-        self._bytes += len(data)
-        if self._bytes >= self._limit:
-            self._hand_over()
+        return cid.to_bytes()
+
+    def _write(self, batch: list[tuple[Any, bytes]]) -> None:
+        self._write_sst(batch)
 
     def close(self) -> list[str]:
         """Write what is left and wait for the writer; the finished files, or the writer's error."""
-        if self._blocks:
-            self._hand_over()
-        self._queue.put(None)
-        self._thread.join()
-        self._raise_failure()
+        self._finish()
         return list(self._paths)
 
     def __enter__(self) -> _SstSink:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        if kind is not None:
-            self._abandoned = True
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)  # wake a writer waiting on an empty queue
+        super().__exit__(kind, *exc)
         self._thread.join()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def _hand_over(self) -> None:
-        self._raise_failure()
-        # The CAR reader gives immutable bytes whose CIDs it checked.
-        self._queue.put(self._blocks)
-        self._blocks, self._bytes = [], 0
-
-    def _raise_failure(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while (segment := self._queue.get()) is not None and not self._abandoned:
-            try:
-                self._write_sst(segment)
-            except BaseException as exc:  # handed over to the caller's thread
-                self._error = exc
-                self._abandoned = True
-        while not self._queue.empty():  # a caller blocked on a full queue goes on, and sees the error
-            self._queue.get_nowait()
 
     def _write_sst(self, segment: list[tuple[bytes, bytes]]) -> None:
         segment.sort(key=lambda block: block[0])
