@@ -341,15 +341,13 @@ def _own_request(request: Request, request_id) -> AccessRequest:
     return item
 
 
-def _answered(request: Request, item: AccessRequest) -> Response:
-    item = _requests_of(request.user).get(pk=item.pk)
-    return Response(AccessRequestOut(item, context={"user": request.user}).data)
-
-
-def _still_pending(request: Request, item: AccessRequest) -> Response | None:
+def _answer(request: Request, item: AccessRequest, act) -> Response:
+    """Approve, decline or withdraw a pending request with ``act``; the request as it is then (409 if answered)."""
     if item.status != AccessRequest.Status.PENDING:
         return problem(409, _("This request has already been answered."), instance=request.path)
-    return None
+    act()
+    item = _requests_of(request.user).get(pk=item.pk)
+    return Response(AccessRequestOut(item, context={"user": request.user}).data)
 
 
 class AccessRequestApproveView(ApiView):
@@ -373,11 +371,11 @@ class AccessRequestApproveView(ApiView):
             if not form.is_valid():
                 raise _form_errors(form)
             valid_until = form.valid_until_at()
-        conflict = _still_pending(request, item)
-        if conflict is not None:
-            return conflict
-        asking.access_request_approve(patient=request.user, request=item, valid_until=valid_until)
-        return _answered(request, item)
+        return _answer(
+            request,
+            item,
+            lambda: asking.access_request_approve(patient=request.user, request=item, valid_until=valid_until),
+        )
 
 
 class AccessRequestDeclineView(ApiView):
@@ -393,11 +391,7 @@ class AccessRequestDeclineView(ApiView):
     def post(self, request: Request, request_id) -> Response:
         """Decline: the doctor is told, and nothing is shared."""
         item = _own_request(request, request_id)
-        conflict = _still_pending(request, item)
-        if conflict is not None:
-            return conflict
-        asking.access_request_decline(patient=request.user, request=item)
-        return _answered(request, item)
+        return _answer(request, item, lambda: asking.access_request_decline(patient=request.user, request=item))
 
 
 class AccessRequestWithdrawView(ApiView):
@@ -413,11 +407,7 @@ class AccessRequestWithdrawView(ApiView):
     def post(self, request: Request, request_id) -> Response:
         """The asking doctor takes back a request not yet answered; the patient's notice goes too."""
         item = _own_request(request, request_id)
-        conflict = _still_pending(request, item)
-        if conflict is not None:
-            return conflict
-        asking.access_request_withdraw(requester=request.user, request=item)
-        return _answered(request, item)
+        return _answer(request, item, lambda: asking.access_request_withdraw(requester=request.user, request=item))
 
 
 # -- break-glass ------------------------------------------------------------------------------------
