@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from records_bench import configure, make_records, session_headers, setup_node, start_gunicorn  # noqa: E402
+from records_bench import configure, make_records, session_headers, setup_node, start_gunicorn, stop_node  # noqa: E402
 
 
 def load(port: int, headers: dict[str, str], paths: list[str], clients: int, requests: int) -> dict:
@@ -142,14 +141,7 @@ def main() -> None:
         print(f"FHIR Patient/$everything, {args.records} records: {took:.2f} s, {size / 1e6:.1f} MB streamed, "
               f"peak traced memory {peak / 1e6:.1f} MB ({peak / size:.2f}x the Bundle)")  # fmt: skip
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        from chain import chainstore, stores
-
-        stores.close_dag_stores()
-        chainstore.close_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_node(server, workdir)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from api_bench import load  # noqa: E402
-from records_bench import configure, make_records, session_headers, setup_node, start_gunicorn  # noqa: E402
+from records_bench import configure, make_records, session_headers, setup_node, start_gunicorn, stop_node  # noqa: E402
 
 MARIADB_DATABASE = "yilian_portal_bench"
 
@@ -139,14 +138,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"  {label:42} p50 {result['p50'] * 1000:7.1f} ms  p99 {result['p99'] * 1000:7.1f} ms "
                   f"[{verdict}]  {result['rate']:6.1f} req/s{errors}")  # fmt: skip
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        from chain import chainstore, stores
-
-        stores.close_dag_stores()
-        chainstore.close_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_node(server, workdir)
         if args.mariadb:
             from django.db import connections
 

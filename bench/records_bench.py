@@ -105,6 +105,24 @@ def start_gunicorn(env: dict[str, str], workdir: Path, *, workers: int = 1) -> t
     raise SystemExit("gunicorn did not start within 60 s")
 
 
+def stop_node(server: subprocess.Popen | None, workdir: Path, *, keep: bool = False) -> None:
+    """Stop the web server, close this process's stores and remove the throwaway node (unless ``keep``)."""
+    if server is not None:
+        server.terminate()
+        server.wait(timeout=30)
+    try:
+        from chain import chainstore, stores
+
+        stores.close_dag_stores()
+        chainstore.close_all()
+    except Exception:  # noqa: S110 - Django may not have been set up
+        pass
+    if keep:
+        print(f"data kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def setup_node():
     """Migrate, make the genesis block, a hospital, a doctor with TOTP, a patient, a visit."""
     import django
@@ -387,20 +405,7 @@ def main() -> None:
         server, port = start_gunicorn(env, workdir)
         run(args, port, doctor, patient, visit)
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        try:
-            from chain import chainstore, stores
-
-            stores.close_dag_stores()
-            chainstore.close_all()
-        except Exception:  # noqa: S110 - Django may not have been set up
-            pass
-        if args.keep:
-            print(f"data kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        stop_node(server, workdir, keep=args.keep)
 
 
 def run(args: argparse.Namespace, port: int, doctor, patient, visit) -> None:

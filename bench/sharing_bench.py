@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from records_bench import configure, crypto_floor, setup_node  # noqa: E402
+from records_bench import configure, crypto_floor, setup_node, stop_node  # noqa: E402
 
 MB = 10**6
 MIB = 1 << 20
@@ -531,14 +530,7 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         print(f"grant over {args.records + 1} records (key wrapping): {elapsed:.2f} s")
     finally:
-        from chain import chainstore, stores
-
-        stores.close_dag_stores()
-        chainstore.close_all()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        stop_node(None, workdir, keep=args.keep)
 
 
 if __name__ == "__main__":
