@@ -12,17 +12,18 @@ Who calls what (DESIGN section 3):
   write the chain store, so only the process holding its primary instance
   runs them: the store worker (or a command when no worker holds it).
 
-Sealing is all-or-nothing. The steps are: read pending; seal and validate the
-block in memory; write block + transactions + head to RocksDB in one synced
-batch; then, in one database transaction, project the block (``Block``,
-``Transaction``, ``LedgerState`` and typed projections) and delete its
-transactions and the rejected ones from the mempool. A crash before the
-RocksDB write leaves everything pending; a crash after it leaves a block in
-RocksDB that the database does not show yet, and :func:`chain_recover`,
-which runs at the start of every seal, re-validates and projects exactly
-those blocks (deleting their mempool rows) before anything new is sealed. A
-transaction is therefore sealed exactly once or still pending, whatever step
-fails.
+Sealing is all-or-nothing. The steps are: read pending (signatures verified on
+other threads while the rows decode); seal the block in memory, applying each
+transaction with the checks a validator makes; write block + transactions +
+head to RocksDB in one synced batch; then, in one database transaction,
+project the block (``Block``, ``Transaction``, ``LedgerState`` and typed
+projections) and delete its transactions and the rejected ones from the
+mempool. A crash before the RocksDB write leaves everything pending; a crash
+after it leaves a block in RocksDB that the database does not show yet, and
+:func:`chain_recover`, which runs at the start of every seal, re-validates and
+projects exactly those blocks (deleting their mempool rows) before anything
+new is sealed. A transaction is therefore sealed exactly once or still
+pending, whatever step fails.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -735,20 +737,44 @@ class _Pending:
     undecodable: list[tuple[int, str, str]]  # (row id, cid, reason)
 
 
+_VERIFY_CHUNK = 256
+
+
 def _load_pending(limit: int, max_size: int) -> _Pending:
+    """Decode the oldest pending rows, verifying their signatures meanwhile.
+
+    Decoding needs the GIL and OpenSSL verifies without it, so the two
+    overlap: every :data:`_VERIFY_CHUNK` decoded transactions go to a
+    verifying thread while this one decodes the next ones (one thread, so the
+    two cores are busy and neither is shared by three). Once decoding is done,
+    this thread verifies the chunks the other has not started. Returns once
+    every check has run; a transaction whose signature failed is left
+    unmarked, and the seal refuses it with its reason.
+    """
     rows = MempoolEntry.objects.order_by("id").values_list("id", "cid", "raw")[:limit]
     txs, ids, bad = [], {}, []
-    for pk, cid, raw in rows:
-        try:
-            tx = _checked_txs.decode(bytes(raw), max_size=max_size)
-        except ValidationError as exc:
-            bad.append((pk, cid, f"{exc.reason}: {exc.message}"))
-            continue
-        if tx in ids:
-            bad.append((pk, cid, "the same transaction is queued twice"))
-            continue
-        txs.append(tx)
-        ids[tx] = pk
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-verify") as pool:
+        checks = []
+        for pk, cid, raw in rows:
+            try:
+                tx = _checked_txs.decode(bytes(raw), max_size=max_size)
+            except ValidationError as exc:
+                bad.append((pk, cid, f"{exc.reason}: {exc.message}"))
+                continue
+            if tx in ids:
+                bad.append((pk, cid, "the same transaction is queued twice"))
+                continue
+            txs.append(tx)
+            ids[tx] = pk
+            if len(txs) % _VERIFY_CHUNK == 0:
+                checks.append((pool.submit(ledger.verify_signatures, txs[-_VERIFY_CHUNK:], 1), len(txs)))
+        ledger.verify_signatures(txs[len(txs) - len(txs) % _VERIFY_CHUNK :], 1)
+        for check, end in reversed(checks):  # the newest chunks are the least likely to have started
+            if check.cancel():
+                ledger.verify_signatures(txs[end - _VERIFY_CHUNK : end], 1)
+        for check, _ in checks:
+            if not check.cancelled():
+                check.result()
     return _Pending(txs, ids, bad)
 
 
@@ -825,16 +851,11 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
         if not included:
             _delete_mempool(ids=drop_ids)
             return SealOutcome(None, None, 0, len(dropped), deferred, recovered)
-        result = ledger.validate_block(
-            sealed.block,
-            parent=head,
-            txs=included,
-            state=state,
-            registry=registry(),
-            now_ms=now_ms,
-        )
+        # The sealer applied every transaction with the validator's own checks
+        # (ledger.apply_transaction) on this very state: validating the block
+        # again here would run the same code on the same inputs.
         size = store.write_block(sealed.block, included)
-        _commit_block(result, size, mempool_ids=[pending.ids[tx] for tx in included] + drop_ids)
+        _commit_block(sealed.result, size, mempool_ids=[pending.ids[tx] for tx in included] + drop_ids)
         _head_cache[store.path] = sealed.block
         return SealOutcome(
             sealed.block.height,

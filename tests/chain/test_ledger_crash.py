@@ -34,7 +34,6 @@ def after(original):
 STEPS = {
     "reading the mempool": lambda mp: mp.setattr(services, "_load_pending", crash),
     "sealing": lambda mp: mp.setattr(ledger, "seal_block", crash),
-    "validating the sealed block": lambda mp: mp.setattr(ledger, "validate_block", crash),
     "before the RocksDB write": lambda mp: mp.setattr(chainstore.ChainStore, "write_block", crash),
     "after the RocksDB write": lambda mp: mp.setattr(
         chainstore.ChainStore, "write_block", after(chainstore.ChainStore.write_block)
