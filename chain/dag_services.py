@@ -64,8 +64,9 @@ def dag_import_car(*, store: BlockStore, path: str | Path, root: str | None = No
         raw = GrowingFile(path) if growing else open(path, "rb", buffering=0)  # noqa: SIM115
     except FileNotFoundError:
         raise NotFoundError(f"{path}: no such CAR file (already removed)") from None
+    source = raw.source_fd() if isinstance(raw, GrowingFile) else raw.fileno()
     with io.BufferedReader(raw, buffer_size=1 << 20) as stream:
-        result = import_car(store, stream, pin=True, expect_roots=expected)
+        result = import_car(store, stream, pin=True, expect_roots=expected, source_fd=source)
     return {"roots": [str(root) for root in result.roots], "blocks": result.blocks, "bytes": result.bytes}
 
 

@@ -221,12 +221,18 @@ class CarReader:
         if not 0 < length <= MAX_HEADER_SIZE:
             raise CodecError(f"CAR header length {length} out of range")
         self.header = decode_header(_read_exact(stream, length, "header"))
+        self._consumed = len(varint.encode(length)) + length
 
     @property
     def roots(self) -> tuple[CID, ...]:
         return self.header.roots
 
     def __iter__(self) -> Iterator[tuple[CID, bytes]]:
+        for cid, data, _offset in self.with_offsets():
+            yield cid, data
+
+    def with_offsets(self) -> Iterator[tuple[CID, bytes, int]]:
+        """Like iterating, with where each block's bytes start, counted from the stream's start."""
         index = 0
         while True:
             length = varint.read_stream(self._stream)
@@ -239,7 +245,8 @@ class CarReader:
             data = section[pos:]
             if not cid.verify(data):
                 raise IntegrityError(f"CAR section {index}: block does not hash to {cid}")
-            yield cid, data
+            yield cid, data, self._consumed + len(varint.encode(length)) + pos
+            self._consumed += len(varint.encode(length)) + length
             index += 1
 
 

@@ -62,6 +62,10 @@ class GrowingFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def source_fd(self) -> int:
+        """The descriptor of the file being read (its bytes, once read here, do not change)."""
+        return self._file.fileno()
+
     def readinto(self, buffer: Any) -> int:
         pause = self.POLL
         waited = 0.0

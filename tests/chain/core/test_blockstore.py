@@ -670,3 +670,130 @@ def test_a_pinned_import_survives_the_process_dying(tmp_path):
         assert s.pins() == {root: 1}
         assert s.verify([root]) == []
         assert b"".join(s.cat(root)) == bytes(range(256)) * 400
+
+
+# -- large adds: SST files written by a helper process ------------------------------------------------
+@pytest.fixture
+def helper_sized(monkeypatch):
+    """Make the helper path take small objects, in several segments, so tests stay fast."""
+    monkeypatch.setattr(blockstore, "HELPER_MIN_BYTES", 4096)
+    monkeypatch.setattr(blockstore, "FILE_SEGMENT_BYTES", 3000)
+    monkeypatch.setattr(blockstore, "SEGMENT_BYTES", 2000)
+
+
+def _helper_pids(store) -> list[int]:
+    return [helper._process.pid for helper in store._helpers._idle]
+
+
+@pytest.mark.parametrize("from_file", [True, False], ids=["leaves-by-offset", "inline"])
+def test_a_large_add_through_the_helper_gives_the_same_dag_as_memtables(tmp_path, helper_sized, from_file):
+    data = os.urandom(20_000) + b"\x00" * 640  # a repeated chunk: the same block twice in a segment
+    expected, blocks = build_bytes(data, ChunkParams(**TINY))
+    path = tmp_path / "object.bin"
+    path.write_bytes(b"skipped" + data)
+    with BlockStore(tmp_path / "db") as store:
+        if from_file:
+            with open(path, "rb") as handle:
+                handle.read(7)  # the add starts where the stream is
+                result = add_file(store, handle, **TINY)
+        else:
+            result = add_file(store, io.BytesIO(data), size_hint=len(data), **TINY)
+        assert result.root == expected.root
+        assert store.pin_count(result.root) == 1
+        assert store.verify() == []
+        assert {cid for cid, _ in blocks} <= set(store.iter_cids())
+        assert b"".join(store.cat(result.root)) == data
+        assert _staged(store) == []
+        assert len(_helper_pids(store)) == 1  # kept for the next add
+        out = io.BytesIO()
+        export_car(store, out, [result.root])
+    with BlockStore(tmp_path / "db2") as other:  # through memtables
+        plain = add_file(other, io.BytesIO(data), **TINY)
+        again = io.BytesIO()
+        export_car(other, again, [plain.root])
+    assert out.getvalue() == again.getvalue()
+
+
+def test_a_helper_that_dies_mid_add_fails_the_add_and_pins_nothing(tmp_path, helper_sized, monkeypatch):
+    data = os.urandom(30_000)
+    with BlockStore(tmp_path / "db") as store:
+        add_file(store, io.BytesIO(os.urandom(5000)), size_hint=5000, **TINY)  # starts a helper, kept idle
+        (pid,) = _helper_pids(store)
+        original = blockstore._HelperSstSink._write
+
+        def kill_then_write(self, batch):
+            os.kill(self._helper._process.pid, 9)
+            self._helper._process.wait()
+            original(self, batch)
+
+        monkeypatch.setattr(blockstore._HelperSstSink, "_write", kill_then_write)
+        with pytest.raises(StoreError, match="SST helper died"):
+            add_file(store, io.BytesIO(data), size_hint=len(data), **TINY)
+        monkeypatch.setattr(blockstore._HelperSstSink, "_write", original)
+        assert len(store.pins()) == 1  # only the first add's pin
+        assert _staged(store) == []
+        assert _helper_pids(store) == []  # the dead one was not kept
+        result = add_file(store, io.BytesIO(data), size_hint=len(data), **TINY)  # a fresh helper
+        assert b"".join(store.cat(result.root)) == data
+        assert _helper_pids(store) != [pid]
+
+
+def test_a_helper_that_cannot_write_reports_why(tmp_path, helper_sized, monkeypatch):
+    data = os.urandom(30_000)
+    original = blockstore._HelperSstSink._write
+
+    def into_a_missing_directory(self, batch):
+        self._dir = os.path.join(self._dir, "gone")
+        original(self, batch)
+
+    with BlockStore(tmp_path / "db") as store:
+        monkeypatch.setattr(blockstore._HelperSstSink, "_write", into_a_missing_directory)
+        with pytest.raises(StoreError, match="cannot write SST file"):
+            add_file(store, io.BytesIO(data), size_hint=len(data), **TINY)
+        assert store.pins() == {}
+        assert _staged(store) == []
+
+
+def test_closing_the_store_stops_its_helpers(tmp_path, helper_sized):
+    store = BlockStore(tmp_path / "db")
+    add_file(store, io.BytesIO(os.urandom(5000)), size_hint=5000, **TINY)
+    (helper,) = store._helpers._idle
+    store.close()
+    assert helper._process.poll() is not None  # it exited when its pipe closed
+
+
+@pytest.mark.parametrize("growing", [False, True], ids=["file", "growing-file"])
+def test_a_car_imported_from_its_file_through_the_helper_stores_exactly_its_blocks(tmp_path, growing):
+    data = os.urandom(5000) + b"\x01" * 640  # a block repeated in the CAR
+    root, blocks = _blocks_of(data)
+    raw = _car_from(root, blocks)
+    path = tmp_path / "object.car"
+    if growing:
+        writer = _grow(path, raw, complete=True)
+    else:
+        path.write_bytes(raw)
+    with BlockStore(tmp_path / "db") as store:
+        source = GrowingFile(path) if growing else open(path, "rb", buffering=0)  # noqa: SIM115
+        fd = source.source_fd() if growing else source.fileno()
+        with io.BufferedReader(source) as stream:
+            result = import_car(store, stream, segment_bytes=700, source_fd=fd)
+        if growing:
+            writer.join()
+        assert result.roots == (root,)
+        assert set(store.iter_cids()) == {cid for cid, _ in blocks}
+        assert store.verify() == []
+        assert b"".join(store.cat(root)) == data
+        assert len(_helper_pids(store)) == 1
+        assert _staged(store) == []
+
+
+def test_a_corrupt_block_in_a_car_imported_through_the_helper_leaves_nothing(tmp_path):
+    root, blocks = _blocks_of(os.urandom(5000))
+    path = tmp_path / "bad.car"
+    path.write_bytes(_corrupt_last(_car_from(root, blocks)))
+    with BlockStore(tmp_path / "db") as store:
+        with open(path, "rb", buffering=0) as raw, io.BufferedReader(raw) as stream, pytest.raises(IntegrityError):
+            import_car(store, stream, segment_bytes=700, source_fd=raw.fileno())
+        assert list(store.iter_cids()) == []
+        assert store.pins() == {}
+        assert _staged(store) == []
