@@ -117,7 +117,12 @@ def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new
             yield piece
 
     result = add_file(
-        store, _Pieces(sealed()), chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
+        store,
+        _Pieces(sealed()),
+        chunk_size=settings.DAG_CHUNK_SIZE,
+        max_links=settings.DAG_MAX_LINKS,
+        pin=True,
+        size_hint=old.ciphertext_size,  # the new ciphertext is as long: large ones go through the SST helper
     )
     if counted["plain"] != old.size:
         store.unpin(result.root)
