@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -40,14 +41,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 from records_bench import configure, make_records, session_headers, setup_node, start_gunicorn, stop_node  # noqa: E402
 
 
-def load(port: int, headers: dict[str, str], paths: list[str], clients: int, requests: int) -> dict:
-    """``clients`` threads, each sending ``requests`` GETs (cycling through ``paths``); latencies and rate."""
+def load(port: int, headers: dict[str, str], paths: list[str], clients: int, requests: int, think: float = 0.0) -> dict:
+    """``clients`` threads, each sending ``requests`` GETs (cycling through ``paths``); latencies and rate.
+
+    ``think``: each client pauses a random 0.5–1.5 × ``think`` seconds after
+    each answer, as a person reads a page before the next click (0: none, the
+    next request leaves at once).
+    """
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     start_line = threading.Barrier(clients + 1)
 
     def client(index: int) -> None:
+        pauses = random.Random(index)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         mine, bad = [], []
         start_line.wait()
@@ -64,6 +71,8 @@ def load(port: int, headers: dict[str, str], paths: list[str], clients: int, req
                 bad.append(f"{path}: {exc}")
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             mine.append(time.perf_counter() - began)
+            if think:
+                time.sleep(think * pauses.uniform(0.5, 1.5))
         with lock:
             latencies.extend(mine)
             errors.extend(bad)

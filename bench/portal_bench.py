@@ -3,7 +3,11 @@
 A patient with ``--records`` (default 1,000) records by one doctor; gunicorn
 with two sync workers. ``--clients`` (default 32) concurrent signed-in
 clients, each on its own keep-alive connection, send ``--requests`` GETs each
-to one page at a time:
+to one page at a time, twice: as people use the portal, each pausing about
+``--think`` seconds (0.5–1.5 ×) to read an answer before the next click, which
+is the figure the target applies to; then saturated, each client sending its
+next request the moment an answer arrives, which shows how many requests a
+second the node can serve and how latency grows once it is the bottleneck:
 
 * the patient's timeline ``/patient/`` (the newest records);
 * a record's page ``/records/{id}/`` (decrypted, with its audit row and footprint entry);
@@ -14,13 +18,13 @@ to one page at a time:
 and, first, ``/healthz``: the same server answering with nothing to do, so
 the pages' figures can be read against what 32 clients cost this machine in
 the same run (2 workers for 32 clients: most of a page's latency is its
-queue). Printed per page: p50 and p99 latency, requests per second, errors.
+queue). Printed per page and mode: p50 and p99 latency, requests per second, errors.
 
 Then the same again on a throwaway MariaDB database (root on 127.0.0.1:3306,
 as CI has it), in a process of its own, when MariaDB answers there
 (``--mariadb``: only that; ``--sqlite-only``: only the embedded default).
 
-    .venv/bin/python bench/portal_bench.py [--records 1000] [--clients 32] [--requests 10] [--mariadb]
+    .venv/bin/python bench/portal_bench.py [--records 1000] [--clients 32] [--requests 10] [--think 1.0] [--mariadb]
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=10, help="requests per client for each page")
+    parser.add_argument("--think", type=float, default=1.0, help="seconds a client reads an answer (mean)")
     parser.add_argument("--mariadb", action="store_true", help="run the node on MariaDB instead of SQLite")
     parser.add_argument("--sqlite-only", action="store_true", help="do not run the MariaDB round after SQLite's")
     args = parser.parse_args()
@@ -106,7 +111,7 @@ def main() -> None:
         print("MariaDB: nothing answers on 127.0.0.1:3306, so no MariaDB round this run")
         return
     again = [sys.executable, __file__, "--mariadb", "--records", str(args.records), "--clients", str(args.clients)]
-    subprocess.run([*again, "--requests", str(args.requests)], check=True)
+    subprocess.run([*again, "--requests", str(args.requests), "--think", str(args.think)], check=True)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -131,12 +136,14 @@ def run(args: argparse.Namespace) -> None:
         database = "MariaDB" if args.mariadb else "SQLite (embedded default)"
         print(f"portal under load: {args.records} records, {args.clients} concurrent signed-in clients, "
               f"{args.requests} requests each, gunicorn with 2 workers, {database}")  # fmt: skip
-        for label, (user, paths) in pages.items():
-            result = load(port, sessions[user.pk], paths, args.clients, args.requests)
-            errors = f"  ({len(result['errors'])} errors: {result['errors'][:2]})" if result["errors"] else ""
-            verdict = "ok" if result["p99"] < 0.1 else "ABOVE 100 ms"
-            print(f"  {label:42} p50 {result['p50'] * 1000:7.1f} ms  p99 {result['p99'] * 1000:7.1f} ms "
-                  f"[{verdict}]  {result['rate']:6.1f} req/s{errors}")  # fmt: skip
+        for mode, think in ((f"people clicking, {args.think:g} s to read each page", args.think), ("saturated", 0.0)):
+            print(f" {mode}:")
+            for label, (user, paths) in pages.items():
+                result = load(port, sessions[user.pk], paths, args.clients, args.requests, think)
+                errors = f"  ({len(result['errors'])} errors: {result['errors'][:2]})" if result["errors"] else ""
+                verdict = "ok" if result["p99"] < 0.1 else "ABOVE 100 ms"
+                print(f"  {label:42} p50 {result['p50'] * 1000:7.1f} ms  p99 {result['p99'] * 1000:7.1f} ms "
+                      f"[{verdict}]  {result['rate']:6.1f} req/s{errors}")  # fmt: skip
     finally:
         stop_node(server, workdir)
         if args.mariadb:
