@@ -797,3 +797,11 @@ def test_a_corrupt_block_in_a_car_imported_through_the_helper_leaves_nothing(tmp
         assert list(store.iter_cids()) == []
         assert store.pins() == {}
         assert _staged(store) == []
+
+
+def test_a_helper_started_ahead_serves_the_first_large_add(tmp_path, helper_sized):
+    with BlockStore(tmp_path / "db") as store:
+        store.start_helper()
+        (pid,) = _helper_pids(store)
+        add_file(store, io.BytesIO(os.urandom(5000)), size_hint=5000, **TINY)
+        assert _helper_pids(store) == [pid]
