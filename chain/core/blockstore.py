@@ -118,6 +118,9 @@ FILE_SEGMENT_BYTES = 32 * 1024 * 1024
 
 Measured adding 256 MiB from a file: 16 MiB segments 0.52x the SHA-256
 ceiling, 32 MiB 0.65x, 64 MiB 0.64x."""
+INLINE_SEGMENT_BYTES = 8 * 1024 * 1024
+"""Segments an add sends to the helper inline (not from a file): three are in memory at
+once here (one filling, one queued, one being sent) and one in the helper."""
 _L0_SLOWDOWN = 400
 _L0_STOP = 600
 _STAGING = "ingest"
@@ -961,7 +964,7 @@ def add_file(
     source = _file_source(stream)
     with store._guard.shared():
         if _expected_size(stream, source, size_hint) >= HELPER_MIN_BYTES:
-            segment = FILE_SEGMENT_BYTES if source is not None else SEGMENT_BYTES
+            segment = FILE_SEGMENT_BYTES if source is not None else INLINE_SEGMENT_BYTES
             with _HelperSstSink(store, segment, source=source) as helper_sink:
                 built: BuildResult = build_file(stream, helper_sink, params)
                 paths = helper_sink.close()

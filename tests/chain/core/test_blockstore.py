@@ -678,7 +678,7 @@ def helper_sized(monkeypatch):
     """Make the helper path take small objects, in several segments, so tests stay fast."""
     monkeypatch.setattr(blockstore, "HELPER_MIN_BYTES", 4096)
     monkeypatch.setattr(blockstore, "FILE_SEGMENT_BYTES", 3000)
-    monkeypatch.setattr(blockstore, "SEGMENT_BYTES", 2000)
+    monkeypatch.setattr(blockstore, "INLINE_SEGMENT_BYTES", 2000)
 
 
 def _helper_pids(store) -> list[int]:
