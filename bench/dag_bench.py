@@ -260,9 +260,11 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
     reference = js_reference_available()
     for _ in range(args.repeat):  # alternating, so both see the same machine
         if reference:
+            os.sync()  # each starts with nothing of the other's left to write back
             speed, js_root = bench_js(source, workdir, args)
             refs.append(speed)
             roots.add(js_root)
+        os.sync()
         speed, root, db = bench_add(source, workdir, args)
         adds.append(speed)
         roots.add(str(root))

@@ -342,9 +342,10 @@ class BlockStore:
             shutil.rmtree(self._owned_secondary, ignore_errors=True)
 
     def start_helper(self) -> None:
-        """Start the SST helper process now rather than at the first large add (~0.15 s, once)."""
+        """Start the SST helper processes now rather than at the first large add (~0.15 s, once)."""
         self._check_writable()
-        self._helpers.give_back(self._helpers.take(), healthy=True)
+        for helper in [self._helpers.take() for _ in range(_HelperSstSink.HELPERS)]:
+            self._helpers.give_back(helper, healthy=True)
 
     def __enter__(self) -> BlockStore:
         return self
@@ -870,12 +871,17 @@ class _HelperSstSink(_SstSink):
     """
 
     name = "blockstore-sst-helper"
+    HELPERS = 2
+    """Files are written by two helpers in turn: one writes while the other waits for its fsync."""
 
     def __init__(self, store: BlockStore, limit: int, *, source: tuple[int, int] | None = None) -> None:
         self._pool = store._helpers
-        self._helper = self._pool.take()
+        self._helpers = [self._pool.take() for _ in range(self.HELPERS)]
+        self._sent: list[str | None] = [None] * self.HELPERS  # the file each helper is writing
+        self._broken: set[int] = set()  # helpers that failed: not kept
         self._source_path = f"/proc/{os.getpid()}/fd/{source[0]}" if source else None
         self._start = self._offset = source[1] if source else 0
+        self._count = 0
         # Offsets are a few bytes a block: from a file, a second queued segment costs nothing.
         super().__init__(store, limit, depth=2 if source else 1)
 
@@ -904,19 +910,50 @@ class _HelperSstSink(_SstSink):
             self._hand_over()
 
     def _write(self, batch: list[Any]) -> None:
-        path = os.path.join(self._dir, f"{len(self._paths):06d}.sst")
+        """Send the batch to the next helper in turn, once that one has finished its previous file."""
+        turn = self._count % self.HELPERS
+        self._count += 1
+        self._collect(turn)
+        path = os.path.join(self._dir, f"{self._count - 1:06d}.sst")
         try:
-            self._helper.write(path, self._source_path, batch)
+            self._helpers[turn].send(path, self._source_path, batch)
         except HelperError as exc:
+            self._broken.add(turn)
+            raise StoreError(f"cannot write SST file {path}: {exc}") from None
+        self._sent[turn] = path
+
+    def _collect(self, turn: int) -> None:
+        """Wait for the file helper ``turn`` is writing, if any; it joins the finished files."""
+        path = self._sent[turn]
+        if path is None:
+            return
+        self._sent[turn] = None
+        try:
+            self._helpers[turn].wait()
+        except HelperError as exc:
+            self._broken.add(turn)
             raise StoreError(f"cannot write SST file {path}: {exc}") from None
         self._paths.append(path)
+
+    def close(self) -> list[str]:
+        """Write what is left, wait for both helpers; the finished files, or the first error."""
+        self._finish()
+        for turn in range(self.HELPERS):
+            self._collect(turn)
+        return list(self._paths)
 
     def __enter__(self) -> _HelperSstSink:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        super().__exit__(kind, *exc)
-        self._pool.give_back(self._helper, healthy=kind is None and self._error is None)
+        _WriterThread.__exit__(self, kind, *exc)
+        self._thread.join()
+        for turn in range(self.HELPERS):  # a file still being written must be finished before the directory goes
+            with contextlib.suppress(StoreError):
+                self._collect(turn)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        for turn, helper in enumerate(self._helpers):
+            self._pool.give_back(helper, healthy=turn not in self._broken)
 
 
 def _file_source(stream: BinaryIO) -> tuple[int, int] | None:

@@ -55,7 +55,7 @@ _IN_FILE = 1
 _PIPE_BYTES = 1024 * 1024
 """Pipe buffer asked for (Linux's default maximum): fewer wake-ups per segment."""
 _ROOT = str(Path(__file__).resolve().parents[2])
-_IDLE_HELPERS = 2
+_IDLE_HELPERS = 4
 
 
 class HelperError(Exception):
@@ -84,15 +84,26 @@ class Helper:
 
     def write(self, path: str, source: str | None, entries: Sequence[Entry]) -> None:
         """Have the helper write ``entries`` (sorted there) into a new SST file at ``path``."""
+        self.send(path, source, entries)
+        self.wait()
+
+    def send(self, path: str, source: str | None, entries: Sequence[Entry]) -> None:
+        """Start a file; :meth:`wait` for it before the next :meth:`send`."""
         try:
             self._send(path, source, entries)
+        except (BrokenPipeError, ConnectionError, ValueError) as exc:
+            raise HelperError(f"the SST helper died: {exc}") from None
+
+    def wait(self) -> None:
+        """The answer to the last :meth:`send`: return once the file is written; :class:`HelperError` if not."""
+        try:
             answer = self._out.read(1)
             if answer == b"K":
                 return
             if answer == b"E":
                 (length,) = _U32.unpack(self._read_exact(4))
                 raise HelperError(self._read_exact(length).decode("utf-8", "replace"))
-        except (BrokenPipeError, ConnectionError, ValueError) as exc:
+        except (ConnectionError, ValueError) as exc:
             raise HelperError(f"the SST helper died: {exc}") from None
         raise HelperError(f"the SST helper died (exit status {self._process.poll()})")
 
