@@ -124,12 +124,14 @@ class StoreWorker:
 
 def _store_worker(path: str, conn: Connection) -> None:
     with BlockStore(path) as store:
+        store.start_helper()  # as a running store worker's are, after its first large import
         conn.send("open")
         while (job := conn.recv()) is not None:
             spool, root = job
             try:
-                with io.BufferedReader(GrowingFile(spool), buffer_size=MIB) as stream:
-                    import_car(store, stream, expect_roots=[root])
+                growing = GrowingFile(spool)  # as chain.dag_services.dag_import_car reads a replica
+                with io.BufferedReader(growing, buffer_size=MIB) as stream:
+                    import_car(store, stream, expect_roots=[root], source_fd=growing.source_fd())
             except Exception as exc:  # reported by replicate()
                 conn.send(f"{type(exc).__name__}: {exc}")
             else:
