@@ -543,7 +543,7 @@ class BlockStore:
             return self._pin_complete(cid)
 
     def _pin_complete(self, cid: CID) -> int:
-        missing = self.missing(cid)
+        missing = self.missing(cid, trust_pins=True)
         if missing:
             shown = ", ".join(str(c) for c in missing[:3])
             raise NotFoundError(f"cannot pin {cid}: {len(missing)} block(s) missing, e.g. {shown}")
@@ -577,9 +577,15 @@ class BlockStore:
             return count - 1
 
     # -- walking, verification, gc ----------------------------------------------------------
-    def missing(self, root: CID) -> list[CID]:
+    def missing(self, root: CID, *, trust_pins: bool = False) -> list[CID]:
         """Blocks under ``root`` that are absent. Interior blocks are fetched and
-        verified (a corrupt one raises); raw leaves are only looked up."""
+        verified (a corrupt one raises); raw leaves are only looked up.
+
+        ``trust_pins``: a pinned DAG below ``root`` counts as whole without a
+        walk (every pin was written after its DAG was found complete, and gc
+        keeps what pins reach). Pinning a manifest over a freshly added file
+        then costs one lookup, not one per block of the file.
+        """
         missing: list[CID] = []
         seen: set[CID] = set()
         stack = [root]
@@ -588,6 +594,8 @@ class BlockStore:
             if cid in seen:
                 continue
             seen.add(cid)
+            if trust_pins and cid != root and self.pin_count(cid) > 0:
+                continue
             if cid.codec == RAW:
                 if not self.has(cid):
                     missing.append(cid)

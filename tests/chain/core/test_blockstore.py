@@ -27,6 +27,7 @@ from chain.core.car import CarWriter, block_links, write_car
 from chain.core.cid import CID, DAG_PB, RAW
 from chain.core.errors import CodecError, IntegrityError, NotFoundError
 from chain.core.streamio import GrowingFile, finish_growing, remove_growing
+from chain.core.dagpb import PBLink, PBNode, encode_node
 from chain.core.unixfs import ChunkParams, build_bytes
 
 REPO = Path(__file__).resolve().parents[3]
@@ -178,6 +179,25 @@ def test_pin_requires_a_complete_dag(store):
         store.pin(result.root)
     store.put(*blocks[0])
     assert store.pin(result.root) == 1
+
+
+def test_pinning_a_node_over_a_pinned_dag_does_not_walk_it(store, monkeypatch):
+    content = _add(store, os.urandom(2000))  # pinned by the add
+    manifest = encode_node(PBNode(links=[PBLink(cid=content.root, name="content", tsize=2000)], data=None))
+    looked_up = []
+    monkeypatch.setattr(store, "has", lambda cid: looked_up.append(cid) or True)
+    store.put_pinned(CID.of(DAG_PB, manifest), manifest)
+    assert looked_up == []
+    assert store.missing(CID.of(DAG_PB, manifest)) == []  # without trusting pins, every leaf is looked up
+    assert len(looked_up) == -(-2000 // TINY["chunk_size"])
+
+
+def test_pinning_over_an_unpinned_dag_still_finds_what_is_missing(store):
+    result, blocks = build_bytes(os.urandom(512), ChunkParams(**TINY))
+    store.put_many(blocks[1:])  # the first leaf is missing, and nothing is pinned
+    manifest = encode_node(PBNode(links=[PBLink(cid=result.root, name="content", tsize=512)], data=None))
+    with pytest.raises(NotFoundError, match="missing"):
+        store.put_pinned(CID.of(DAG_PB, manifest), manifest)
 
 
 def test_gc_refuses_to_sweep_when_a_pinned_dag_is_broken(tmp_path):
