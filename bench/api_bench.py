@@ -45,8 +45,10 @@ def load(port: int, headers: dict[str, str], paths: list[str], clients: int, req
     """``clients`` threads, each sending ``requests`` GETs (cycling through ``paths``); latencies and rate.
 
     ``think``: each client pauses a random 0.5–1.5 × ``think`` seconds after
-    each answer, as a person reads a page before the next click (0: none, the
-    next request leaves at once).
+    each answer, as a person reads a page before the next click, and the
+    clients arrive spread over the first ``think`` seconds rather than all at
+    one instant (as a load generator ramps its users up). 0: no pauses, all
+    start together, each next request leaves at once.
     """
     latencies: list[float] = []
     errors: list[str] = []
@@ -58,6 +60,8 @@ def load(port: int, headers: dict[str, str], paths: list[str], clients: int, req
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         mine, bad = [], []
         start_line.wait()
+        if think:
+            time.sleep(think * pauses.random())
         for n in range(requests):
             path = paths[(index + n) % len(paths)]
             began = time.perf_counter()
