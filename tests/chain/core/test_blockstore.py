@@ -25,9 +25,9 @@ from chain.core.blockstore import (
 )
 from chain.core.car import CarWriter, block_links, write_car
 from chain.core.cid import CID, DAG_PB, RAW
+from chain.core.dagpb import PBLink, PBNode, encode_node
 from chain.core.errors import CodecError, IntegrityError, NotFoundError
 from chain.core.streamio import GrowingFile, finish_growing, remove_growing
-from chain.core.dagpb import PBLink, PBNode, encode_node
 from chain.core.unixfs import ChunkParams, build_bytes
 
 REPO = Path(__file__).resolve().parents[3]
