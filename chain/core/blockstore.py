@@ -91,7 +91,7 @@ from rocksdict import (
 from .car import CarReader, CarStats, block_links, write_car
 from .cid import CID, RAW
 from .errors import CodecError, CoreError, IntegrityError, NotFoundError
-from .sstwriter import Entry, HelperError, HelperPool
+from .sstwriter import Entry, Helper, HelperError, HelperPool, source_spec
 from .unixfs import PROFILE_2025, BuildResult, ChunkParams, FileReader, FileStat, build_file
 
 BLOCKS_CF = "blocks"
@@ -884,10 +884,17 @@ class _HelperSstSink(_SstSink):
 
     def __init__(self, store: BlockStore, limit: int, *, source: tuple[int, int] | None = None) -> None:
         self._pool = store._helpers
-        self._helpers = [self._pool.take() for _ in range(self.HELPERS)]
+        self._helpers: list[Helper] = []
+        try:
+            for _ in range(self.HELPERS):
+                self._helpers.append(self._pool.take())
+        except OSError as exc:  # could not start one: the ones started are kept for later
+            for helper in self._helpers:
+                self._pool.give_back(helper, healthy=True)
+            raise StoreError(f"cannot start an SST helper process: {exc}") from None
         self._sent: list[str | None] = [None] * self.HELPERS  # the file each helper is writing
         self._broken: set[int] = set()  # helpers that failed: not kept
-        self._source_path = f"/proc/{os.getpid()}/fd/{source[0]}" if source else None
+        self._source_path = source_spec(source[0]) if source else None
         self._start = self._offset = source[1] if source else 0
         self._count = 0
         # Offsets are a few bytes a block: from a file, a second queued segment costs nothing.

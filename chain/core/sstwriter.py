@@ -11,17 +11,18 @@ one process 0.40 s, with the helper 0.25 s.
 
 A block travels either inline (its bytes over the pipe) or, when the caller
 read it from a regular file, as an offset and a length in that file, which
-the helper reads back itself: no copy through the pipe at all. The helper
-opens it as ``/proc/<parent>/fd/<n>``, the very file the parent has open
-(whatever its name now). That file is the node's own (a spool file, the file
-a command named) and is not written while the add runs: the parent hashed
-those very bytes, and every read from the store re-hashes them anyway
+the helper reads back itself: no copy through the pipe at all. The parent
+names the file it has open by its path and its device and inode numbers
+(:func:`source_spec`); the helper opens the path and refuses it unless it is
+that very file. That file is the node's own (a spool file, the file a command
+named) and is not written while the add runs: the parent hashed those very
+bytes, and every read from the store re-hashes them anyway
 (:meth:`BlockStore.get`).
 
 The protocol, over the helper's stdin and stdout, all integers big-endian:
 
-* a job: ``u32`` length + the SST path; ``u32`` length + the source file's
-  path (empty: none); ``u32`` number of blocks; then per block ``u8`` key
+* a job: ``u32`` length + the SST path; ``u32`` length + the source file
+  as ``device:inode:path`` (empty: none); ``u32`` number of blocks; then per block ``u8`` key
   length + key, and either ``0x00`` + ``u32`` length + bytes, or ``0x01`` +
   ``u64`` offset + ``u32`` length in the source file;
 * the answer: ``K``, or ``E`` + ``u32`` length + a UTF-8 message.
@@ -171,6 +172,22 @@ class HelperPool:
             helper.close()
 
 
+def source_spec(fd: int) -> str:
+    """How a helper finds the file ``fd`` is open on: its device and inode numbers, and its path now."""
+    info = os.fstat(fd)
+    return f"{info.st_dev}:{info.st_ino}:{os.readlink(f'/proc/self/fd/{fd}')}"
+
+
+def _open_source(spec: str) -> int:
+    device, inode, path = spec.split(":", 2)
+    fd = os.open(path, os.O_RDONLY)
+    info = os.fstat(fd)
+    if (info.st_dev, info.st_ino) != (int(device), int(inode)):
+        os.close(fd)
+        raise OSError(f"{path} is no longer the file being added")
+    return fd
+
+
 def _text(value: str) -> bytes:
     raw = value.encode("utf-8")
     return _U32.pack(len(raw)) + raw
@@ -212,7 +229,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
                 offset, length = _U64.unpack(_read(stdin, 8))[0], _U32.unpack(_read(stdin, 4))[0]
                 entries.append((key, offset, length))
         try:
-            fd = os.open(source, os.O_RDONLY) if source else -1
+            fd = _open_source(source) if source else -1
             try:
                 _write_sst(SstFileWriter(options=options), path, fd, entries)
             finally:

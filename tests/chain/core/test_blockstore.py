@@ -830,3 +830,18 @@ def test_a_helper_started_ahead_serves_the_first_large_add(tmp_path, helper_size
         pids = _helper_pids(store)
         add_file(store, io.BytesIO(os.urandom(5000)), size_hint=5000, **TINY)
         assert sorted(_helper_pids(store)) == sorted(pids)
+
+
+def test_a_helper_refuses_a_source_file_that_is_not_the_one_the_adder_has_open(tmp_path):
+    from chain.core import sstwriter
+
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(b"a" * 100)
+    second.write_bytes(b"b" * 100)
+    with open(first, "rb") as handle:
+        spec = sstwriter.source_spec(handle.fileno())
+        assert spec.endswith(str(first))
+        os.close(sstwriter._open_source(spec))  # the same file: opened
+        os.replace(second, first)  # another file now has its name
+        with pytest.raises(OSError, match="no longer the file"):
+            sstwriter._open_source(spec)
