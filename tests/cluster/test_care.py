@@ -404,9 +404,34 @@ print(rows.count(), whole)
 """
 
 
+WHOLE_CIDS = """
+from chain import stores
+from chain.core.cid import CID
+from chain.models import Replica
+from chain.replication import PINNED, local_state
+try:
+    store = stores.dag_reader()
+except stores.StoreError:
+    store = None
+rows = Replica.objects.exclude(state__in=["released", "releasing"])
+print(" ".join(r.cid for r in rows if store is not None and local_state(store, CID.decode(r.cid)) == PINNED))
+"""
+
+
+def _whole_cids(consortium, node: str) -> set[str]:
+    lines = consortium.shell(node, WHOLE_CIDS).splitlines()
+    return set(lines[-1].split()) if lines else set()
+
+
 def test_7_the_home_nodes_wiped_store_is_repaired_from_the_replicas(consortium, pages, artifacts_dir):
     """Node 1's DAG store is lost with the node; restarted, it fetches back what it held from the others."""
     home = consortium.url("node-1")
+
+    def copied_elsewhere() -> bool:  # what the earlier stories wrote at node 1 has reached another node
+        others = set().union(*(_whole_cids(consortium, f"node-{i}") for i in (2, 3, 4)))
+        return _whole_cids(consortium, "node-1") <= others
+
+    consortium.wait_until(copied_elsewhere, 120, "every object node 1 holds whole at another node too")
     held, whole = map(int, consortium.shell("node-1", REPLICAS_WHOLE).splitlines()[-1].split())
     assert held > 0
     assert whole == held
