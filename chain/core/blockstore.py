@@ -69,6 +69,7 @@ import stat
 import tempfile
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -720,7 +721,7 @@ class BlockStore:
 
 
 # -- imports and exports -----------------------------------------------------------------------
-class _WriterThread:
+class _WriterThread(ABC):
     """Blocks gathered into batches of about ``limit`` bytes, each written by a thread of its own.
 
     The caller reads and hashes while the thread writes the previous batch:
@@ -746,8 +747,9 @@ class _WriterThread:
     def _key(self, cid: CID, data: bytes) -> Any:
         return cid
 
+    @abstractmethod
     def _write(self, batch: list[tuple[Any, bytes]]) -> None:
-        raise NotImplementedError
+        """Write one batch (on the writer thread)."""
 
     def __call__(self, cid: CID, data: bytes) -> None:
         self._blocks.append((self._key(cid, data), data))
@@ -837,6 +839,10 @@ class _SstSink(_WriterThread):
 
     def _write(self, batch: list[tuple[Any, bytes]]) -> None:
         self._write_sst(batch)
+
+    def at(self, cid: CID, data: bytes, offset: int | None) -> None:
+        """A verified block (read at ``offset`` of the source; these files take the bytes as they are)."""
+        self(cid, data)
 
     def close(self) -> list[str]:
         """Write what is left and wait for the writer; the finished files, or the writer's error."""
@@ -984,7 +990,7 @@ def _file_source(stream: BinaryIO) -> tuple[int, int] | None:
         return None
 
 
-def _expected_size(stream: BinaryIO, source: tuple[int, int] | None, size_hint: int | None) -> int:
+def _expected_size(source: tuple[int, int] | None, size_hint: int | None) -> int:
     if source is not None:
         return os.fstat(source[0]).st_size - source[1]
     return size_hint or 0
@@ -1015,7 +1021,7 @@ def add_file(
     store._check_writable()
     source = _file_source(stream)
     with store._guard.shared():
-        if _expected_size(stream, source, size_hint) >= HELPER_MIN_BYTES:
+        if _expected_size(source, size_hint) >= HELPER_MIN_BYTES:
             segment = FILE_SEGMENT_BYTES if source is not None else INLINE_SEGMENT_BYTES
             with _HelperSstSink(store, segment, source=source) as helper_sink:
                 built: BuildResult = build_file(stream, helper_sink, params)
@@ -1090,10 +1096,7 @@ def import_car(
         with sink:
             for cid, data, offset in reader.with_offsets():
                 links[cid] = block_links(cid, data)  # also rejects malformed dag-pb/cbor now
-                if isinstance(sink, _HelperSstSink):
-                    sink.at(cid, data, offset)
-                else:
-                    sink(cid, data)
+                sink.at(cid, data, offset)
                 count += 1
                 total += len(data)
             paths = sink.close()

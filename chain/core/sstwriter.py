@@ -83,13 +83,9 @@ class Helper:
         self._out = cast(BinaryIO, self._process.stdout)
         _grow_pipe(self._in.fileno())
 
-    def write(self, path: str, source: str | None, entries: Sequence[Entry]) -> None:
-        """Have the helper write ``entries`` (sorted there) into a new SST file at ``path``."""
-        self.send(path, source, entries)
-        self.wait()
-
     def send(self, path: str, source: str | None, entries: Sequence[Entry]) -> None:
-        """Start a file; :meth:`wait` for it before the next :meth:`send`."""
+        """Have the helper write ``entries`` (sorted there) into a new SST file at ``path``;
+        :meth:`wait` for it before the next :meth:`send`."""
         try:
             self._send(path, source, entries)
         except (BrokenPipeError, ConnectionError, ValueError) as exc:
