@@ -13,7 +13,7 @@ Who calls what (DESIGN section 3):
   runs them: the store worker (or a command when no worker holds it).
 
 Sealing is all-or-nothing. The steps are: read pending (signatures verified on
-other threads while the rows decode); seal the block in memory, applying each
+a second thread while the rows decode); seal the block in memory, applying each
 transaction with the checks a validator makes; write block + transactions +
 head to RocksDB in one synced batch; then, in one database transaction,
 project the block (``Block``, ``Transaction``, ``LedgerState`` and typed
