@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 import cbor2
 
 from . import streamio, varint
+from .cid import BINARY_SIZE as CID_BINARY_SIZE
 from .cid import CID, DAG_CBOR, DAG_PB, RAW
 from .dagpb import decode_node
 from .errors import CodecError, IntegrityError
@@ -240,9 +241,13 @@ class CarReader:
                 return
             if not 0 < length <= self._max_section:
                 raise CodecError(f"CAR section {index}: length {length} out of range")
-            section = _read_exact(self._stream, length, f"section {index}")
-            cid, pos = CID.read(section, 0)
-            data = section[pos:]
+            # The CID first, then the block into a bytes object of its own: slicing it off the
+            # section would copy every block once more.
+            head = _read_exact(self._stream, min(length, CID_BINARY_SIZE), f"section {index}")
+            cid, pos = CID.read(head, 0)
+            data = _read_exact(self._stream, length - len(head), f"section {index}")
+            if pos < len(head):
+                data = head[pos:] + data
             if not cid.verify(data):
                 raise IntegrityError(f"CAR section {index}: block does not hash to {cid}")
             yield cid, data, self._consumed + len(varint.encode(length)) + pos

@@ -25,6 +25,7 @@ CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor"}
 SHA2_256 = 0x12
 DIGEST_SIZE = 32
 _MULTIHASH_PREFIX = bytes([SHA2_256, DIGEST_SIZE])
+BINARY_SIZE = 4 + DIGEST_SIZE  # every CID read here: version, codec and multihash code and length fit a byte each
 
 
 @dataclass(frozen=True, slots=True)
