@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repair-mib", type=int, default=1024)
     parser.add_argument("--object-mib", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--records", type=int, default=40)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve", nargs=2, metavar=("DIR", "KEY"), help=argparse.SUPPRESS)  # node A's process
