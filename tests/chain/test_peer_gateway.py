@@ -100,3 +100,30 @@ def test_a_partial_dag_is_never_served_and_bad_requests_are_refused(store, gatew
     assert get(srv, f"/ipfs/{root}", key=peer)[0].status == 200  # the root block itself is here
     assert get(srv, "/ipfs/not-a-cid", key=peer)[0].status == 400
     assert get(srv, f"/ipfs/{root}", key=peer, accept="text/html")[0].status == 406
+
+
+class _TrickleSocket:
+    """A socket whose every sendmsg takes at most a few bytes, as a full send buffer may."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+
+    def sendmsg(self, buffers) -> int:
+        taken = b"".join(bytes(b) for b in buffers)[:7]
+        self.sent += taken
+        return len(taken)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+def test_a_chunked_body_survives_partial_sends():
+    from chain.peers import _Chunked
+
+    sock = _TrickleSocket()
+    body = _Chunked(sock, size=16)
+    for part in (b"abc", b"d" * 40, b"efgh" * 5, b"i"):
+        body.write(part)
+    body.close()
+    expected = b"2b\r\nabc" + b"d" * 40 + b"\r\n14\r\n" + b"efgh" * 5 + b"\r\n1\r\ni\r\n0\r\n\r\n"
+    assert bytes(sock.sent) == expected
