@@ -36,7 +36,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
@@ -737,44 +736,29 @@ class _Pending:
     undecodable: list[tuple[int, str, str]]  # (row id, cid, reason)
 
 
-_VERIFY_CHUNK = 256
-
 
 def _load_pending(limit: int, max_size: int) -> _Pending:
-    """Decode the oldest pending rows, verifying their signatures meanwhile.
+    """Decode the oldest pending rows (signatures are checked by the seal, over both cores).
 
-    Decoding needs the GIL and OpenSSL verifies without it, so the two
-    overlap: every :data:`_VERIFY_CHUNK` decoded transactions go to a
-    verifying thread while this one decodes the next ones (one thread, so the
-    two cores are busy and neither is shared by three). Once decoding is done,
-    this thread verifies the chunks the other has not started. Returns once
-    every check has run; a transaction whose signature failed is left
-    unmarked, and the seal refuses it with its reason.
+    Decoding is Python and holds the GIL; a thread verifying beside it would wait
+    for the GIL after every signature (a few milliseconds each time), so the
+    two are not overlapped: all rows decode, then ``ledger.seal_block``
+    verifies them with :data:`SIGNATURE_THREADS` threads that each spend
+    nearly all their time in OpenSSL, without the GIL.
     """
     rows = MempoolEntry.objects.order_by("id").values_list("id", "cid", "raw")[:limit]
     txs, ids, bad = [], {}, []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-verify") as pool:
-        checks = []
-        for pk, cid, raw in rows:
-            try:
-                tx = _checked_txs.decode(bytes(raw), max_size=max_size)
-            except ValidationError as exc:
-                bad.append((pk, cid, f"{exc.reason}: {exc.message}"))
-                continue
-            if tx in ids:
-                bad.append((pk, cid, "the same transaction is queued twice"))
-                continue
-            txs.append(tx)
-            ids[tx] = pk
-            if len(txs) % _VERIFY_CHUNK == 0:
-                checks.append((pool.submit(ledger.verify_signatures, txs[-_VERIFY_CHUNK:], 1), len(txs)))
-        ledger.verify_signatures(txs[len(txs) - len(txs) % _VERIFY_CHUNK :], 1)
-        for check, end in reversed(checks):  # the newest chunks are the least likely to have started
-            if check.cancel():
-                ledger.verify_signatures(txs[end - _VERIFY_CHUNK : end], 1)
-        for check, _ in checks:
-            if not check.cancelled():
-                check.result()
+    for pk, cid, raw in rows:
+        try:
+            tx = _checked_txs.decode(bytes(raw), max_size=max_size)
+        except ValidationError as exc:
+            bad.append((pk, cid, f"{exc.reason}: {exc.message}"))
+            continue
+        if tx in ids:
+            bad.append((pk, cid, "the same transaction is queued twice"))
+            continue
+        txs.append(tx)
+        ids[tx] = pk
     return _Pending(txs, ids, bad)
 
 
