@@ -7,16 +7,21 @@ granted; plaintext exists only in memory for the response being built.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
-from chain.core import stream
+from accounts.keys import encryption_private_key
+from accounts.models import Institution, User
+from chain.core import crypto, stream
 from chain.core.cid import CID
+from chain.core.errors import CryptoError
 from chain.core.streamio import read_ahead
-from records.keys import decrypt_content, open_dek, unwrap_file_key
+from records.keys import decrypt_content, unwrap_file_key
 from records.models import RecordFile, RecordVersion, WrappedKey
 from records.policy import RecordAccess
 
@@ -36,6 +41,8 @@ DICOM_FIELDS = {
     "Manufacturer": _("Manufacturer"),
 }
 DICOM_HEADER_BYTES = 4 << 20
+
+logger = logging.getLogger(__name__)
 
 
 def _dag():
@@ -276,25 +283,51 @@ def titles_for(
     holders = Q(user=user) | Q(institution_id__in=[i for i in institution_ids if i])
     if on_behalf_of is not None:
         holders |= Q(user_id=on_behalf_of)
-    envelopes: dict[int, WrappedKey] = {}
-    for wrapped in WrappedKey.objects.select_related("user", "institution").filter(holders, version__in=versions):
-        best = envelopes.get(wrapped.version_id)
-        if best is None or _envelope_rank(wrapped, user) < _envelope_rank(best, user):
-            envelopes[wrapped.version_id] = wrapped
+    # The best envelope of each version, as plain rows: no model instances on the lists' hot path.
+    best: dict[int, tuple[int, int | None, int | None, bytes]] = {}
+    rows = WrappedKey.objects.filter(holders, version_id__in=[v.pk for v in versions]).values_list(
+        "version_id", "user_id", "institution_id", "envelope"
+    )
+    for version_id, user_id, institution_id, envelope in rows:
+        rank = _envelope_rank(user_id, institution_id, user)
+        if version_id not in best or rank < best[version_id][0]:
+            best[version_id] = (rank, user_id, institution_id, envelope)
+    keys = _holder_keys({(holder_user, holder_institution) for _, holder_user, holder_institution, _ in best.values()})
     titles = {}
     for version in versions:
-        envelope = envelopes.get(version.pk)
-        if envelope is None:
+        if version.pk not in best:
             continue
+        _, user_id, institution_id, envelope = best[version.pk]
         try:
-            titles[version.pk] = decrypt_content(open_dek(version, envelope), version).get("title", "")
-        except Exception:  # a damaged version must not take the timeline down
+            dek = crypto.open_key(keys[(user_id, institution_id)], bytes(envelope), context=version.associated_data())
+            titles[version.pk] = decrypt_content(dek, version).get("title", "")
+        except Exception:  # a damaged version or key must not take the timeline down
             titles[version.pk] = ""
     return titles
 
 
-def _envelope_rank(wrapped: WrappedKey, reader) -> int:
+def _envelope_rank(user_id: int | None, institution_id: int | None, reader) -> int:
     """The reader's own envelope first, then an institution's, then the patient's (break-glass)."""
-    if wrapped.user_id == reader.pk:
+    if user_id == reader.pk:
         return 0
-    return 1 if wrapped.institution_id else 2
+    return 1 if institution_id else 2
+
+
+def _holder_keys(holders: set[tuple[int | None, int | None]]) -> dict[tuple[int | None, int | None], bytes]:
+    """The private key of each ``(user id, institution id)`` holder, unwrapped once; two queries at most."""
+    users = [user_id for user_id, _ in holders if user_id]
+    institutions = [institution_id for user_id, institution_id in holders if not user_id and institution_id]
+    found: dict[tuple[int | None, int | None], Any] = {}
+    if users:
+        for person in User.objects.filter(pk__in=users).only("public_id", "enc_private_wrapped"):
+            found[(person.pk, None)] = person
+    if institutions:
+        for institution in Institution.objects.filter(pk__in=institutions).only("public_id", "enc_private_wrapped"):
+            found[(None, institution.pk)] = institution
+    keys = {}
+    for holder, row in found.items():
+        try:
+            keys[holder] = encryption_private_key(row)
+        except CryptoError:  # its versions are listed without a title
+            logger.error("the private key of %s does not unwrap", row.key_owner())
+    return keys
