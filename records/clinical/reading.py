@@ -10,18 +10,17 @@ import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from accounts.keys import encryption_private_key
 from accounts.models import Institution, User
-from chain.core import crypto, stream
+from chain.core import stream
 from chain.core.cid import CID
 from chain.core.errors import CryptoError
 from chain.core.streamio import read_ahead
-from records.keys import decrypt_content, unwrap_file_key
+from records.keys import decrypt_content, open_dek_with, unwrap_file_key
 from records.models import RecordFile, RecordVersion, WrappedKey
 from records.policy import RecordAccess
 
@@ -299,7 +298,7 @@ def titles_for(
             continue
         _, user_id, institution_id, envelope = best[version.pk]
         try:
-            dek = crypto.open_key(keys[(user_id, institution_id)], bytes(envelope), context=version.associated_data())
+            dek = open_dek_with(keys[(user_id, institution_id)], version, bytes(envelope))
             titles[version.pk] = decrypt_content(dek, version).get("title", "")
         except Exception:  # a damaged version or key must not take the timeline down
             titles[version.pk] = ""
@@ -317,7 +316,7 @@ def _holder_keys(holders: set[tuple[int | None, int | None]]) -> dict[tuple[int 
     """The private key of each ``(user id, institution id)`` holder, unwrapped once; two queries at most."""
     users = [user_id for user_id, _ in holders if user_id]
     institutions = [institution_id for user_id, institution_id in holders if not user_id and institution_id]
-    found: dict[tuple[int | None, int | None], Any] = {}
+    found: dict[tuple[int | None, int | None], User | Institution] = {}
     if users:
         for person in User.objects.filter(pk__in=users).only("public_id", "enc_private_wrapped"):
             found[(person.pk, None)] = person
