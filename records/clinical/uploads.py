@@ -29,6 +29,7 @@ from django.utils.http import parse_header_parameters
 from django.utils.translation import gettext as _
 
 from chain.core import stream
+from records.clinical.rawbody import raw_body_chunks
 
 SNIFF_BYTES = 132  # DICOM's "DICM" magic sits at offset 128
 
@@ -155,7 +156,7 @@ class EncryptingUploadHandler(FileUploadHandler):
             too_large = UploadRejected.too_large(self.max_bytes)
             self._fail(too_large.message, too_large.status)
         if self._media_type is None:
-            self._head += raw_data[: SNIFF_BYTES - len(self._head)]
+            self._head += bytes(raw_data[: SNIFF_BYTES - len(self._head)])
             if len(self._head) >= SNIFF_BYTES:
                 self._decide_type()
         self._write(self._encryptor.update(raw_data))
@@ -207,10 +208,7 @@ class EncryptingUploadHandler(FileUploadHandler):
         self.new_file("file", file_name, "application/octet-stream", expected)
         received = 0
         try:
-            while True:
-                chunk = request.read(self.chunk_size)
-                if not chunk:
-                    break
+            for chunk in raw_body_chunks(request, self.chunk_size):
                 self.receive_data_chunk(chunk, received)
                 received += len(chunk)
             if expected and received < expected:
