@@ -1005,6 +1005,7 @@ def add_file(
     pin: bool = True,
     batch_bytes: int = BATCH_BYTES,
     size_hint: int | None = None,
+    source_fd: int | None = None,
 ) -> AddResult:
     """Stream a file into the store as a UnixFS DAG; pin it and record its parameters.
 
@@ -1012,16 +1013,20 @@ def add_file(
     ``size_hint`` for other streams) is hashed here while a helper process
     writes the blocks into SST files, which one atomic ingestion then adds;
     from a regular file opened for reading, the helper reads the leaves back
-    itself. Smaller objects go through memtables, written by a thread while
-    the next chunk is hashed. Either way the blocks are durable before the pin
-    and the metadata are written, in one batch. Memory is one chunk, the
-    pending batches and the builder's per-level runs.
+    itself. ``source_fd`` names that file when ``stream`` reads it from its
+    start through a wrapper (a :class:`~chain.core.streamio.GrowingFile`
+    still being written: its size is then ``size_hint``). Smaller objects go
+    through memtables, written by a thread while the next chunk is hashed.
+    Either way the blocks are durable before the pin and the metadata are
+    written, in one batch. Memory is one chunk, the pending batches and the
+    builder's per-level runs.
     """
     params = ChunkParams(chunk_size, max_links)
     store._check_writable()
-    source = _file_source(stream)
+    source = _file_source(stream) if source_fd is None else (source_fd, 0)
+    expected = _expected_size(source, size_hint) if source_fd is None else size_hint or 0
     with store._guard.shared():
-        if _expected_size(source, size_hint) >= HELPER_MIN_BYTES:
+        if expected >= HELPER_MIN_BYTES:
             segment = FILE_SEGMENT_BYTES if source is not None else INLINE_SEGMENT_BYTES
             with _HelperSstSink(store, segment, source=source) as helper_sink:
                 built: BuildResult = build_file(stream, helper_sink, params)

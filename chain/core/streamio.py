@@ -43,6 +43,8 @@ class GrowingFile(io.RawIOBase):
 
     The writer appends to ``path`` and, when done, calls :func:`finish_growing`,
     which leaves a marker beside it (``path.end``): the final size, or a failure.
+    (``marker_of``: the writer's name for the file, when it is read here through
+    another link to it, which the writer may rename or remove meanwhile.)
     A read at the current end waits for more bytes or for the marker: the end
     of the stream once every byte written is read; :class:`CodecError` if the
     writer gave up, or wrote nothing for ``idle`` seconds. Wrap it in
@@ -52,10 +54,12 @@ class GrowingFile(io.RawIOBase):
     POLL = 0.002
     """First pause at the current end; it doubles up to 10 ms while nothing arrives."""
 
-    def __init__(self, path: str | os.PathLike[str], *, idle: float = 60.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, idle: float = 60.0, marker_of: str | os.PathLike[str] | None = None
+    ) -> None:
         super().__init__()
-        self._path = os.fspath(path)
-        self._file = open(self._path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        self._path = os.fspath(path if marker_of is None else marker_of)  # whose ``.end`` marker ends it
         self._idle = idle
         self._size: int | None = None  # known once the writer has finished
 

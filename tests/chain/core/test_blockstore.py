@@ -734,6 +734,37 @@ def test_a_large_add_through_the_helper_gives_the_same_dag_as_memtables(tmp_path
     assert out.getvalue() == again.getvalue()
 
 
+def test_a_file_still_being_written_is_added_by_its_descriptor_through_another_name(tmp_path, helper_sized):
+    """An upload's early add: read through a link of its own while the writer renames its name away."""
+    data = os.urandom(20_000)
+    expected, _blocks = build_bytes(data, ChunkParams(**TINY))
+    part = tmp_path / "upload.part"
+    part.touch()
+    link = tmp_path / "upload.early"
+    os.link(part, link)
+
+    def upload() -> None:
+        with part.open("ab") as out:
+            for at in range(0, len(data), 3000):
+                out.write(data[at : at + 3000])
+                out.flush()
+                time.sleep(0.01)
+        finish_growing(part, complete=True)
+        part.rename(tmp_path / "upload.done")  # at once, while the add may still be reading
+
+    writer = threading.Thread(target=upload)
+    writer.start()
+    with BlockStore(tmp_path / "db") as store:
+        growing = GrowingFile(link, marker_of=part)
+        with io.BufferedReader(growing) as stream:
+            result = add_file(store, stream, size_hint=len(data), source_fd=growing.source_fd(), **TINY)
+        writer.join()
+        assert result.root == expected.root and result.size == len(data)
+        assert store.pin_count(result.root) == 1
+        assert b"".join(store.cat(result.root)) == data
+        assert _staged(store) == []
+
+
 def test_a_helper_that_dies_mid_add_fails_the_add_and_pins_nothing(tmp_path, helper_sized, monkeypatch):
     data = os.urandom(30_000)
     with BlockStore(tmp_path / "db") as store:
