@@ -306,6 +306,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "bad_folder": str(BROKER_DIR / "bad"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # A worker lists its queue's folder this often when idle (kombu's default is once a second):
+        # a large upload's early add (records.clinical.storage) must start while the upload still runs.
+        "polling_interval": 0.1,
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}

@@ -10,24 +10,30 @@ stored version always has its anchor transaction queued, and vice versa.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import logging
 import os
+import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.keys import signing_private_key
-from chain.core.blockstore import add_file
+from chain.core.blockstore import HELPER_MIN_BYTES, add_file
 from chain.core.cid import CID, DAG_PB
 from chain.core.dagpb import PBLink, PBNode, encode_node
+from chain.core.errors import CodecError
+from chain.core.streamio import GrowingFile
 from chain.ledger_services import tx_sign_and_submit
 from records import ledger
 from records.clinical.uploads import spool_path
 from records.consortium.deliveries import deliveries_owed
-from records.models import MedicalRecord, RecordFile, RecordVersion, RekeyItem
+from records.models import EarlyIngest, MedicalRecord, RecordFile, RecordVersion, RekeyItem
 from records.revocation import grant_revocation_submit
 
 log = logging.getLogger(__name__)
@@ -40,36 +46,180 @@ def _dag():
 
 
 def file_ingest(file_id: int) -> str:
-    """Move one spooled (encrypted) file into the DAG and pin it."""
+    """Move one spooled (encrypted) file into the DAG and pin it.
+
+    When the store worker added the file while it was uploaded
+    (:func:`upload_ingest_early`), this takes that pin instead of adding the
+    file again; while that add is still finishing, it waits for it.
+    """
     record_file = RecordFile.objects.filter(pk=file_id).select_related("version").first()
     if record_file is None:
         return "gone"
     if record_file.status == RecordFile.Status.STORED:
         return "stored"
     path = spool_path(record_file.stream_id)
-    if not os.path.exists(path):
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; held open, it holds the lock
+    except FileNotFoundError:
+        record_file.refresh_from_db(fields=["status"])
+        if record_file.status == RecordFile.Status.STORED:  # the early add finished and took it meanwhile
+            return "stored"
         RecordFile.objects.filter(pk=file_id, status=RecordFile.Status.SPOOLED).update(
             status=RecordFile.Status.FAILED, error="spool file missing"
         )
         log.error("spool file for record file %s is missing", record_file.public_id)
         return "failed"
-    with open(path, "rb") as handle:
-        result = add_file(
-            _dag(), handle, chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
-        )
+    with handle:
+        if not _lock_spool(handle.fileno(), wait=EARLY_INGEST_WAIT):
+            return "waiting"  # the early add is still at work; the re-drive asks again
+        record_file.refresh_from_db(fields=["status"])
+        if record_file.status == RecordFile.Status.STORED:  # the early add took it while we waited
+            return "stored"
+        early = EarlyIngest.objects.filter(stream_id=record_file.stream_id).first()
+        if early is not None and early.ciphertext_size == record_file.ciphertext_size:
+            root = CID.decode(early.root_cid)
+        else:
+            if early is not None:
+                early_ingest_drop(early.pk)
+            result = add_file(
+                _dag(), handle, chunk_size=settings.DAG_CHUNK_SIZE, max_links=settings.DAG_MAX_LINKS, pin=True
+            )
+            root = result.root
+        return _file_stored(record_file, root)
+
+
+def _file_stored(record_file: RecordFile, root: CID) -> str:
+    """The file's ciphertext is in the DAG under ``root``, with a pin of ours: the file takes the pin."""
     with transaction.atomic():
-        updated = RecordFile.objects.filter(pk=file_id, status=RecordFile.Status.SPOOLED).update(
-            status=RecordFile.Status.STORED, root_cid=str(result.root), stored_at=timezone.now()
+        updated = RecordFile.objects.filter(pk=record_file.pk, status=RecordFile.Status.SPOOLED).update(
+            status=RecordFile.Status.STORED, root_cid=str(root), stored_at=timezone.now()
         )
+        EarlyIngest.objects.filter(stream_id=record_file.stream_id).delete()  # its pin is the file's now
     if not updated:
         # Someone else stored it meanwhile: drop our extra pin.
-        _dag().unpin(result.root)
-    with contextlib.suppress(FileNotFoundError):  # a duplicate task (re-drive) finished first
-        os.unlink(path)
+        _dag().unpin(root)
+    spool = spool_path(record_file.stream_id)
+    for name in (spool, spool + ".part.end"):  # the file, and the end marker of an early add that never ran
+        with contextlib.suppress(FileNotFoundError):  # a duplicate task (re-drive) finished first
+            os.unlink(name)
     version = record_file.version
     if version.storage == RecordVersion.Storage.PENDING:
         version_store(version.pk)
     return "stored"
+
+
+# -- adding an upload while it arrives ----------------------------------------------------------
+EARLY_INGEST_WAIT = 600.0
+"""How long ``file_ingest`` waits for an early add still finishing (it finishes seconds after its upload)."""
+
+_EARLY_ADDS = threading.BoundedSemaphore(1)
+"""Early adds at once in a store worker. One lasts as long as its upload (minutes, over a slow network)
+while it holds one of the worker's threads, which also seal blocks: the others are not all taken."""
+
+
+def upload_ingest_early(stream_id: str) -> str:
+    """Add an upload's spool file to the DAG while the upload is still writing it.
+
+    The web process asks for this once a large upload has written
+    :data:`~records.clinical.uploads.EARLY_INGEST_BYTES`; reading and hashing
+    here, and the SST helpers' writing, then overlap the rest of the upload
+    instead of following it. The spool file is read through a link of its
+    own (the upload renames it when it ends) and up to the end the upload
+    marks (:class:`~chain.core.streamio.GrowingFile`). The add holds a lock on
+    the file that :func:`file_ingest` waits for, so the file is never added
+    twice. Returns:
+
+    * ``stored``: the upload's record file existed, and took the pin;
+    * ``held``: the pin is recorded (:class:`EarlyIngest`) for the record file to come;
+    * ``late``: the upload had ended, or ``file_ingest`` has the file: that adds it;
+    * ``busy``: another early add is running here: ``file_ingest`` adds this one after its upload;
+    * ``refused``: the upload stopped (refused, cut off, or silent for a minute): nothing is kept.
+    """
+    part = spool_path(stream_id) + ".part"
+    if not _EARLY_ADDS.acquire(blocking=False):
+        return "busy"
+    try:
+        return _add_growing(stream_id, part)
+    finally:
+        _EARLY_ADDS.release()
+
+
+def _add_growing(stream_id: str, part: str) -> str:
+    link = spool_path(stream_id) + ".early"
+    try:
+        try:
+            os.link(part, link)
+        except FileNotFoundError:
+            return "late"
+        growing = GrowingFile(link, marker_of=part)
+        # Closing the reader closes the file, and the file's lock goes with it: it lasts to the end.
+        with io.BufferedReader(growing, buffer_size=settings.DAG_CHUNK_SIZE) as reader:
+            if not _lock_spool(growing.source_fd(), wait=0):
+                return "late"
+            try:
+                result = add_file(
+                    _dag(),
+                    reader,
+                    chunk_size=settings.DAG_CHUNK_SIZE,
+                    max_links=settings.DAG_MAX_LINKS,
+                    pin=True,
+                    size_hint=HELPER_MIN_BYTES,  # large by the time it is asked for: through the SST helpers
+                    source_fd=growing.source_fd(),
+                )
+            except CodecError as exc:  # the upload did not end well: it leaves nothing, nor does this
+                log.info("early add of upload %s stopped: %s", stream_id, exc)
+                return "refused"
+            return _early_added(stream_id, result.root, result.size)
+    finally:
+        for name in (link, part + ".end"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+def _early_added(stream_id: str, root: CID, size: int) -> str:
+    record_file = RecordFile.objects.filter(stream_id=stream_id).select_related("version").first()
+    if record_file is None:
+        EarlyIngest.objects.create(stream_id=stream_id, root_cid=str(root), ciphertext_size=size)
+        return "held"
+    if record_file.status != RecordFile.Status.SPOOLED or record_file.ciphertext_size != size:
+        _dag().unpin(root)  # not ours to give (a file ``file_ingest`` could not have stored: we held the lock)
+        log.error("early add of upload %s does not match its record file %s", stream_id, record_file.public_id)
+        return "late"
+    return _file_stored(record_file, root)
+
+
+def early_ingest_drop(early_id: int) -> None:
+    """Let go of an early add no record file took: its pin, then its row."""
+    early = EarlyIngest.objects.filter(pk=early_id).first()
+    if early is None:
+        return
+    root = CID.decode(early.root_cid)
+    store = _dag()
+    if store.pin_count(root):  # a row left by a drop cut short after its unpin has none left to drop
+        store.unpin(root)
+    early.delete()
+
+
+def early_ingests_unclaimed(minutes: int = 60):
+    """Early adds no record file took within ``minutes``: their uploads were refused after arriving."""
+    cutoff = timezone.now() - timedelta(minutes=minutes)
+    claimed = RecordFile.objects.filter(stream_id=OuterRef("stream_id"))
+    return EarlyIngest.objects.filter(created_at__lt=cutoff).exclude(Exists(claimed))
+
+
+def _lock_spool(fd: int, *, wait: float) -> bool:
+    """Take the spool file's lock (one for every name of the file), waiting up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    pause = 0.002  # the early add ends a moment after its upload: look again soon, then less often
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the descriptor closes
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _manifest(version: RecordVersion, content_root: CID, files: list[RecordFile]) -> tuple[bytes, CID]:

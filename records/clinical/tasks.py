@@ -7,12 +7,23 @@ from django.conf import settings
 
 from chain.core.cid import CID
 from chain.stores import dag_writer
-from records.clinical.storage import file_ingest, version_store
+from records.clinical.storage import early_ingest_drop, file_ingest, upload_ingest_early, version_store
 
 
 @shared_task(name="store.records_ingest_file", soft_time_limit=3500, time_limit=3600, ignore_result=True)
 def ingest_file(file_id: int) -> str:
     return file_ingest(file_id)
+
+
+# Sent by name from the upload handler (``records.clinical.uploads``), which sits below this module.
+@shared_task(name="store.records_ingest_upload", soft_time_limit=3500, time_limit=3600, ignore_result=True)
+def ingest_upload(stream_id: str) -> str:
+    return upload_ingest_early(stream_id)
+
+
+@shared_task(name="store.records_drop_early_ingest", soft_time_limit=60, time_limit=70, ignore_result=True)
+def drop_early_ingest(early_id: int) -> None:
+    early_ingest_drop(early_id)
 
 
 @shared_task(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -29,7 +30,11 @@ from django.utils.http import parse_header_parameters
 from django.utils.translation import gettext as _
 
 from chain.core import stream
+from chain.core.blockstore import HELPER_MIN_BYTES
+from chain.core.streamio import finish_growing
 from records.clinical.rawbody import raw_body_chunks
+
+log = logging.getLogger(__name__)
 
 SNIFF_BYTES = 132  # DICOM's "DICM" magic sits at offset 128
 
@@ -113,6 +118,7 @@ class EncryptingUploadHandler(FileUploadHandler):
         self._reset()
 
     def _reset(self) -> None:
+        self._growing = False  # the store worker was asked to add the spool file as it grows
         self._encryptor = None
         self._out = None
         self._head = b""
@@ -144,6 +150,9 @@ class EncryptingUploadHandler(FileUploadHandler):
         if data:
             self._out.write(data)
             self._written += len(data)
+            if not self._growing and self._written >= EARLY_INGEST_BYTES and self._media_type is not None:
+                self._out.flush()
+                self._growing = _ask_early_ingest(self._stream_id)
 
     def _fail(self, message: str, status: int):
         self.error = UploadRejected(message, status)
@@ -178,6 +187,10 @@ class EncryptingUploadHandler(FileUploadHandler):
             self._decide_type()
         self._write(self._encryptor.finalize())
         self._out.flush()
+        if self._growing:
+            # Marked before the fsync, which the early add need not wait for (its own files are
+            # fsynced), and before the rename: the marker goes by this name.
+            finish_growing(self._part, complete=True)
         os.fsync(self._out.fileno())
         self._out.close()
         os.replace(self._part, self._path)
@@ -223,6 +236,9 @@ class EncryptingUploadHandler(FileUploadHandler):
     def _abort(self) -> None:
         if self._out is not None and not self._out.closed:
             self._out.close()
+        if self._growing and self._part:
+            finish_growing(self._part, complete=False)  # the early add stops now, not after a minute's silence
+            self._growing = False
         for path in (self._part, self._path):
             if path:
                 with contextlib.suppress(FileNotFoundError):
@@ -239,6 +255,33 @@ class EncryptingUploadHandler(FileUploadHandler):
                 upload.discard()
 
     discard_all = discard_unclaimed
+
+
+EARLY_INGEST_BYTES = HELPER_MIN_BYTES
+"""An upload this large asks the store worker to add it while it arrives (``store.records_ingest_upload``)."""
+
+
+def _ask_early_ingest(stream_id: uuid.UUID) -> bool:
+    """Ask the store worker to add this upload's spool file while it grows; whether it was asked.
+
+    Looked up by the task's name: the task module sits above this one. Not when
+    tasks run inline (tests), where it would wait on the bytes this very
+    request has yet to write. The message names the stream only. Sent before
+    any transaction of the request commits, unlike other tasks: the point is
+    to start now, and the task reads a file, not rows (a file that never gets
+    its record is let go by the re-drive).
+    """
+    from celery import current_app
+
+    task = current_app.tasks["store.records_ingest_upload"]
+    if task.app.conf.task_always_eager:
+        return False
+    try:
+        task.apply_async(args=[str(stream_id)])
+    except Exception:  # the broker is away: the file is added after the upload instead
+        log.warning("could not ask for an early add of upload %s", stream_id, exc_info=True)
+        return False
+    return True
 
 
 RAW_UPLOAD = "application/octet-stream"

@@ -11,6 +11,7 @@ keys cross rooms and the access policy reads all of them (docs/architecture.md).
 
 from records.models.clinical import (
     BulkExport,
+    EarlyIngest,
     KeptRecordManager,
     MedicalRecord,
     RecordFile,
@@ -43,6 +44,7 @@ __all__ = [
     "BulkExport",
     "CardCode",
     "Delivery",
+    "EarlyIngest",
     "Grant",
     "GrantPurpose",
     "GrantScope",

@@ -189,6 +189,25 @@ class RecordFile(models.Model):
         return f"yilian/record-file/v1/{self.stream_id}".encode()
 
 
+class EarlyIngest(models.Model):
+    """An upload's ciphertext stored and pinned in the DAG while it arrived, before a record file took it.
+
+    The store worker adds a large upload's spool file as it grows; when it is
+    done before the upload's record file exists, the pin is recorded here
+    until ``file_ingest`` hands it to that file (and deletes this row). A row no
+    file claims (the upload was refused after it arrived whole) is dropped with
+    its pin by the re-drive after an hour.
+    """
+
+    stream_id = models.UUIDField(unique=True, editable=False)
+    root_cid = models.CharField(max_length=80)
+    ciphertext_size = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} → {self.root_cid}"
+
+
 class WrappedKey(models.Model):
     """A version's data key sealed to one recipient's X25519 public key."""
 

@@ -554,11 +554,15 @@ def test_a_300_mb_upload_streams_through_a_real_server_in_bounded_memory(
     assert response.status == 200, payload
     record_file = RecordFile.objects.get()
     assert record_file.size == size and record_file.status == "spooled"
-    assert spool_files() == [f"{record_file.stream_id}.enc"]
+    # The spool file, and the end the upload marked for the early add it asked for (not run here).
+    assert spool_files() == [f"{record_file.stream_id}.enc", f"{record_file.stream_id}.enc.part.end"]
+    assert celery_outbox.names[0] == "store.records_ingest_upload"
     assert (Path(settings.SPOOL_DIR) / spool_files()[0]).stat().st_size == record_file.ciphertext_size
 
     with Measured() as ingest:
-        celery_outbox.run_all()  # the store worker: ingest into the DAG, store and anchor the version
+        # the store worker: the early add, asked too late, leaves the file to the ingest; then
+        # the ingest into the DAG, the version stored and anchored
+        celery_outbox.run_all()
     record_file.refresh_from_db()
     assert record_file.status == "stored" and spool_files() == []
 
