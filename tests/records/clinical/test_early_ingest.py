@@ -25,7 +25,7 @@ from chain.core.cid import CID
 from chain.stores import dag_writer
 from records.clinical import storage, uploads
 from records.clinical.reading import SequentialReader
-from records.clinical.services import record_attach_file, record_create
+from records.clinical.services import record_attach_file
 from records.keys import unwrap_file_key
 from records.models import EarlyIngest, RecordFile
 from records.policy import record_get_for_user
@@ -35,17 +35,6 @@ KIB = 1 << 10
 THRESHOLD = 256 * KIB
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the early add's thread has a connection of its own
-
-
-@pytest.fixture
-def draft(carol, alice, visit):
-    return record_create(
-        patient=alice,
-        author=carol,
-        kind="imaging",
-        content={"title": "MRI", "modality": "MR", "body_site": "Head", "findings": "-"},
-        visit=visit,
-    )
 
 
 class StoreWorker:

@@ -28,7 +28,6 @@ from django.urls import reverse
 
 from records.clinical import storage
 from records.clinical.reading import content_of
-from records.clinical.services import record_create
 from records.clinical.uploads import sanitize_filename
 from records.models import MedicalRecord, RecordFile
 from records.policy import record_get_for_user
@@ -101,18 +100,6 @@ def assert_nothing_stored(record=None) -> None:
     assert not RecordFile.objects.exists()
     assert spool_files() == [], "the spool must be empty"
     assert dag_pins() == {}
-
-
-@pytest.fixture
-def draft(carol, alice, visit):
-    """An imaging study in draft: where a doctor attaches files."""
-    return record_create(
-        patient=alice,
-        author=carol,
-        kind="imaging",
-        content={"title": "MRI", "modality": "MR", "body_site": "Head", "findings": "-"},
-        visit=visit,
-    )
 
 
 @pytest.fixture(params=["patient document", "doctor attachment"])
