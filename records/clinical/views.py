@@ -13,7 +13,6 @@ import secrets
 from csp.decorators import csp_replace
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -26,6 +25,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import forbidden, patient_data_gate, role_required, staff_may_open_patient_data
 from accounts.models import Institution, Role
+from emr_site.paging import page_of
 from records.anchors import anchor_proof
 from records.clinical import downloads, reading, services
 from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm
@@ -66,8 +66,8 @@ def _timeline(records_qs, request):
         records_qs = records_qs.filter(institution__isnull=True)
     elif institution:
         records_qs = records_qs.filter(institution__code=institution)
-    records_qs = records_qs.select_related("institution", "author", "visit", "current_version").order_by("-created_at")
-    page = Paginator(records_qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    related = ("institution", "author", "visit", "current_version")
+    page = page_of(records_qs.order_by("-created_at"), request.GET.get("page"), per_page=PAGE_SIZE, related=related)
     return page, {"institution": institution, "kind": kind}
 
 
