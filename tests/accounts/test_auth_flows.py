@@ -8,6 +8,7 @@ import pytest
 from allauth.mfa.utils import is_mfa_enabled
 from django.core import mail
 from django.core.cache import cache
+from django.db import connection
 from django.urls import reverse
 
 from accounts.middleware import SESSION_KEY
@@ -174,3 +175,19 @@ def test_the_reauthentication_alternatives_are_readable(client, carol):
     alternatives = page.split("Alternative options", 1)[1] if "Alternative options" in page else ""
     assert alternatives, "no alternatives offered"
     assert "btn-outline" in alternatives and "btn-primary" not in alternatives
+
+
+def test_activity_is_written_to_the_session_once_a_minute_not_on_every_page(client, carol, settings):
+    client.force_login(carol)
+    assert client.get(reverse("clinic_home")).status_code == 200
+    first = client.session[SESSION_KEY]
+    statements = []
+    with connection.execute_wrapper(lambda execute, sql, *rest: statements.append(sql) or execute(sql, *rest)):
+        assert client.get(reverse("clinic_home")).status_code == 200
+    assert not [sql for sql in statements if sql.startswith("UPDATE") and "django_session" in sql]
+    assert client.session[SESSION_KEY] == first
+    session = client.session
+    session[SESSION_KEY] = first - 61  # a minute and a second ago: written again
+    session.save()
+    assert client.get(reverse("clinic_home")).status_code == 200
+    assert client.session[SESSION_KEY] > first - 1
