@@ -48,13 +48,13 @@ def seal_for(version: RecordVersion, dek: bytes, *, users=(), institutions=()) -
 def open_dek(version: RecordVersion, wrapped: WrappedKey) -> bytes:
     """Open ``wrapped`` with its recipient's private key (unwrapped by the node KEK)."""
     holder = wrapped.user if wrapped.user_id else wrapped.institution
-    return open_dek_with(encryption_private_key(holder), version, bytes(wrapped.envelope))
+    return open_dek_with(crypto.EnvelopeOpener(encryption_private_key(holder)), version, bytes(wrapped.envelope))
 
 
-def open_dek_with(private: bytes, version: RecordVersion, envelope: bytes) -> bytes:
-    """Open a version's ``envelope`` with its recipient's private key, already unwrapped
+def open_dek_with(opener: crypto.EnvelopeOpener, version: RecordVersion, envelope: bytes) -> bytes:
+    """Open a version's ``envelope`` with its recipient's key, already unwrapped and loaded
     (a list opens many envelopes of one holder)."""
-    return crypto.open_key(private, envelope, context=version.associated_data())
+    return opener.open(envelope, context=version.associated_data())
 
 
 def wrap_file_key(dek: bytes, file_key: bytes, record_file: RecordFile) -> bytes:

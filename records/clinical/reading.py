@@ -18,6 +18,7 @@ from accounts.keys import encryption_private_key
 from accounts.models import Institution, User
 from chain.core import stream
 from chain.core.cid import CID
+from chain.core.crypto import EnvelopeOpener
 from chain.core.errors import CryptoError
 from chain.core.streamio import read_ahead
 from records.keys import decrypt_content, open_dek_with, unwrap_file_key
@@ -312,8 +313,10 @@ def _envelope_rank(user_id: int | None, institution_id: int | None, reader) -> i
     return 1 if institution_id else 2
 
 
-def _holder_keys(holders: set[tuple[int | None, int | None]]) -> dict[tuple[int | None, int | None], bytes]:
-    """The private key of each ``(user id, institution id)`` holder, unwrapped once; two queries at most."""
+def _holder_keys(
+    holders: set[tuple[int | None, int | None]],
+) -> dict[tuple[int | None, int | None], EnvelopeOpener]:
+    """The private key of each ``(user id, institution id)`` holder, unwrapped and loaded once; two queries at most."""
     users = [user_id for user_id, _ in holders if user_id]
     institutions = [institution_id for user_id, institution_id in holders if not user_id and institution_id]
     found: dict[tuple[int | None, int | None], User | Institution] = {}
@@ -326,7 +329,7 @@ def _holder_keys(holders: set[tuple[int | None, int | None]]) -> dict[tuple[int 
     keys = {}
     for holder, row in found.items():
         try:
-            keys[holder] = encryption_private_key(row)
+            keys[holder] = EnvelopeOpener(encryption_private_key(row))
         except CryptoError:  # its versions are listed without a title
             logger.error("the private key of %s does not unwrap", row.key_owner())
     return keys

@@ -211,6 +211,19 @@ def test_envelope_rejects_a_low_order_ephemeral_key() -> None:
         crypto.open_key(RECIPIENT.private, forged, context=b"c")
 
 
+def test_one_opener_opens_many_envelopes_and_refuses_what_open_key_refuses() -> None:
+    keys = [bytes([n]) * 32 for n in range(5)]
+    envelopes = [crypto.seal_key(RECIPIENT.public, key, context=f"record:{n}".encode()) for n, key in enumerate(keys)]
+    opener = crypto.EnvelopeOpener(RECIPIENT.private)
+    assert [opener.open(e, context=f"record:{n}".encode()) for n, e in enumerate(envelopes)] == keys
+    with pytest.raises(CryptoError, match="wrong context"):
+        opener.open(envelopes[0], context=b"record:1")
+    with pytest.raises(CryptoError, match="not addressed to this key"):
+        crypto.EnvelopeOpener(crypto.new_x25519().private).open(envelopes[0], context=b"record:0")
+    with pytest.raises(CryptoError, match="32 bytes"):
+        crypto.EnvelopeOpener(b"short")
+
+
 ENVELOPE = crypto.seal_key(RECIPIENT.public, DEK, context=b"ctx")
 
 
