@@ -21,8 +21,10 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from emr_site.choices import ChoiceLabels
 
-class Visit(models.Model):
+
+class Visit(ChoiceLabels, models.Model):
     class Kind(models.TextChoices):
         OUTPATIENT = "outpatient", _("Outpatient visit")
         EMERGENCY = "emergency", _("Emergency")
@@ -66,7 +68,7 @@ class KeptRecordManager(models.Manager):
         return super().get_queryset().filter(discarded_at__isnull=True)
 
 
-class MedicalRecord(models.Model):
+class MedicalRecord(ChoiceLabels, models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", _("Draft")
         FINAL = "final", _("Final")
@@ -111,7 +113,7 @@ class MedicalRecord(models.Model):
         return self.status == self.Status.DRAFT
 
 
-class RecordVersion(models.Model):
+class RecordVersion(ChoiceLabels, models.Model):
     class Storage(models.TextChoices):
         DRAFT = "draft", _("Draft")
         PENDING = "pending", _("Being stored")

@@ -9,10 +9,11 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from emr_site.choices import ChoiceLabels
 from records.models.clinical import MedicalRecord, Visit
 
 
-class AccessEvent(models.Model):
+class AccessEvent(ChoiceLabels, models.Model):
     """One row per read, write, download, upload and denied attempt."""
 
     class Action(models.TextChoices):

@@ -10,6 +10,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from emr_site.choices import ChoiceLabels
 from records.models.clinical import MedicalRecord, RecordKind, RecordVersion
 
 
@@ -29,7 +30,7 @@ class GrantPurpose(models.TextChoices):
     EMERGENCY = "emergency", _("Emergency (break-glass)")
 
 
-class Grant(models.Model):
+class Grant(ChoiceLabels, models.Model):
     """A patient's permission for one doctor or one institution to read some records.
 
     The row is the projection the access helper reads; the ``records.grant_issued``
@@ -190,7 +191,7 @@ class RekeyItem(models.Model):
         return f"rekey item {self.record_id} ({self.status})"
 
 
-class AccessRequest(models.Model):
+class AccessRequest(ChoiceLabels, models.Model):
     """A verified doctor asks a patient for access; the patient approves (a grant) or declines.
 
     The reason is a message between two people and may be clinical, so it
@@ -268,7 +269,7 @@ def review_note_aad(public_id) -> bytes:
     return f"yilian/break-glass-review/v1/{public_id}".encode()
 
 
-class BreakGlass(models.Model):
+class BreakGlass(ChoiceLabels, models.Model):
     """Emergency access: a cleared clinician opens a patient's records without a grant.
 
     Time-boxed (``expires_at``), announced to the patient, every read audited
