@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 from allauth.mfa.utils import is_mfa_enabled
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
@@ -35,7 +37,7 @@ def navigation(request):
         max(matching, key=lambda item: len(item["url"]))["active"] = True
     return {
         "nav_items": items,
-        "user_mfa_enabled": lambda: is_mfa_enabled(user),  # evaluated only where a page asks
+        "user_mfa_enabled": functools.cache(lambda: is_mfa_enabled(user)),  # asked once, and only where a page asks
         "key_fingerprint": key_fingerprint(bytes(user.enc_public)) if user.enc_public else "",
         "signing_fingerprint": key_fingerprint(bytes(user.sign_public)) if user.sign_public else "",
     }
