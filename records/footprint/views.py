@@ -13,7 +13,6 @@ from django.utils.translation import gettext_lazy
 
 from accounts.access import forbidden
 from accounts.models import Role
-from emr_site.paging import page_of
 from records.clinical.forms import IsoDateField
 from records.footprint import services as footprint
 from records.models import AccessEvent, BreakGlass
@@ -72,7 +71,7 @@ def patient_footprint(request):
         return forbidden(request, _("This page is not part of your portal."))
     form = FootprintFilterForm(request.GET, institutions=footprint.institutions_seen(user))
     filters = form.filters()
-    page = page_of(footprint.footprint_events(user, filters), request.GET.get("page"), per_page=PAGE_SIZE)
+    page = footprint.footprint_page(user, filters, request.GET.get("page"), per_page=PAGE_SIZE)
     rows = footprint.footprint_rows(list(page.object_list), reader=user)
     selected = footprint.row_to_check(rows, request.GET.get("check", ""))
     today = timezone.localdate()
