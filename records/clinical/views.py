@@ -66,7 +66,7 @@ def _timeline(records_qs, request):
         records_qs = records_qs.filter(institution__isnull=True)
     elif institution:
         records_qs = records_qs.filter(institution__code=institution)
-    related = ("institution", "author", "visit", "current_version")
+    related = ("institution", "author", "current_version")  # the filters may join the visit; the rows never show it
     page = page_of(records_qs.order_by("-created_at"), request.GET.get("page"), per_page=PAGE_SIZE, related=related)
     return page, {"institution": institution, "kind": kind}
 
