@@ -9,7 +9,8 @@ touches a real database. Three measurements:
    mempool, then ``chain_seal`` runs until the mempool is empty: read pending,
    decode, verify every signature (fresh objects, as in the store worker), seal,
    validate the sealed block, write it to RocksDB (synced), project it into the
-   database and clear the mempool. The raw Ed25519 verification rate is
+   database and clear the mempool. This process first freezes what it has
+   loaded, as the store worker does when it starts (``emr_site.startup``). The raw Ed25519 verification rate is
    measured in the same run; the ratio shows what the rest costs.
    Beside it, ``tx_submit`` one at a time (a commit each), then from
    ``--submit-processes`` processes of ``--submit-threads`` threads each
@@ -409,6 +410,9 @@ def main() -> None:
         f"data directory {data_dir}; SQLite + RocksDB; {os.cpu_count()} CPUs; "
         f"block interval {settings.CHAIN_BLOCK_INTERVAL} s; up to {settings.CHAIN_MAX_BLOCK_TXS} txs per block"
     )
+    from emr_site.startup import freeze_loaded_objects
+
+    freeze_loaded_objects()  # as the store worker does once it is ready (emr_site/celery.py)
     signers = Signers(args.signers)
     throughput(args.txs, signers, raw_verify_rate(), args, data_dir)
     latency(args.latency_seconds, args.rate, Signers(args.signers))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emr_site.settings")
@@ -32,3 +33,13 @@ def ping() -> str:
 @app.task(name="store.ping")
 def store_ping() -> str:
     return "pong"
+
+
+@worker_ready.connect
+def _freeze_on_start(**kwargs) -> None:
+    """Once its tasks are loaded, a worker freezes what it holds (``emr_site.startup``): a seal or an
+    upload is not stalled by a full garbage collection walking Django. The project's workers run
+    the threads pool, so this is the process that runs the tasks."""
+    from emr_site.startup import freeze_loaded_objects
+
+    freeze_loaded_objects()
