@@ -90,6 +90,22 @@ def test_a_doctor_opens_a_visit_with_the_id(client, alice, carol):
 
 
 @pytest.mark.django_db
+def test_opening_a_visit_again_continues_the_open_one(client, alice, carol):
+    login(client, carol)
+    asked = {"patient": alice.email, "kind": "outpatient"}
+    first = client.post(reverse("clinic_patients"), asked)
+    again = client.post(reverse("clinic_patients"), asked, follow=True)
+    visit = Visit.objects.get()
+    assert first.url == again.redirect_chain[-1][0] == reverse("clinic_visit", args=[visit.public_id])
+    assert "尚未结束" in again.content.decode()  # the portal speaks Chinese unless asked otherwise
+    # Another kind of visit, or one after this visit is closed, is a new visit.
+    client.post(reverse("clinic_patients"), {**asked, "kind": "inpatient"})
+    Visit.objects.filter(pk=visit.pk).update(status=Visit.Status.CLOSED)
+    client.post(reverse("clinic_patients"), asked)
+    assert Visit.objects.filter(patient=alice).count() == 3
+
+
+@pytest.mark.django_db
 def test_the_doctor_directory_lists_verified_clinicians_by_name_and_hospital(carol, dave, hospital, other_hospital):
     UserFactory(email="unverified@example.org", role="clinician", institution=hospital, name=carol.name)
     found = doctors_find(f"{carol.name} {hospital.name_en}")

@@ -164,16 +164,33 @@ def clinic_patients(request):
     user = request.user
     form = VisitOpenForm(request.POST or None, clinician=user)
     if request.method == "POST" and form.is_valid():
+        patient, kind = form.cleaned_data["patient"], form.cleaned_data["kind"]
+        current = _open_visit_of(user, patient, kind)
+        if current is not None:  # a second click, or a doctor who forgot the visit is still open
+            messages.info(request, _("Your visit with %(name)s is still open; continue it here.") % {
+                "name": patient.display_name
+            })  # fmt: skip
+            return redirect("clinic_visit", visit_id=current.public_id)
         try:
-            visit = clinical.visit_open(
-                clinician=user, patient=form.cleaned_data["patient"], kind=form.cleaned_data["kind"]
-            )
+            visit = clinical.visit_open(clinician=user, patient=patient, kind=kind)
         except (PermissionDenied, ValidationError) as exc:
             form.add_error(None, " ".join(getattr(exc, "messages", [str(exc)])))
         else:
             messages.success(request, _("Visit opened for %(name)s.") % {"name": visit.patient.display_name})
             return redirect("clinic_visit", visit_id=visit.public_id)
     return render(request, "clinic/patients.html", clinic_patients_context(user, form=form))
+
+
+def _open_visit_of(clinician, patient, kind: str) -> Visit | None:
+    """The visit of this kind the clinician opened for the patient here and has not closed, if any."""
+    return (
+        Visit.objects.filter(
+            patient=patient, institution_id=clinician.institution_id, opened_by=clinician, kind=kind,
+            status=Visit.Status.OPEN,
+        )
+        .order_by("-opened_at")
+        .first()
+    )  # fmt: skip
 
 
 def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
