@@ -10,8 +10,9 @@ touches a real database. Three measurements:
    decode, verify every signature (fresh objects, as in the store worker), seal,
    validate the sealed block, write it to RocksDB (synced), project it into the
    database and clear the mempool. This process first freezes what it has
-   loaded, as the store worker does when it starts (``emr_site.startup``). The raw Ed25519 verification rate is
-   measured in the same run; the ratio shows what the rest costs.
+   loaded, as the store worker does when it starts (``emr_site.startup``).
+   The raw Ed25519 verification rate is measured in the same run; the ratio
+   shows what the rest costs.
    Beside it, ``tx_submit`` one at a time (a commit each), then from
    ``--submit-processes`` processes of ``--submit-threads`` threads each
    (submissions made outside a transaction share commits), then

@@ -167,9 +167,8 @@ def clinic_patients(request):
         patient, kind = form.cleaned_data["patient"], form.cleaned_data["kind"]
         current = _open_visit_of(user, patient, kind)
         if current is not None:  # a second click, or a doctor who forgot the visit is still open
-            messages.info(request, _("Your visit with %(name)s is still open; continue it here.") % {
-                "name": patient.display_name
-            })  # fmt: skip
+            message = _("Your visit with %(name)s is still open; continue it here.")
+            messages.info(request, message % {"name": patient.display_name})
             return redirect("clinic_visit", visit_id=current.public_id)
         try:
             visit = clinical.visit_open(clinician=user, patient=patient, kind=kind)
@@ -183,14 +182,14 @@ def clinic_patients(request):
 
 def _open_visit_of(clinician, patient, kind: str) -> Visit | None:
     """The visit of this kind the clinician opened for the patient here and has not closed, if any."""
-    return (
-        Visit.objects.filter(
-            patient=patient, institution_id=clinician.institution_id, opened_by=clinician, kind=kind,
-            status=Visit.Status.OPEN,
-        )
-        .order_by("-opened_at")
-        .first()
-    )  # fmt: skip
+    visits = Visit.objects.filter(
+        patient=patient,
+        institution_id=clinician.institution_id,
+        opened_by=clinician,
+        kind=kind,
+        status=Visit.Status.OPEN,
+    )
+    return visits.order_by("-opened_at").first()
 
 
 def clinic_patients_context(user, *, form=None, request_form=None) -> dict:
