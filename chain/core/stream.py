@@ -57,13 +57,18 @@ range. Each is verified under its own counter, and the one the stored size
 makes last must carry the last flag, so every byte a range read returns is
 authentic and at its true offset; what it cannot see is damage to segments
 outside the range, which a whole-stream read would report.
+
+Re-keying (:func:`reencrypt`) opens each segment of a stream and seals it
+again, at the same position and with the same last flag, under a new key, a
+new nonce prefix and new associated data, without ever holding the plaintext
+anywhere but one reused segment buffer.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -173,30 +178,55 @@ class _SegmentCipher:
     def seal(self, index: int, plaintext: BytesLike, last: bool) -> bytes:
         return self._aead.encrypt(self._nonce(index, last), plaintext, self._aad)
 
+    def seal_into(self, index: int, plaintext: BytesLike, last: bool, out: BytesLike) -> None:
+        """Seal into ``out``, which must hold exactly ``len(plaintext) + TAG_SIZE`` bytes."""
+        self._aead.encrypt_into(self._nonce(index, last), plaintext, self._aad, out)
+
     def open(self, index: int, ciphertext: BytesLike, last: bool) -> bytes:
         """Plaintext of segment ``index``; :class:`CryptoError` unless its tag verifies."""
-        try:
-            return self._aead.decrypt(self._nonce(index, last), ciphertext, self._aad)
-        except InvalidTag:
-            raise CryptoError(
-                f"cannot decrypt segment {index} of the encrypted stream: wrong key, "
-                "wrong associated data, or damaged, reordered or truncated ciphertext"
-            ) from None
+        return self._open(index, ciphertext, last, None)
 
     def open_last(self, index: int, ciphertext: BytesLike) -> bytes:
         """Open the segment the stream ends with; say "truncated" when it was sealed as not last."""
+        return self._open_last(index, ciphertext, None)
+
+    def open_into(self, index: int, ciphertext: BytesLike, last: bool, out: BytesLike) -> None:
+        """Open segment ``index`` (as the last one if ``last``) into ``out``: ``len(ciphertext) - TAG_SIZE`` bytes.
+
+        On failure ``out`` holds unauthenticated bytes, which the caller must discard.
+        """
+        if last:
+            self._open_last(index, ciphertext, out)
+        else:
+            self._open(index, ciphertext, False, out)
+
+    def _open_last(self, index: int, ciphertext: BytesLike, out: BytesLike | None) -> bytes:
         if len(ciphertext) < TAG_SIZE:
             raise CryptoError("encrypted stream is truncated: incomplete final segment")
         if index > 0 and len(ciphertext) == TAG_SIZE:
             raise CryptoError("encrypted stream is malformed: empty final segment")
         try:
-            return self.open(index, ciphertext, last=True)
+            return self._open(index, ciphertext, True, out)
         except CryptoError:
             # Only on the failure path: a segment that opens as "not last" is
             # authentic, so the stream was cut after it.
             if self._opens(index, ciphertext, last=False):
                 raise CryptoError("encrypted stream is truncated: the final segment is missing") from None
             raise
+
+    def _open(self, index: int, ciphertext: BytesLike, last: bool, out: BytesLike | None) -> bytes:
+        """The plaintext, or ``b""`` once it is written into ``out``; :class:`CryptoError` on a bad tag."""
+        nonce = self._nonce(index, last)
+        try:
+            if out is None:
+                return self._aead.decrypt(nonce, ciphertext, self._aad)
+            self._aead.decrypt_into(nonce, ciphertext, self._aad, out)
+            return b""
+        except InvalidTag:
+            raise CryptoError(
+                f"cannot decrypt segment {index} of the encrypted stream: wrong key, "
+                "wrong associated data, or damaged, reordered or truncated ciphertext"
+            ) from None
 
     def _opens(self, index: int, ciphertext: BytesLike, last: bool) -> bool:
         try:
@@ -466,6 +496,115 @@ def decrypt_bytes(key: bytes, data: BytesLike, *, associated_data: bytes) -> byt
         parts.append(cipher.open(index, view[start : start + full], last=False))
     parts.append(cipher.open_last(count - 1, view[HEADER_SIZE + (count - 1) * full :]))
     return b"".join(parts)
+
+
+# -- re-keying ----------------------------------------------------------------
+
+
+def reencrypt(
+    key: bytes,
+    pieces: Iterable[BytesLike],
+    *,
+    associated_data: bytes,
+    ciphertext_total: int,
+    plaintext_total: int,
+    new_key: bytes,
+    new_associated_data: bytes,
+    chunk_size: int,
+) -> Iterator[bytes]:
+    """The same plaintext as a new stream under ``new_key``, in pieces of ``chunk_size`` bytes.
+
+    ``pieces`` is the old stream cut anyhow (the blocks of its DAG), and
+    ``ciphertext_total`` and ``plaintext_total`` its stored sizes, which its
+    layout must match. Each old segment's tag is verified (the last one's as
+    last) before its plaintext is sealed as the same segment of the new
+    stream, which keeps the segment size and so the length. The plaintext only
+    ever sits in one reused segment buffer, and each new segment is sealed
+    straight into the chunk being filled, which is handed out once as
+    immutable bytes: re-keying costs no other copy. Every piece but the last
+    is exactly ``chunk_size`` bytes. A bad tag, or an old stream shorter or
+    longer than its stored size, raises :class:`CryptoError`; the pieces
+    already handed out are then authentic ciphertext of an unfinished stream,
+    which the caller must drop.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    source = _Cursor(pieces)
+    header = StreamHeader.decode(source.take(HEADER_SIZE))
+    segments, size = _layout(ciphertext_total, header.segment_size)
+    if size != plaintext_total:
+        raise CryptoError(f"encrypted stream of {ciphertext_total} bytes holds {size}, not {plaintext_total}")
+    old = _SegmentCipher(key, header, associated_data)
+    new_header = _new_header(header.segment_size)
+    new = _SegmentCipher(new_key, new_header, new_associated_data)
+    full = header.segment_size + TAG_SIZE
+    plaintext = memoryview(bytearray(header.segment_size))
+    spare = memoryview(bytearray(full))  # a new segment that straddles two chunks
+    chunk = memoryview(bytearray(chunk_size))
+    filled = 0
+
+    def spill(data: memoryview) -> Iterator[bytes]:
+        nonlocal filled
+        while data:
+            take = min(chunk_size - filled, len(data))
+            chunk[filled : filled + take] = data[:take]
+            filled += take
+            data = data[take:]
+            if filled == chunk_size:
+                filled = 0
+                yield chunk.tobytes()
+
+    yield from spill(memoryview(new_header.encode()))
+    for index in range(segments):
+        last = index == segments - 1
+        length = ciphertext_total - HEADER_SIZE - index * full if last else full
+        segment = source.take(length)
+        if len(segment) != length:
+            raise CryptoError(f"encrypted stream is truncated: {len(segment)} of {length} bytes of segment {index}")
+        text = plaintext[: length - TAG_SIZE]
+        old.open_into(index, segment, last, text)
+        if chunk_size - filled >= length:
+            new.seal_into(index, text, last, chunk[filled : filled + length])
+            filled += length
+            if filled == chunk_size:
+                filled = 0
+                yield chunk.tobytes()
+        else:
+            new.seal_into(index, text, last, spare[:length])
+            yield from spill(spare[:length])
+    if source.take(1):
+        raise CryptoError(f"encrypted stream is longer than its stored size of {ciphertext_total} bytes")
+    if filled:
+        yield chunk[:filled].tobytes()
+
+
+class _Cursor:
+    """Exact-size views over a sequence of byte strings: no copy unless a view spans two of them."""
+
+    def __init__(self, pieces: Iterable[BytesLike]) -> None:
+        self._pieces = iter(pieces)
+        self._view = memoryview(b"")
+
+    def take(self, size: int) -> memoryview:
+        """The next ``size`` bytes, or fewer at the end."""
+        view = self._view
+        if len(view) >= size:
+            self._view = view[size:]
+            return view[:size]
+        held = bytearray(view)
+        self._view = memoryview(b"")
+        while len(held) < size:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            piece_view = memoryview(piece).cast("B")
+            if not held and len(piece_view) >= size:
+                self._view = piece_view[size:]
+                return piece_view[:size]
+            need = size - len(held)
+            held += piece_view[:need]
+            self._view = piece_view[need:]
+        return memoryview(held)
 
 
 # -- random access ------------------------------------------------------------

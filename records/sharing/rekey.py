@@ -46,7 +46,8 @@ from chain.core import stream
 from chain.core.blockstore import add_file
 from chain.core.cid import CID
 from chain.core.errors import CryptoError
-from records.clinical.reading import SequentialReader
+from chain.core.streamio import read_ahead
+from records.clinical.reading import READ_AHEAD
 from records.clinical.services import version_recipients
 from records.clinical.storage import version_store
 from records.keys import decrypt_content, encrypt_content, open_dek, seal_for, unwrap_file_key, wrap_file_key
@@ -76,9 +77,8 @@ def _after_item(item_id: int) -> None:
 class _Pieces:
     """A readable stream over an iterator of byte strings: what ``add_file`` reads its chunks from.
 
-    The pieces are kept as they come and joined once per read: each byte is
-    copied once here (a growing buffer sliced into a chunk copied each three
-    times, a fifth of re-keying's time).
+    A read of exactly the next piece's size returns that piece itself; other
+    reads join what they span.
     """
 
     def __init__(self, pieces) -> None:
@@ -104,55 +104,44 @@ class _Pieces:
             taken.append(piece)
             missing -= len(piece)
         self._held_bytes -= size
-        return b"".join(taken)
+        return b"".join(taken)  # a single piece is returned as it is, not copied
 
 
 def _reencrypt_file(store, old: RecordFile, old_key: bytes, new: RecordFile, new_key: bytes) -> tuple[CID, int]:
-    """Stream ``old``'s plaintext from the DAG into a new encrypted stream, added to the DAG as it is made.
+    """Re-encrypt ``old``'s stream from the DAG into ``new``'s, added to the DAG as it is made.
 
-    No spool file: each re-encrypted segment goes straight into ``add_file``,
-    whose writer thread stores the previous chunk while this one is decrypted
-    and sealed. Memory: a chunk and a few segments. Returns the new root
-    (pinned) and the new ciphertext size; a plaintext of the wrong length
-    leaves nothing pinned.
+    No spool file: the old blocks are read (and re-hashed) on a thread of
+    their own, each segment is opened and sealed again in place by
+    :func:`chain.core.stream.reencrypt`, and each new chunk goes straight into
+    ``add_file``, which hashes it while helper processes write the blocks.
+    Memory: a few chunks. Returns the new root (pinned) and the new
+    ciphertext size; a damaged old stream raises :class:`CryptoError`.
     """
-    reader = SequentialReader(CID.decode(old.root_cid))
-    reader.store = store
-    plaintext = stream.decrypt_range(
+    blocks = read_ahead(store.cat(CID.decode(old.root_cid)), READ_AHEAD)
+    chunks = stream.reencrypt(
         old_key,
-        reader,
+        blocks,
         associated_data=old.stream_associated_data(),
         ciphertext_total=old.ciphertext_size,
-    )
-    encryptor = stream.Encryptor(new_key, associated_data=new.stream_associated_data())
-    counted = {"plain": 0, "sealed": 0}
-
-    def sealed():
-        for piece in _then_finalized(plaintext, encryptor, counted):
-            counted["sealed"] += len(piece)
-            yield piece
-
-    result = add_file(
-        store,
-        _Pieces(sealed()),
+        plaintext_total=old.size,
+        new_key=new_key,
+        new_associated_data=new.stream_associated_data(),
         chunk_size=settings.DAG_CHUNK_SIZE,
-        max_links=settings.DAG_MAX_LINKS,
-        pin=True,
-        size_hint=old.ciphertext_size,  # the new ciphertext is as long: large ones go through the SST helper
     )
-    if counted["plain"] != old.size:
-        store.unpin(result.root)
-        raise CryptoError(f"file {old.public_id}: decrypted {counted['plain']} bytes, expected {old.size}")
-    return result.root, counted["sealed"]
-
-
-def _then_finalized(plaintext, encryptor, counted: dict[str, int]):
-    """The new stream's pieces: its header, each plaintext piece sealed, then the final segment."""
-    yield encryptor.header
-    for piece in plaintext:
-        counted["plain"] += len(piece)
-        yield encryptor.update(piece)
-    yield encryptor.finalize()
+    try:
+        result = add_file(
+            store,
+            _Pieces(chunks),
+            chunk_size=settings.DAG_CHUNK_SIZE,
+            max_links=settings.DAG_MAX_LINKS,
+            pin=True,
+            size_hint=old.ciphertext_size,  # the new ciphertext is as long: large ones go through the SST helper
+        )
+    except CryptoError as exc:  # nothing was pinned: add_file pins only a finished object
+        raise CryptoError(f"file {old.public_id}: {exc}") from None
+    finally:
+        blocks.close()  # stops the reading thread if the stream failed midway
+    return result.root, result.size
 
 
 def _unpin_once(store, roots) -> int:

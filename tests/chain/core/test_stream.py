@@ -32,6 +32,7 @@ from chain.core.stream import (
     encrypt_stream,
     new_data_key,
     plaintext_size,
+    reencrypt,
 )
 
 KEY = bytes(range(32))
@@ -72,7 +73,31 @@ def decrypt_ranged(key: bytes, ct: bytes, *, associated_data: bytes) -> bytes:
     return b"".join(parts)
 
 
-DECRYPTORS: list[Callable[..., bytes]] = [decrypt_bytes, decrypt_incrementally, decrypt_streamed, decrypt_ranged]
+def decrypt_reencrypted(key: bytes, ct: bytes, *, associated_data: bytes) -> bytes:
+    """Re-key the stream (fed in uneven pieces, out in odd-sized chunks), then open the new one."""
+    segment_size = StreamHeader.decode(ct[:HEADER_SIZE]).segment_size
+    new = b"".join(
+        reencrypt(
+            key,
+            pieces(ct, [3, 0, 17, 1, 40]),
+            associated_data=associated_data,
+            ciphertext_total=len(ct),
+            plaintext_total=plaintext_size(len(ct), segment_size),
+            new_key=OTHER_KEY,
+            new_associated_data=b"rekeyed",
+            chunk_size=11,
+        )
+    )
+    return decrypt_bytes(OTHER_KEY, new, associated_data=b"rekeyed")
+
+
+DECRYPTORS: list[Callable[..., bytes]] = [
+    decrypt_bytes,
+    decrypt_incrementally,
+    decrypt_streamed,
+    decrypt_ranged,
+    decrypt_reencrypted,
+]
 
 
 def assert_all_fail(ct: bytes, *, key: bytes = KEY, associated_data: bytes = AD, match: str | None = None) -> None:
@@ -569,3 +594,117 @@ def test_decrypt_stream_memory_is_bounded_by_the_segment() -> None:
         tracemalloc.stop()
     assert sink.digest.digest() == generated_hash(SIZE)
     assert peak < MEMORY_BOUND
+
+
+# -- re-keying ------------------------------------------------------------------
+
+
+def rekeyed(ct: bytes, *, chunk_size: int, plaintext_total: int, ciphertext_total: int | None = None) -> list[bytes]:
+    return list(
+        reencrypt(
+            KEY,
+            [ct],
+            associated_data=AD,
+            ciphertext_total=len(ct) if ciphertext_total is None else ciphertext_total,
+            plaintext_total=plaintext_total,
+            new_key=OTHER_KEY,
+            new_associated_data=b"rekeyed",
+            chunk_size=chunk_size,
+        )
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=400),
+    seg=st.integers(1, 40),
+    cuts=st.lists(st.integers(0, 90), max_size=20),
+    chunk_size=st.integers(1, 100),
+)
+def test_reencrypt_makes_a_fresh_stream_of_the_same_plaintext_in_whole_chunks(
+    data: bytes, seg: int, cuts: list[int], chunk_size: int
+) -> None:
+    ct = encrypt_bytes(KEY, data, associated_data=AD, segment_size=seg)
+    chunks = list(
+        reencrypt(
+            KEY,
+            pieces(ct, cuts),
+            associated_data=AD,
+            ciphertext_total=len(ct),
+            plaintext_total=len(data),
+            new_key=OTHER_KEY,
+            new_associated_data=b"rekeyed",
+            chunk_size=chunk_size,
+        )
+    )
+    assert all(len(chunk) == chunk_size for chunk in chunks[:-1])
+    assert 0 < len(chunks[-1]) <= chunk_size
+    assert all(type(chunk) is bytes for chunk in chunks)
+    new = b"".join(chunks)
+    assert len(new) == len(ct)
+    new_header = StreamHeader.decode(new[:HEADER_SIZE])
+    assert new_header.segment_size == seg
+    assert new_header.nonce_prefix != StreamHeader.decode(ct[:HEADER_SIZE]).nonce_prefix
+    assert decrypt_bytes(OTHER_KEY, new, associated_data=b"rekeyed") == data
+    assert_all_fail(new)  # the old key and record no longer open it
+
+
+def test_reencrypt_refuses_a_stream_that_disagrees_with_its_stored_sizes() -> None:
+    ct = sample()
+    with pytest.raises(CryptoError, match="holds 27, not 26"):
+        rekeyed(ct, chunk_size=64, plaintext_total=len(STREAM_DATA) - 1)
+    with pytest.raises(CryptoError, match="longer than its stored size"):
+        rekeyed(ct + b"\x00" * 5, chunk_size=64, plaintext_total=len(STREAM_DATA), ciphertext_total=len(ct))
+    with pytest.raises(CryptoError, match="truncated"):
+        rekeyed(ct[:-3], chunk_size=64, plaintext_total=len(STREAM_DATA), ciphertext_total=len(ct))
+    with pytest.raises(ValueError, match="chunk_size"):
+        rekeyed(ct, chunk_size=0, plaintext_total=len(STREAM_DATA))
+
+
+def test_reencrypt_hands_out_nothing_past_a_damaged_segment() -> None:
+    ct = bytearray(sample())
+    ct[HEADER_SIZE + 2 * (SEG + TAG_SIZE) + 1] ^= 0x01  # the third segment
+    handed_out: list[bytes] = []
+    chunks = reencrypt(
+        KEY,
+        [bytes(ct)],
+        associated_data=AD,
+        ciphertext_total=len(ct),
+        plaintext_total=len(STREAM_DATA),
+        new_key=OTHER_KEY,
+        new_associated_data=b"rekeyed",
+        chunk_size=SEG + TAG_SIZE,
+    )
+    with pytest.raises(CryptoError, match="segment 2"):
+        handed_out.extend(chunks)
+    # The header and the first two segments, authentic; never a byte sealed from the damaged one.
+    assert len(b"".join(handed_out)) <= HEADER_SIZE + 2 * (SEG + TAG_SIZE)
+
+
+def test_reencrypt_memory_is_bounded_by_the_chunk() -> None:
+    encrypted = io.BytesIO()
+    encrypt_stream(KEY, Generated(SIZE), encrypted, associated_data=AD, segment_size=BIG_SEG)  # type: ignore[arg-type]
+    total = len(encrypted.getvalue())
+    encrypted.seek(0)
+    chunk_size = 256 * 1024
+    sink = HashSink()
+    tracemalloc.start()
+    try:
+        for chunk in reencrypt(
+            KEY,
+            iter(lambda: encrypted.read(chunk_size), b""),
+            associated_data=AD,
+            ciphertext_total=total,
+            plaintext_total=SIZE,
+            new_key=OTHER_KEY,
+            new_associated_data=b"rekeyed",
+            chunk_size=chunk_size,
+        ):
+            sink.write(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sink.size == total
+    # Two pieces in (the one being read from, the next), the chunk being filled and the one handed
+    # out, a segment of plaintext and one straddling two chunks: not the 8 MiB file.
+    assert peak < 5 * chunk_size
