@@ -266,7 +266,7 @@ def rekey_job_run(job_id: int) -> str:
     # as the grant's own issue is sealed instead of waiting for the minute's redrive.
     grant_revocation_submit(job.grant)
     waiting = False
-    failed = False
+    failed = ""  # the last item that cannot be re-keyed: the job's error once the others are done
     for item_id in list(job.items.filter(status=RekeyItem.Status.PENDING).values_list("pk", flat=True)):
         try:
             outcome = rekey_item(item_id)
@@ -276,9 +276,9 @@ def rekey_job_run(job_id: int) -> str:
             continue
         except (CryptoError, WrappedKey.DoesNotExist) as exc:
             # Cannot be fixed by retrying (no patient envelope, damaged ciphertext): a person must look.
-            failed = True
+            failed = str(exc)[:300] or "crypto error"
             log.error("re-keying item %s of job %s failed: %s", item_id, job_id, exc)
-            RekeyJob.objects.filter(pk=job_id).update(error=str(exc)[:300] or "crypto error")
+            RekeyJob.objects.filter(pk=job_id).update(error=failed)
             continue
         except Exception as exc:
             RekeyJob.objects.filter(pk=job_id).update(error=str(exc)[:300], updated_at=timezone.now())
@@ -302,6 +302,8 @@ def rekey_job_run(job_id: int) -> str:
     fields = {"status": status, "done_count": done, "updated_at": timezone.now()}
     if status == RekeyJob.Status.DONE:
         fields["error"] = ""
+    elif status == RekeyJob.Status.FAILED:
+        fields["error"] = failed  # later items' progress cleared it
     RekeyJob.objects.filter(pk=job_id).update(**fields)
     if result == "done":
         log.info("re-keying job %s finished: %d records", job.public_id, done)

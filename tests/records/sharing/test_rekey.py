@@ -243,6 +243,26 @@ def test_a_killed_item_rolls_back_and_drops_its_new_pins(shared, alice, monkeypa
     assert rekey.rekey_job_run(job.pk) == "done"
 
 
+def test_a_file_that_disagrees_with_its_row_fails_the_job_naming_it(shared, alice):
+    scan_file = shared["scan"].current_version.files.order_by("position").first()
+    RecordFile.objects.filter(pk=scan_file.pk).update(size=scan_file.size + 1)  # the row, not the stream
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    store = dag_writer()
+    pins_before = dict(store.pins())
+
+    assert rekey.rekey_job_run(job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.status == "failed" and str(scan_file.public_id) in job.error
+    scan_item = RekeyItem.objects.get(job=job, record=shared["scan"])
+    assert scan_item.status == "pending" and shared["scan"].versions.count() == 1
+    # The other two records were re-keyed; the scan's half-made ciphertext was never pinned.
+    assert job.done_count == 2
+    new_roots = set(store.pins()) - set(pins_before)
+    rekeyed = RecordVersion.objects.filter(record__in=shared["records"][1:], origin="rekey")
+    assert new_roots <= {CID.decode(v.root_cid) for v in rekeyed if v.root_cid}
+
+
 def test_rekey_waits_for_a_version_still_being_stored(shared, alice, carol):
     from records.clinical.services import record_amend
 
