@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -154,6 +156,31 @@ def _replicas() -> dict | None:
     return {"counts": {state: counts.get(state, 0) for state in Replica.State.values}, "failing": failing}
 
 
+@dataclass(frozen=True)
+class HealthSection:
+    """A card another app adds to the operator page: its report and the template that shows it."""
+
+    key: str
+    report: Callable[[], dict]
+    template: str
+
+
+_health_sections: dict[str, HealthSection] = {}
+
+
+def register_health_section(key: str, *, report: Callable[[], dict], template: str) -> None:
+    """Add ``report()`` to the operator's health report as ``sections[key]``, shown by ``template``.
+
+    Called from an app's ``ready()``: ``chain`` knows nothing of the apps above it.
+    The report must be JSON-serialisable (datetimes allowed) and cheap: a few queries.
+    """
+    _health_sections[key] = HealthSection(key, report, template)
+
+
+def health_sections() -> list[HealthSection]:
+    return list(_health_sections.values())
+
+
 def health_report() -> dict:
     """What the operator page and an operator's /healthz show. ``ok`` needs database and broker."""
     report = {
@@ -165,6 +192,7 @@ def health_report() -> dict:
         "processes": _processes(),
         "consensus": _consensus(),
         "replicas": _replicas(),
+        "sections": {section.key: section.report() for section in health_sections()},
         "node_id": settings.NODE_ID,
         "time": timezone.now().isoformat(),
     }

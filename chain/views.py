@@ -6,7 +6,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 
 from chain.access import OPERATE_NODE, may, permission_page
-from chain.services import health_report, health_summary
+from chain.services import health_report, health_sections, health_summary
 
 
 @never_cache
@@ -62,4 +62,8 @@ def _in_words(consensus: dict | None) -> dict | None:
 @permission_page(OPERATE_NODE)
 def ops_home(request):
     report = health_report()
-    return render(request, "chain/ops_home.html", {"report": {**report, "consensus": _in_words(report["consensus"])}})
+    sections = [
+        {"template": section.template, "data": report["sections"][section.key]} for section in health_sections()
+    ]
+    context = {"report": {**report, "consensus": _in_words(report["consensus"])}, "sections": sections}
+    return render(request, "chain/ops_home.html", context)

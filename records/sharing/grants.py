@@ -297,6 +297,26 @@ def rekey_job_create(grant: Grant) -> RekeyJob:
     return job
 
 
+@transaction.atomic
+def rekey_job_retry(job_public_id) -> RekeyJob:
+    """The operator runs a failed re-keying job again (once its cause is repaired, e.g. a replica restored).
+
+    Its finished records stay done; the pending ones are tried again by the store worker.
+    :class:`RekeyJob.DoesNotExist` if there is no such job; ``ValidationError`` unless it failed.
+    """
+    job = RekeyJob.objects.select_for_update().get(public_id=job_public_id)
+    if job.status != RekeyJob.Status.FAILED:
+        raise ValidationError(_("Only a re-keying job that stopped can be run again."))
+    job.status = RekeyJob.Status.RUNNING
+    job.error = ""
+    job.updated_at = timezone.now()
+    job.save(update_fields=["status", "error", "updated_at"])
+    job_id = job.pk
+    transaction.on_commit(lambda: _queue_rekey(job_id))
+    log.info("re-keying job %s is run again by an operator", job.public_id)
+    return job
+
+
 def _queue_rekey(job_id: int) -> None:
     tasks.rekey.delay(job_id)
 

@@ -39,7 +39,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import Count, F, Max
 from django.utils import timezone
 
 from chain.core import stream
@@ -314,3 +314,32 @@ def rekey_jobs_stale(minutes: int = 5):
     """Jobs pending or running with no progress for ``minutes`` (lost message, killed worker)."""
     cutoff = timezone.now() - timedelta(minutes=minutes)
     return RekeyJob.objects.filter(status__in=[RekeyJob.Status.PENDING, RekeyJob.Status.RUNNING], updated_at__lt=cutoff)
+
+
+FAILED_SHOWN = 20
+
+
+def rekey_health(stale_minutes: int = 5) -> dict:
+    """The operator page's re-keying card: jobs by status, stalled ones, and why the failed stopped.
+
+    Names no patient: a job is known by its id, its progress and its error. Three queries.
+    """
+    by_status = dict(RekeyJob.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    failed = [
+        {
+            "job": str(job["public_id"]),
+            "done": job["done_count"],
+            "total": job["total"],
+            "error": job["error"],
+            "updated_at": job["updated_at"],
+        }
+        for job in RekeyJob.objects.filter(status=RekeyJob.Status.FAILED)
+        .order_by("-updated_at")
+        .values("public_id", "done_count", "total", "error", "updated_at")[:FAILED_SHOWN]
+    ]
+    return {
+        "counts": {status: by_status.get(status, 0) for status in RekeyJob.Status.values},
+        "stalled": rekey_jobs_stale(stale_minutes).count(),
+        "stale_minutes": stale_minutes,
+        "failed": failed,
+    }

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from records.sharing.views import breakglass, grants, requests
+from records.sharing.views import breakglass, grants, ops, requests
 
 urlpatterns = [
     path("patient/sharing/", grants.patient_sharing, name="patient_sharing"),
@@ -26,6 +26,7 @@ urlpatterns = [
         name="clinic_request_withdraw",
     ),
     path("clinic/break-glass/", breakglass.clinic_break_glass, name="clinic_break_glass"),
+    path("ops/rekeying/<uuid:job_id>/retry/", ops.ops_rekey_retry, name="ops_rekey_retry"),
     path("institution/break-glass/", breakglass.institution_break_glass, name="institution_break_glass"),
     path(
         "institution/break-glass/<uuid:session_id>/",

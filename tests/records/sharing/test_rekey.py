@@ -410,3 +410,73 @@ def test_a_file_link_from_before_the_rekeying_leads_to_the_same_bytes(client, sh
         assert response.status_code == 302
         moved = client.get(response["Location"])
         assert b"".join(moved.streaming_content) == shared["blobs"][position]
+
+
+# -- the operator's card -----------------------------------------------------------------------
+def _stopped_job(shared, alice):
+    """A revocation whose re-keying stopped on the scan: its file's row disagrees with its stream."""
+    scan_file = shared["scan"].current_version.files.order_by("position").first()
+    RecordFile.objects.filter(pk=scan_file.pk).update(size=scan_file.size + 1)
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    assert rekey.rekey_job_run(job.pk) == "failed"
+    return job, scan_file
+
+
+def test_the_operator_sees_why_a_job_stopped_and_runs_it_again(
+    client, shared, alice, operator, django_capture_on_commit_callbacks, monkeypatch
+):
+    from records import tasks
+
+    job, scan_file = _stopped_job(shared, alice)
+    login(client, operator)
+    page = client.get(reverse("ops_home")).content.decode()
+    assert "Re-keying after revocations" in page
+    assert str(scan_file.public_id) in page and "2 of 3 re-keyed" in page
+    assert reverse("ops_rekey_retry", args=[job.public_id]) in page
+    assert alice.name not in page  # the card names no patient
+
+    RecordFile.objects.filter(pk=scan_file.pk).update(size=scan_file.size)  # the operator repaired it
+    monkeypatch.setattr(tasks.rekey, "delay", rekey.rekey_job_run)  # the store worker, at once
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("ops_rekey_retry", args=[job.public_id]), follow=True)
+    assert response.redirect_chain[-1][0] == reverse("ops_home")
+    assert "runs again: 1 of 3 records are left" in response.content.decode()
+    job.refresh_from_db()
+    assert (job.status, job.done_count, job.error) == ("done", 3, "")
+    assert shared["scan"].versions.filter(origin="rekey").count() == 1
+
+
+def test_a_job_that_did_not_stop_is_not_run_again(client, shared, alice, operator):
+    grant_revoke(patient=alice, grant=shared["grant"])
+    job = RekeyJob.objects.get(grant=shared["grant"])
+    assert rekey.rekey_job_run(job.pk) == "done"
+    login(client, operator)
+    response = client.post(reverse("ops_rekey_retry", args=[job.public_id]), follow=True)
+    assert "Only a re-keying job that stopped can be run again." in response.content.decode()
+    job.refresh_from_db()
+    assert job.status == "done"
+    assert client.post(reverse("ops_rekey_retry", args=[uuid.uuid4()])).status_code == 404
+    assert client.get(reverse("ops_rekey_retry", args=[job.public_id])).status_code == 405
+
+
+@pytest.mark.parametrize("who", ["alice", "carol", "dave", "erin", "hospital_admin"])
+def test_only_the_operator_runs_a_job_again(client, request, shared, alice, who):
+    job, _ = _stopped_job(shared, alice)
+    login(client, request.getfixturevalue(who))
+    assert client.post(reverse("ops_rekey_retry", args=[job.public_id])).status_code == 403
+    client.logout()
+    response = client.post(reverse("ops_rekey_retry", args=[job.public_id]))
+    assert response.status_code == 302 and "login" in response["Location"]
+    job.refresh_from_db()
+    assert job.status == "failed"
+
+
+def test_the_health_report_counts_jobs_for_operators_only(client, shared, alice, operator):
+    job, _ = _stopped_job(shared, alice)
+    login(client, operator)
+    section = client.get("/healthz").json()["sections"]["rekeying"]
+    assert section["counts"] == {"pending": 0, "running": 0, "done": 0, "failed": 1}
+    assert section["failed"][0]["job"] == str(job.public_id)
+    client.logout()
+    assert "sections" not in client.get("/healthz").json()
