@@ -258,19 +258,20 @@ class PathologyForm(RecordBaseForm):
     fields_in_content = ("title", "specimen", "diagnosis", "findings")
 
 
+IMAGING_MODALITIES = {
+    "MR": _("MRI"),
+    "CT": _("CT"),
+    "CR": _("X-ray"),
+    "US": _("Ultrasound"),
+    "PT": _("PET"),
+    "MG": _("Mammography"),
+    "OT": _("Other"),
+}
+"""DICOM modality codes (what the content and FHIR store) and what people read for them."""
+
+
 class ImagingForm(RecordBaseForm):
-    modality = forms.ChoiceField(
-        label=_("Modality"),
-        choices=[
-            ("MR", _("MRI")),
-            ("CT", _("CT")),
-            ("CR", _("X-ray")),
-            ("US", _("Ultrasound")),
-            ("PT", _("PET")),
-            ("MG", _("Mammography")),
-            ("OT", _("Other")),
-        ],
-    )
+    modality = forms.ChoiceField(label=_("Modality"), choices=list(IMAGING_MODALITIES.items()))
     body_site = forms.CharField(label=_("Body site"), max_length=120)
     findings = forms.CharField(label=_("Findings"), widget=TEXTAREA)
     impression = forms.CharField(label=_("Impression"), required=False, widget=TEXTAREA)

@@ -28,7 +28,7 @@ from accounts.models import Institution, Role
 from emr_site.paging import page_of
 from records.anchors import anchor_proof
 from records.clinical import downloads, reading, services
-from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, DocumentForm
+from records.clinical.forms import CLINICIAN_KINDS, FORMS_BY_KIND, IMAGING_MODALITIES, DocumentForm
 from records.clinical.uploads import (
     RAW_UPLOAD,
     EncryptingUploadHandler,
@@ -240,6 +240,8 @@ def record_detail(request, record_id):
         "record": record,
         "version": access.version,
         "content": content,
+        # An imported study may carry a modality code the form does not offer: shown as it is.
+        "modality": IMAGING_MODALITIES.get(content.get("modality", ""), content.get("modality", "")),
         "files": files,
         "versions": versions,
         "anchor": _anchor_info(access.version),

@@ -99,6 +99,7 @@ def test_imaging_files_upload_store_and_download_with_ranges(client, carol, alic
     assert preview.status_code == 200 and preview["Content-Type"] == "image/png"
     detail = client.get(reverse("record_detail", args=[record.public_id]))
     assert "BRAIN WO CONTRAST" in detail.content.decode()
+    assert "<dd>磁共振（MRI）</dd>" in detail.content.decode()  # what the form offered, not "MR"
     client.logout()
     login(client, alice)
     assert client.get(url).status_code == 200
@@ -191,3 +192,20 @@ def test_raw_body_upload_of_a_disallowed_type_is_refused(client, alice, node, se
     assert response.status_code == 415
     assert not MedicalRecord.objects.exists()
     assert not os.listdir(settings.SPOOL_DIR)
+
+
+def test_an_imported_modality_the_form_does_not_offer_is_shown_as_its_code(client, carol, alice, visit):
+    from records.clinical.services import record_create, record_finalize_imported
+
+    record = record_create(
+        patient=alice,
+        author=carol,
+        kind="imaging",
+        content={"title": "Chest film", "modality": "DX", "body_site": "Chest", "findings": "Clear"},
+        visit=visit,
+        imported=True,
+    )
+    record_finalize_imported(record=record)
+    login(client, alice)
+    body = client.get(reverse("record_detail", args=[record.public_id])).content.decode()
+    assert "<dt>检查类型</dt><dd>DX</dd>" in body
