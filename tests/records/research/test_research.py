@@ -391,6 +391,7 @@ def test_dataset_page_shows_summary_chart_and_past_exports(client, study, erin):
     assert "k = 5" in html
     assert ResearchExport.objects.get().sha256[:16] in html
     assert "patient left out" in html  # bob alone: one, in the singular
+    assert "in widened bands: 0; left out: 1." in html  # not "1 are left out"
     home = client.get(reverse("research_home"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "Adults 2026" in home and "No datasets yet" not in home
 
