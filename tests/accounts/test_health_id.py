@@ -140,3 +140,22 @@ def test_a_patient_finds_their_doctor_by_name_and_shares(client, keys_sealed, al
     )
     assert response.status_code == 302
     assert Grant.objects.get().grantee_user == dave
+
+
+@pytest.mark.django_db
+def test_enter_in_the_email_field_shares_rather_than_finding_nothing(client, keys_sealed, alice, dave):  # noqa: F811
+    """Enter submits with the form's first button, Find: with nothing typed to find, it means Share."""
+    login(client, alice)
+    today = timezone.localdate()
+    choices = {
+        "grantee_kind": "user",
+        "grantee_query": "",
+        "grantee_email": dave.email,
+        "scope": "all",
+        "purpose": "treatment",
+        "valid_from": today.isoformat(),
+        "valid_until": (today + timedelta(days=7)).isoformat(),
+    }
+    response = client.post(reverse("patient_grant_new"), {**choices, "find": "1"})
+    assert response.status_code == 302
+    assert Grant.objects.get().grantee_user == dave

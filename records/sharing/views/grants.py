@@ -77,8 +77,10 @@ def _record_titles(patient) -> list[tuple[MedicalRecord, str]]:
 @role_required(Role.PATIENT)
 def patient_grant_new(request):
     titles = _record_titles(request.user)
-    if request.method == "POST" and "find" in request.POST:
+    if request.method == "POST" and "find" in request.POST and request.POST.get("grantee_query", "").strip():
         # "Find": list the matching doctors and keep every other choice; nothing is checked yet.
+        # With nothing to find it is Enter pressed in another field, which submits with the form's
+        # first button (Find): the patient meant to share.
         typed = {name: request.POST.getlist(name) for name in ("kinds", "records")}
         initial = {**request.POST.dict(), **typed}
         form = GrantForm(initial=initial, patient=request.user, record_titles=titles, query=initial["grantee_query"])
