@@ -181,6 +181,14 @@ def health_sections() -> list[HealthSection]:
     return list(_health_sections.values())
 
 
+def _section_report(section: HealthSection) -> dict:
+    """A section's report; one that cannot be read (the database is down) says so, and the rest still shows."""
+    try:
+        return section.report()
+    except DatabaseError as exc:
+        return {"error": str(exc)[:300]}
+
+
 def health_report() -> dict:
     """What the operator page and an operator's /healthz show. ``ok`` needs database and broker."""
     report = {
@@ -192,7 +200,7 @@ def health_report() -> dict:
         "processes": _processes(),
         "consensus": _consensus(),
         "replicas": _replicas(),
-        "sections": {section.key: section.report() for section in health_sections()},
+        "sections": {section.key: _section_report(section) for section in health_sections()},
         "node_id": settings.NODE_ID,
         "time": timezone.now().isoformat(),
     }

@@ -59,3 +59,22 @@ def test_operator_page_shows_the_same_report(client, operator):
     response = client.get(reverse("ops_home"))
     assert response.status_code == 200
     assert "filesystem" in response.content.decode() or "redis" in response.content.decode()
+
+
+def test_a_section_that_cannot_be_read_says_so_and_the_page_still_shows(client, operator, monkeypatch):
+    from django.db import DatabaseError
+
+    from chain import services
+
+    def broken():
+        raise DatabaseError("no such table: records_rekeyjob")
+
+    section = services._health_sections["rekeying"]
+    monkeypatch.setitem(
+        services._health_sections, "rekeying", services.HealthSection("rekeying", broken, section.template)
+    )
+    client.force_login(operator)
+    assert client.get("/healthz").json()["sections"]["rekeying"] == {"error": "no such table: records_rekeyjob"}
+    page = client.get(reverse("ops_home"), HTTP_ACCEPT_LANGUAGE="en")
+    assert page.status_code == 200
+    assert "Cannot be read: no such table: records_rekeyjob" in page.content.decode()
