@@ -430,7 +430,7 @@ def test_the_operator_sees_why_a_job_stopped_and_runs_it_again(
 
     job, scan_file = _stopped_job(shared, alice)
     login(client, operator)
-    page = client.get(reverse("ops_home")).content.decode()
+    page = client.get(reverse("ops_home"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert "Re-keying after revocations" in page
     assert str(scan_file.public_id) in page and "2 of 3 re-keyed" in page
     assert reverse("ops_rekey_retry", args=[job.public_id]) in page
@@ -439,7 +439,7 @@ def test_the_operator_sees_why_a_job_stopped_and_runs_it_again(
     RecordFile.objects.filter(pk=scan_file.pk).update(size=scan_file.size)  # the operator repaired it
     monkeypatch.setattr(tasks.rekey, "delay", rekey.rekey_job_run)  # the store worker, at once
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(reverse("ops_rekey_retry", args=[job.public_id]), follow=True)
+        response = client.post(reverse("ops_rekey_retry", args=[job.public_id]), follow=True, HTTP_ACCEPT_LANGUAGE="en")
     assert response.redirect_chain[-1][0] == reverse("ops_home")
     assert "runs again: 1 of 3 records are left" in response.content.decode()
     job.refresh_from_db()
@@ -452,7 +452,7 @@ def test_a_job_that_did_not_stop_is_not_run_again(client, shared, alice, operato
     job = RekeyJob.objects.get(grant=shared["grant"])
     assert rekey.rekey_job_run(job.pk) == "done"
     login(client, operator)
-    response = client.post(reverse("ops_rekey_retry", args=[job.public_id]), follow=True)
+    response = client.post(reverse("ops_rekey_retry", args=[job.public_id]), follow=True, HTTP_ACCEPT_LANGUAGE="en")
     assert "Only a re-keying job that stopped can be run again." in response.content.decode()
     job.refresh_from_db()
     assert job.status == "done"
