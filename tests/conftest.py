@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import workers
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop + live_server
 
@@ -39,7 +41,7 @@ def port_open(host: str, port: int) -> bool:
 def redis_url() -> str:
     url = os.environ.get("CELERY_BROKER_URL", "")
     if not url.startswith("redis://"):
-        url = "redis://127.0.0.1:6379/14"
+        url = f"redis://127.0.0.1:6379/{workers.redis_database(14)}"
     require_service("Redis", port_open("127.0.0.1", 6379))
     return url
 
