@@ -432,7 +432,7 @@ def test_a_sentinel_never_leaves_the_encrypted_envelope(
     assert leaks == [], "plaintext found:\n" + "\n".join(leaks)
 
 
-@pytest.mark.parametrize("text", [TOKEN, TOKEN_ZH])
+@pytest.mark.parametrize("text", [TOKEN, TOKEN_ZH], ids=["latin", "chinese"])
 def test_the_search_recognises_each_encoding(text):
     """The scanner itself: every form is found when embedded in unrelated bytes."""
     raw = text.encode()
