@@ -89,6 +89,9 @@ def _check_store() -> dict:
     return {"ok": dag["ok"], "paths": detail, "dag": dag}
 
 
+UNKNOWN_CHAIN = {"height": None, "head": None, "state_hash": None, "authorities": 0}
+
+
 def chain_summary() -> dict:
     """Height, head and authority count of the projected chain (public: no personal data)."""
     from chain.core.consortium import authorities_of
@@ -101,7 +104,7 @@ def chain_summary() -> dict:
     except Exception:  # no genesis projected yet, or a damaged row: the summary must not fail
         authorities = 0
     if head is None:
-        return {"height": None, "head": None, "state_hash": None, "authorities": authorities}
+        return {**UNKNOWN_CHAIN, "authorities": authorities}
     return {"height": head["height"], "head": head["cid"], "state_hash": head["state_hash"], "authorities": authorities}
 
 
@@ -208,6 +211,17 @@ def health_report() -> dict:
     return report
 
 
-def health_summary(report: dict) -> dict:
-    """What anyone may see: up or not, and the chain's public head. No paths, hosts or errors."""
-    return {"ok": report["ok"], "status": "ok" if report["ok"] else "unavailable", "chain": report["chain"]}
+def health_summary() -> dict:
+    """What anyone may see: up or not, and the chain's public head. No paths, hosts or errors.
+
+    Reads only that (a load balancer polls it, unauthenticated): it opens no
+    store and runs no section's queries, and a database that is down gives a
+    503 with the same keys, not an error page.
+    """
+    database = _check_database()
+    ok = database["ok"] and _check_broker()["ok"]
+    try:
+        chain = chain_summary() if database["ok"] else dict(UNKNOWN_CHAIN)
+    except DatabaseError:
+        chain, ok = dict(UNKNOWN_CHAIN), False
+    return {"ok": ok, "status": "ok" if ok else "unavailable", "chain": chain}

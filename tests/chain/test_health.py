@@ -19,6 +19,33 @@ def test_anonymous_healthz_says_only_status_and_the_chain_head(client):
     assert str(settings.DATA_DIR) not in response.content.decode()
 
 
+def test_anonymous_healthz_opens_no_store_and_runs_no_section(client, monkeypatch):
+    from chain import services, stores
+
+    def not_for_anonymous():
+        raise AssertionError("the public probe read more than it shows")
+
+    monkeypatch.setattr(stores, "dag_health", not_for_anonymous)
+    monkeypatch.setattr(services, "health_sections", not_for_anonymous)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_anonymous_healthz_answers_503_with_the_database_down(client, monkeypatch):
+    from django.db import OperationalError, connections
+
+    def down(*args, **kwargs):
+        raise OperationalError("Can't connect to MySQL server on '127.0.0.1'")
+
+    monkeypatch.setattr(connections["default"], "cursor", down)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "ok": False,
+        "status": "unavailable",
+        "chain": {"height": None, "head": None, "state_hash": None, "authorities": 0},
+    }
+
+
 @pytest.mark.parametrize("who", ["alice", "carol"])
 def test_healthz_details_are_for_operators_only(client, request, who):
     client.force_login(request.getfixturevalue(who))
