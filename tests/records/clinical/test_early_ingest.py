@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -57,6 +58,13 @@ class StoreWorker:
             self.outcomes.append(storage.upload_ingest_early(stream_id))
         finally:
             connection.close()
+
+    def wait_started(self) -> None:
+        """Until the early add holds the growing file (its own link to it): a busy machine starts threads late."""
+        deadline = time.monotonic() + 30
+        while not any(name.endswith(".early") for name in spool_files()):
+            assert time.monotonic() < deadline, "the early add did not start"
+            time.sleep(0.01)
 
     def join(self) -> list[str]:
         for thread in self.threads:
@@ -172,6 +180,7 @@ def test_an_early_add_that_ends_after_the_file_exists_stores_the_file_itself(wor
 def test_an_upload_refused_midway_stops_its_early_add_and_leaves_nothing(worker):
     handler, _ = upload(pdf_bytes() + os.urandom(1 << 20), complete=False)
     assert worker.asked
+    worker.wait_started()
     handler.upload_interrupted()  # the client went away, or the size limit was passed
     assert worker.join() == ["refused"]
     assert not EarlyIngest.objects.exists()
