@@ -8,6 +8,7 @@ fails instead of skipping when the service is missing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -35,6 +36,15 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+_ELSEWHERE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=[\"']?((?:https?:)?//[^\"' >]+)", re.I)
+
+
+def loaded_from_elsewhere(html: str) -> list[str]:
+    """What a page would load from another origin (scripts, styles, images, frames): a hospital's
+    network may reach no CDN, and none may learn who reads what."""
+    return _ELSEWHERE.findall(html)
 
 
 @pytest.fixture
