@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
-# `make test` spreads test files over one worker per core (pytest-xdist; tests/workers.py keeps them apart).
+# `make test` spreads test files over one worker per core (pytest-xdist; tests/workers.py keeps them apart,
+# and runs the consortium's multi-node tests on one worker).
 TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run cluster dev test test-fast lint bench bench-js migrate seed messages clean
 
@@ -34,10 +36,10 @@ dev: seed
 
 test:
 	@scripts/install --test
-	EMR_DATA_DIR=$${EMR_DATA_DIR:-$(CURDIR)/var/test} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	EMR_DATA_DIR=$${EMR_DATA_DIR:-$(CURDIR)/var/test} $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	EMR_DATA_DIR=$${EMR_DATA_DIR:-$(CURDIR)/var/test} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not browser and not slow" $(PYTEST_ARGS)
+	EMR_DATA_DIR=$${EMR_DATA_DIR:-$(CURDIR)/var/test} $(PY) -m pytest $(XDIST) -m "not browser and not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -28,9 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_base_port() -> int:
-    """A base port with BASE + 1…16 and BASE + 101…116 free."""
+    """A base port with BASE + 1…16 and BASE + 101…116 free, all below Linux's ephemeral range (32768…).
+
+    An outgoing connection takes its local port from that range, and would
+    keep a stopped node from binding its own again when it restarts.
+    """
     for _ in range(200):
-        base = random.randrange(20_000, 40_000, 200)
+        base = random.randrange(20_000, 32_600, 200)
         ports = [base + i for i in range(1, 17)] + [base + 100 + i for i in range(1, 17)]
         if all(_free(p) for p in ports):
             return base
