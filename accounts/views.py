@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -25,6 +26,14 @@ def home(request):
     if not request.user.is_authenticated:
         return redirect("account_login")
     return redirect(HOME_BY_ROLE.get(request.user.role, "account_login"))
+
+
+def favicon(request):
+    """Pages that name no icon (the admin, the API's documentation, the 500 page) make the browser ask here.
+
+    Not a permanent redirect: the static file's name changes with its content.
+    """
+    return redirect(static("img/logo.svg"))
 
 
 @login_required

@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 
-from accounts.views import home
+from accounts.views import favicon, home
 from chain.views import healthz
 from records.api import oauth as oauth_pages
 from records.fhir.views import SmartConfigurationView
@@ -16,6 +16,7 @@ admin.site.index_title = _("Institutions, staff and the node")
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("favicon.ico", favicon, name="favicon"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include("records.api.urls")),
     path("o/", include("records.api.oauth_urls")),

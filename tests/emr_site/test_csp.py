@@ -110,3 +110,13 @@ def test_no_template_needs_an_inline_exception():
             for match in pattern.finditer(text):
                 found.append(f"{path.relative_to(REPO)}: {what}: {match.group(0)!r}")
     assert not found, "\n".join(found)
+
+
+def test_a_page_without_an_icon_finds_the_logo_at_favicon_ico(client):
+    """The admin and the API's documentation name no icon: the browser asks for /favicon.ico, which must not 404."""
+    from django.contrib.staticfiles import finders
+
+    response = client.get("/favicon.ico")
+    assert response.status_code == 302  # not permanent: the static name changes with the file
+    assert response["Location"].endswith(".svg")
+    assert finders.find("img/logo.svg")
