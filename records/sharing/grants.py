@@ -37,7 +37,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.keys import signing_private_key
-from accounts.models import Role
+from accounts.models import Role, User
 from chain.core import crypto
 from chain.kek import node_kek
 from records.audit import audit
@@ -188,6 +188,46 @@ def grant_issue(
         detail=f"{grant.get_scope_display()} → {grantee.display_name}",
     )
     return grant
+
+
+@transaction.atomic
+def grant_issue_once(**terms) -> tuple[Grant, bool]:
+    """:func:`grant_issue`, unless the patient already has a grant giving exactly this; ``(grant, issued)``.
+
+    A form sent twice (a double click, the back button) would otherwise leave
+    two grants alike, and the patient who revokes one would think access ended.
+    The patient's row is locked, so two requests at once make one grant.
+    """
+    patient = terms["patient"]
+    User.objects.select_for_update().filter(pk=patient.pk).first()
+    same = _grant_alike(terms)
+    if same is not None:
+        return same, False
+    return grant_issue(**terms), True
+
+
+def _grant_alike(terms: dict) -> Grant | None:
+    """The patient's unrevoked grant with these very terms (grantee, records, purpose, period), if any.
+
+    ``terms`` are :func:`grant_issue`'s. A grant from today starts at the moment it is made: any
+    grant already in force starts alike.
+    """
+    scope = terms["scope"]
+    kinds = sorted(set(terms.get("kinds", ()))) if scope == GrantScope.KINDS else []
+    chosen = {r.pk for r in terms.get("records", ())} if scope == GrantScope.RECORDS else set()
+    alike = Grant.objects.filter(
+        patient=terms["patient"],
+        grantee_user=terms.get("grantee_user"),
+        grantee_institution=terms.get("grantee_institution"),
+        scope=scope,
+        purpose=terms["purpose"],
+        include_sensitive=terms.get("include_sensitive", False),
+        valid_until=terms["valid_until"],
+        status=Grant.Status.ACTIVE,
+    ).prefetch_related("records")
+    now, valid_from = timezone.now(), terms["valid_from"]
+    alike = alike.filter(valid_from__lte=now) if valid_from <= now else alike.filter(valid_from=valid_from)
+    return next((g for g in alike if g.kinds == kinds and {r.pk for r in g.records.all()} == chosen), None)
 
 
 def _deliver_keys(grant: Grant, chosen: list[MedicalRecord]) -> int:

@@ -89,7 +89,7 @@ def patient_grant_new(request):
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            grant = sharing.grant_issue(
+            grant, issued = sharing.grant_issue_once(
                 patient=request.user,
                 grantee_user=data["grantee_user"],
                 grantee_institution=data["grantee_institution"],
@@ -106,9 +106,13 @@ def patient_grant_new(request):
         except TxRejected:
             form.add_error(None, _("The grant could not be recorded on the chain yet; please try again in a minute."))
         else:
-            messages.success(
-                request, _("%(name)s can now read what you shared.") % {"name": grant.grantee.display_name}
-            )
+            name = {"name": grant.grantee.display_name}
+            if issued:
+                messages.success(request, _("%(name)s can now read what you shared.") % name)
+            else:
+                messages.info(
+                    request, _("You already share exactly this with %(name)s; nothing new was shared.") % name
+                )
             return redirect("patient_sharing")
     return render(request, "patient/grant_form.html", {"form": form})
 

@@ -197,6 +197,39 @@ def test_patient_grants_and_revokes_through_the_pages(client, keys_sealed, alice
     assert not can_read(dave, record)
 
 
+def test_the_same_grant_sent_twice_is_made_once(client, keys_sealed, alice, carol, dave, visit):
+    """A double click on Share, or the form sent again from the back button: revoking "the" grant must end access."""
+    record = write(alice, carol, visit)
+    login(client, alice)
+    today = timezone.localdate()
+    form = {
+        "grantee_kind": "user",
+        "grantee_email": "dave@example.org",
+        "scope": "kinds",
+        "kinds": ["lab_report", "prescription"],
+        "purpose": "treatment",
+        "valid_from": today.isoformat(),
+        "valid_until": (today + timedelta(days=7)).isoformat(),
+    }
+    assert client.post(reverse("patient_grant_new"), form).status_code == 302
+    again = {**form, "kinds": ["prescription", "lab_report"]}
+    page = client.post(reverse("patient_grant_new"), again, follow=True, HTTP_ACCEPT_LANGUAGE="en")
+    assert Grant.objects.count() == 1
+    assert "You already share exactly this with" in page.content.decode()
+    page = client.post(reverse("patient_grant_new"), form, follow=True, HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "您已与" in page.content.decode()
+    assert Grant.objects.count() == 1
+
+    # Other terms are another grant; so is the same once the first is revoked.
+    assert client.post(reverse("patient_grant_new"), {**form, "purpose": "second_opinion"}).status_code == 302
+    assert Grant.objects.count() == 2
+    first = Grant.objects.order_by("created_at").first()
+    assert client.post(reverse("patient_grant_revoke", args=[first.public_id])).status_code == 302
+    assert client.post(reverse("patient_grant_new"), form).status_code == 302
+    assert Grant.objects.filter(status="active").count() == 2 and Grant.objects.count() == 3
+    assert can_read(dave, record)
+
+
 def test_ledger_grant_and_revoke_are_sealed_and_replays_refused(keys_sealed, alice, bob, dave):
     grant = issue(alice, grantee_user=dave)
     raw = bytes(MempoolEntry.objects.get(cid=grant.issued_tx).raw)
