@@ -263,12 +263,42 @@ def latency(seconds: float, rate: float, signers: Signers) -> None:
     )
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""  # a thread that has just ended
+
+
+def _status_mib(field: str, path: str = "/proc/self/status") -> float:
+    with open(path) as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+class ChildPeak:
+    """The largest ``VmHWM`` of this process's children (the signature processes), sampled until stopped."""
+
+    def __init__(self) -> None:
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            pids = {pid for task in Path("/proc/self/task").glob("*/children") for pid in _read(task).split()}
+            for pid in pids:
+                try:
+                    self.peak_mib = max(self.peak_mib, _status_mib("VmHWM", f"/proc/{pid}/status"))
+                except OSError:
+                    continue  # it has just exited
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def submit_child(data_dir: str, threads: int, count: int) -> None:
@@ -327,15 +357,18 @@ def verify_child() -> None:
     from chain.ledger_verify import chain_verify
 
     baseline = _status_mib("VmRSS")
+    children = ChildPeak()
     start = time.perf_counter()
     result = chain_verify(record=False)
     took = time.perf_counter() - start
+    children.stop()
     figures = {
         "ok": result.ok,
         "summary": result.summary(),
         "seconds": took,
         "baseline_mib": baseline,
         "peak_mib": _status_mib("VmHWM"),
+        "child_peak_mib": children.peak_mib,
         "blocks": result.blocks,
         "txs": result.transactions,
     }
@@ -372,6 +405,7 @@ def verify_sizes(sizes: list[int], signers: Signers, data_dir: str) -> None:
             f"chain verify {figures['txs']:>8,} txs / {figures['blocks']:>4} blocks: "
             f"{figures['seconds']:6.1f} s ({figures['txs'] / figures['seconds']:,.0f} tx/s), "
             f"peak RSS {figures['peak_mib']:6.1f} MiB (before verifying {figures['baseline_mib']:.1f} MiB; "
+            f"each signature process at most {figures['child_peak_mib']:.1f} MiB; "
             f"primary's unflushed WAL {wal / 2**20:.1f} MiB)"
         )
 

@@ -19,6 +19,13 @@ compared with the database in windows of bounded size (keyset pagination, no
 result set held whole), and the rebuilt state lives in a RocksDB database of
 its own in a temporary directory, with a small memtable.
 
+Both cores work. The signatures, most of the cost, are verified in two
+processes while this one applies the block before and compares it with the
+database (one block is read ahead). Processes, not threads: a verifying thread
+beside one that runs Python waits for the GIL after every signature, and
+falls to a few hundred a second (see :func:`chain.core.crypto.verify_many`).
+The periodic check verifies few blocks at a time and keeps to threads.
+
 ``from_height`` re-verifies the blocks from that height; the ones before it
 are still replayed and hash-checked (the state has to be rebuilt) but their
 signatures are trusted. The periodic check (:func:`chain_validate_recent`)
@@ -35,6 +42,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +53,7 @@ from django.utils import timezone
 from rocksdict import Options, Rdict, WriteBatch
 
 from chain import chainstore
-from chain.core import dagcbor, ledger
+from chain.core import crypto, dagcbor, ledger, streamio
 from chain.core.block import Block as CoreBlock
 from chain.core.cid import CID
 from chain.core.errors import CodecError, IntegrityError, NotFoundError
@@ -66,6 +74,7 @@ WRONG_CHAIN = "wrong-chain"
 
 WINDOW_TXS = 2000
 WINDOW_BLOCKS = 256
+READ_AHEAD = 1  # blocks waiting, read and their signatures started, beside the one being applied
 PAGE = 2000
 RECENT_KEY_LIMIT = 50_000
 _META = b"\xffmeta"  # not the UTF-8 of any state key
@@ -205,8 +214,10 @@ class Verifier:
         start: int = 0,
         parent: CoreBlock | None = None,
         checkpoint: bool = False,
+        pool: Executor | None = None,
     ) -> None:
         self.store = store
+        self.pool = pool
         self.state = state
         self.from_height = from_height
         self.start = start
@@ -244,8 +255,10 @@ class Verifier:
             raise ValueError(f"--from {self.from_height} is beyond the head (height {head})")
         window = _Window()
         try:
-            for height in range(self.start, head + 1):
-                block, size, txs = self.check_block(height)
+            for block, size, txs, signatures in streamio.read_ahead(self.checked_blocks(head), READ_AHEAD):
+                if signatures is not None:
+                    signatures.wait()
+                self.check_block(block, txs)
                 window.add(block, size, txs)
                 if window.full:
                     self.compare_window(window)
@@ -260,7 +273,26 @@ class Verifier:
         self.compare_state()
         return head
 
-    def check_block(self, height: int) -> tuple[CoreBlock, int, list[CoreTx]]:
+    def checked_blocks(self, head: int) -> Iterator[tuple[CoreBlock, int, list[CoreTx], ledger.SignatureCheck | None]]:
+        """The blocks ``start..head``, read and decoded, their signatures being checked.
+
+        With a pool of processes (:func:`chain_verify`), a block's signatures,
+        most of the cost, are verified on the other core while the block
+        before it is applied and compared with the database; the caller waits
+        for them (the :class:`SignatureCheck`) just before applying it.
+        Without one, :func:`ledger.validate_block` verifies them in threads.
+        """
+        for height in range(self.start, head + 1):
+            block, size, txs = self.read_block(height)
+            signatures = None
+            if height < self.from_height:
+                for tx in txs:
+                    tx.mark_signature_checked()  # trusted below --from; still hashed and applied
+            elif height and self.pool is not None:
+                signatures = ledger.start_signature_check(txs, self.pool, parts=self.threads)
+            yield block, size, txs, signatures
+
+    def read_block(self, height: int) -> tuple[CoreBlock, int, list[CoreTx]]:
         cid = self.store.cid_at(height)
         if cid is None:
             raise _Stop(Problem(height, MISSING, f"the height index has no block at {height}"))
@@ -276,6 +308,10 @@ class Verifier:
             raise _Stop(Problem(height, TAMPERED, str(exc))) from None
         except NotFoundError as exc:
             raise _Stop(Problem(height, MISSING, str(exc))) from None
+        return block, len(raw), txs
+
+    def check_block(self, block: CoreBlock, txs: list[CoreTx]) -> None:
+        height = block.height
         try:
             if height == 0:
                 if block.chain_id != settings.CHAIN_ID:
@@ -285,9 +321,6 @@ class Verifier:
                 result = ledger.validate_genesis(block)
             else:
                 assert self.parent is not None  # noqa: S101 - start > 0 always comes with its parent
-                if height < self.from_height:
-                    for tx in txs:
-                        tx.mark_signature_checked()  # trusted below --from; still hashed and applied
                 result = ledger.validate_block(
                     block, parent=self.parent, txs=txs, state=self.state, registry=registry(), threads=self.threads
                 )
@@ -302,7 +335,6 @@ class Verifier:
         self.parent = block
         self.blocks += 1
         self.txs += len(txs)
-        return block, len(raw), txs
 
     # -- projection ----------------------------------------------------------------------------
     def compare_window(self, window: _Window) -> None:
@@ -572,8 +604,9 @@ def chain_verify(
     try:
         state = ReplayState(tmp)
         try:
-            verifier = Verifier(store, state, from_height=from_height)
-            head = verifier.run()
+            with crypto.signature_processes(SIGNATURE_THREADS) as pool:
+                verifier = Verifier(store, state, from_height=from_height, pool=pool)
+                head = verifier.run()
         finally:
             state.close()
     finally:

@@ -39,6 +39,7 @@ or checked by this process remembers it, which is what makes seal + validate
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from . import consensus, crypto
@@ -421,10 +422,37 @@ def verify_signatures(txs: Sequence[Transaction], threads: int) -> None:
     the check that follows (``apply_transaction``, ``check_transaction``).
     """
     todo = [tx for tx in txs if not tx.signature_checked]
-    results = crypto.verify_many(
-        ((tx.signer, tx.signature, tx.signing_bytes) for tx in todo), threads=threads
-    )
-    for tx, ok in zip(todo, results, strict=True):
+    _mark_checked(todo, crypto.verify_many(_signed(todo), threads=threads))
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """Signatures being verified elsewhere (:func:`start_signature_check`)."""
+
+    txs: tuple[Transaction, ...]
+    parts: tuple[Future[list[bool]], ...]
+
+    def wait(self) -> None:
+        """Wait for the verdicts and mark the transactions whose signature verified."""
+        _mark_checked(self.txs, [ok for part in self.parts for ok in part.result()])
+
+
+def start_signature_check(txs: Sequence[Transaction], pool: Executor, *, parts: int) -> SignatureCheck:
+    """Start verifying the unchecked signatures of ``txs`` in ``pool``, while the caller goes on.
+
+    As with :func:`verify_signatures`, a failure is not raised: the
+    transaction stays unchecked and the validation that follows reports it.
+    """
+    todo = tuple(tx for tx in txs if not tx.signature_checked)
+    return SignatureCheck(todo, tuple(crypto.verify_many_in(pool, _signed(todo), parts=parts)))
+
+
+def _signed(txs: Sequence[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
+    return [(tx.signer, tx.signature, tx.signing_bytes) for tx in txs]
+
+
+def _mark_checked(txs: Sequence[Transaction], results: Sequence[bool]) -> None:
+    for tx, ok in zip(txs, results, strict=True):
         if ok:
             tx.mark_signature_checked()
     # Failures are reported by apply_transaction, in block order, with their index.

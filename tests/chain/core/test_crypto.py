@@ -107,6 +107,20 @@ def test_verify_many_reports_each_item(threads: int) -> None:
     assert [i for i, ok in enumerate(result) if not ok] == [7, 93]
 
 
+def test_verify_many_in_processes_keeps_the_order_of_the_items() -> None:
+    items = []
+    for i in range(50):
+        message = f"m{i}".encode()
+        items.append((SIGNER.public, crypto.sign(SIGNER.private, message), message))
+    items[3] = (SIGNER.public, items[3][1], b"tampered")
+    items[41] = (OTHER_SIGNER.public, items[41][1], items[41][2])
+    with crypto.signature_processes(2) as pool:
+        parts = crypto.verify_many_in(pool, items, parts=3)
+        result = [ok for part in parts for ok in part.result()]
+    assert len(parts) == 3
+    assert [i for i, ok in enumerate(result) if not ok] == [3, 41]
+
+
 # -- private-key wrapping ------------------------------------------------------
 
 

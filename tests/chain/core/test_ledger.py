@@ -710,6 +710,20 @@ def test_block_with_a_forged_transaction_is_refused() -> None:
     assert block_reason(net, net.forge([forged]), [forged]) is Reason.BAD_SIGNATURE
 
 
+def test_signatures_checked_in_other_processes_mark_only_the_good_ones() -> None:
+    net = Net()
+    signed = [net.tx("a", 1), net.tx("b", 2), net.tx("c", 3)]
+    signed[1] = dataclasses.replace(signed[1], payload={"key": "b", "value": 1_000})
+    # decoded afresh, as from a store: no signature is known to be checked yet
+    txs = [Transaction.decode(tx.encoded) for tx in signed]
+    assert not any(tx.signature_checked for tx in txs)
+    with crypto.signature_processes(1) as pool:
+        check = ledger.start_signature_check(txs, pool, parts=2)
+        check.wait()
+    assert [tx.signature_checked for tx in txs] == [True, False, True]
+    assert block_reason(net, net.forge(txs), txs) is Reason.BAD_SIGNATURE
+
+
 def test_block_whose_transaction_fails_its_validator_is_refused() -> None:
     net = Net()
     tx = net.tx("forbidden")
