@@ -126,6 +126,7 @@ class StepTimer:
         self._wrap(chainstore.ChainStore, "write_block", "RocksDB write (synced)")
         self._wrap(services, "_commit_block", "database projection")
         self._wrap(services, "_load_pending", "read + decode pending")
+        self._wrap(services, "_start_read_ahead", "read ahead: decode next, start its checks")
 
     def _wrap(self, owner, name: str, label: str) -> None:
         original = getattr(owner, name)

@@ -29,6 +29,7 @@ pending, whatever step fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import logging
@@ -36,6 +37,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
@@ -734,6 +736,91 @@ class _Pending:
     txs: list[CoreTx]
     ids: dict[CoreTx, int]  # the mempool row of each transaction
     undecodable: list[tuple[int, str, str]]  # (row id, cid, reason)
+    last_id: int  # the newest row read; 0 when none
+    more: bool  # the mempool may hold rows after it
+
+
+class _ReadAhead:
+    """The next block's pending transactions, their signatures verified in other processes.
+
+    When the mempool holds more than a block, :func:`chain_seal`, right after
+    it has sealed one, starts checking the signatures the next seal would
+    check: the rows it read but left (deferred, or beyond the block), then
+    the rows after them, up to a block. They are verified in
+    :func:`_signature_pool` while this seal writes and projects its block:
+    the other core verifies while this one writes. The next seal first waits
+    for them (:meth:`finish`); those that verified join :data:`_checked_txs`,
+    where its decoding of the same bytes finds them.
+
+    Nothing here decides anything: a verdict only saves the next seal a
+    verification, and if the processes fail, that seal verifies as before.
+    """
+
+    def __init__(self, left: Sequence[CoreTx], after_id: int, limit: int, max_size: int) -> None:
+        self.checks: list[ledger.SignatureCheck] = []
+        _checked_txs.remember(left)  # those this seal verified: only the unverified are started
+        batch = [tx for tx in left[:limit] if not tx.signature_checked]
+        if len(left) < limit:
+            rows = MempoolEntry.objects.filter(id__gt=after_id).order_by("id").values_list("raw", flat=True)
+            for raw in rows[: limit - len(left)].iterator(chunk_size=_CHUNK):
+                with contextlib.suppress(ValidationError):  # the seal that reads it drops it, and says why
+                    tx = _checked_txs.decode(bytes(raw), max_size=max_size)
+                    if not tx.signature_checked:
+                        batch.append(tx)
+                if len(batch) >= _CHUNK:
+                    self._start(batch)
+                    batch = []
+        self._start(batch)
+
+    def _start(self, txs: list[CoreTx]) -> None:
+        for first in range(0, len(txs), _CHUNK):
+            self.checks.append(ledger.start_signature_check(txs[first : first + _CHUNK], _signature_pool(), parts=1))
+
+    def finish(self) -> None:
+        try:
+            for check in self.checks:
+                check.wait()
+        except Exception:  # a broken pool costs only speed: the seal verifies itself
+            logger.warning("the signature processes failed; the seal verifies in threads", exc_info=True)
+            _reset_signature_pool()
+        _checked_txs.remember(tx for check in self.checks for tx in check.txs if tx.signature_checked)
+
+
+_read_ahead: _ReadAhead | None = None  # under _seal_lock
+_pool_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+
+
+def _signature_pool() -> ProcessPoolExecutor:
+    """This process's signature processes, started the first time the mempool holds more than a block."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = crypto.signature_processes(SIGNATURE_THREADS)
+        return _pool
+
+
+def _reset_signature_pool() -> None:
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _finish_read_ahead() -> None:
+    global _read_ahead
+    if _read_ahead is not None:
+        ahead, _read_ahead = _read_ahead, None
+        ahead.finish()
+
+
+def _start_read_ahead(pending: _Pending, sealed: ledger.SealResult, params: ChainParams) -> None:
+    global _read_ahead
+    gone = {*sealed.result.txs, *(rejected.tx for rejected in sealed.rejected)}
+    left = [tx for tx in pending.txs if tx not in gone]
+    if left or pending.more:  # the block was full: the mempool holds the next one
+        _read_ahead = _ReadAhead(left, pending.last_id, params.max_block_txs, params.max_tx_size)
 
 
 
@@ -744,11 +831,16 @@ def _load_pending(limit: int, max_size: int) -> _Pending:
     for the GIL after every signature (a few milliseconds each time), so the
     two are not overlapped: all rows decode, then ``ledger.seal_block``
     verifies them with :data:`SIGNATURE_THREADS` threads that each spend
-    nearly all their time in OpenSSL, without the GIL.
+    nearly all their time in OpenSSL, without the GIL. After a full block,
+    the previous seal had them verified in other processes (:class:`_ReadAhead`),
+    and decoding finds them checked.
     """
+    _finish_read_ahead()
     rows = MempoolEntry.objects.order_by("id").values_list("id", "cid", "raw")[:limit]
     txs, ids, bad = [], {}, []
+    count = last_id = 0
     for pk, cid, raw in rows:
+        count, last_id = count + 1, pk
         try:
             tx = _checked_txs.decode(bytes(raw), max_size=max_size)
         except ValidationError as exc:
@@ -759,7 +851,7 @@ def _load_pending(limit: int, max_size: int) -> _Pending:
             continue
         txs.append(tx)
         ids[tx] = pk
-    return _Pending(txs, ids, bad)
+    return _Pending(txs, ids, bad, last_id, more=count == limit)
 
 
 def _orphans(deferred: Sequence[CoreTx], committed: dict[bytes, int], dropping: set[int]) -> list[CoreTx]:
@@ -839,6 +931,7 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
         # (ledger.apply_transaction) on this very state: validating the block
         # again here would run the same code on the same inputs.
         size = store.write_block(sealed.block, included)
+        _start_read_ahead(pending, sealed, params)  # verified on the other core while this block is projected
         _commit_block(sealed.result, size, mempool_ids=[pending.ids[tx] for tx in included] + drop_ids)
         _head_cache[store.path] = sealed.block
         return SealOutcome(

@@ -42,6 +42,8 @@ import functools
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,10 +170,29 @@ def signature_processes(count: int) -> ProcessPoolExecutor:
 
     Started with *spawn*, not *fork*: the caller may hold threads and open
     RocksDB handles that a forked copy must not inherit. A child imports
-    only this module; it never sees a private key, only public keys,
-    signatures and the signed bytes.
+    only this module (and, as *spawn* does, the caller's main module, which
+    must guard its work with ``if __name__ == "__main__"``, as ``manage.py``
+    and the console scripts do); it never sees a private key, only public
+    keys, signatures and the signed bytes. A child ends with its parent, even
+    one killed outright: nothing is left behind.
     """
-    return ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_end_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a signature process: exit once ``parent`` is gone (an idle child would wait forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def verify_many_in(

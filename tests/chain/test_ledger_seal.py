@@ -101,6 +101,93 @@ def test_a_full_block_leaves_the_rest_pending(settings, demo_tx):
     assert chain_verify().ok
 
 
+def queue(txs) -> None:
+    """Mempool rows as another process's submissions leave them: nothing verified in this one."""
+    MempoolEntry.objects.bulk_create(
+        MempoolEntry(cid=str(tx.cid), raw=tx.encoded, type=tx.type, signer=tx.signer.hex(), seq=tx.seq, size=tx.size)
+        for tx in txs
+    )
+
+
+@pytest.fixture
+def verified_here(monkeypatch):
+    """How many signatures each seal verifies itself (in threads), in order."""
+    counts = []
+    real = crypto.verify_many
+
+    def counting(items, **options):
+        items = list(items)
+        counts.append(len(items))
+        return real(items, **options)
+
+    monkeypatch.setattr(crypto, "verify_many", counting)
+    return counts
+
+
+def seal_all() -> int:
+    blocks = 0
+    while chain_seal().height is not None:
+        blocks += 1
+    return blocks
+
+
+def test_a_seal_has_the_next_blocks_signatures_verified_in_other_processes(settings, demo_tx, verified_here):
+    settings.CHAIN_MAX_BLOCK_TXS = 4  # recorded in genesis
+    chain_ensure_genesis()
+    # More than a block and the 256 rows a seal reads beyond it: the mempool holds more.
+    queue([demo_tx(crypto.new_ed25519(), 1) for _ in range(270)])
+    assert seal_all() == 68
+    # The first seal verifies its block itself; each one after finds it verified ahead.
+    assert verified_here == [4] + [0] * 67
+    assert Transaction.objects.count() == 270
+    assert chain_verify().ok
+
+
+def test_a_forged_signature_read_ahead_is_still_refused_by_its_seal(settings, demo_tx, caplog):
+    import dataclasses
+
+    settings.CHAIN_MAX_BLOCK_TXS = 4
+    chain_ensure_genesis()
+    txs = [demo_tx(crypto.new_ed25519(), 1) for _ in range(266)]
+    txs[5] = forged = dataclasses.replace(txs[5], payload={"nonce": 999})  # in the second block
+    queue(txs)
+    seal_all()
+    assert not Transaction.objects.filter(cid=str(forged.cid)).exists()
+    assert not MempoolEntry.objects.exists()
+    assert f"dropped pending transaction {forged.cid}: bad-signature" in caplog.text
+    assert Transaction.objects.count() == 265
+    assert chain_verify().ok
+
+
+def test_a_failed_signature_process_costs_only_speed(settings, demo_tx, verified_here, monkeypatch, caplog):
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from chain import ledger_services
+
+    class Broken:
+        def submit(self, *args, **kwargs):
+            future = Future()
+            future.set_exception(BrokenProcessPool("a signature process was killed"))
+            return future
+
+        def shutdown(self, **kwargs):
+            pass
+
+    settings.CHAIN_MAX_BLOCK_TXS = 4
+    chain_ensure_genesis()
+    queue([demo_tx(crypto.new_ed25519(), 1) for _ in range(264)])
+    monkeypatch.setattr(ledger_services, "_pool", Broken())
+    chain_seal()
+    chain_seal()
+    assert verified_here == [4, 4]  # the second seal verified its block itself
+    assert "the signature processes failed; the seal verifies in threads" in caplog.text
+    seal_all()
+    assert set(verified_here[2:]) == {0}  # new processes verified the rest ahead
+    assert Transaction.objects.count() == 264
+    assert chain_verify().ok
+
+
 def test_a_transaction_refused_at_seal_is_dropped_and_so_are_its_followers(demo_tx, caplog):
     """Two registrations of one key both pass submission; the second is refused when sealed."""
     from accounts.ledger import KEY_REGISTERED

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -119,6 +125,45 @@ def test_verify_many_in_processes_keeps_the_order_of_the_items() -> None:
         result = [ok for part in parts for ok in part.result()]
     assert len(parts) == 3
     assert [i for i, ok in enumerate(result) if not ok] == [3, 41]
+
+
+PARENT = """
+import os, sys, time
+from chain.core import crypto
+if __name__ == "__main__":
+    pool = crypto.signature_processes(2)
+    pair = crypto.new_ed25519()
+    signed = (pair.public, crypto.sign(pair.private, b"m"), b"m")
+    assert all(ok for part in crypto.verify_many_in(pool, [signed] * 4, parts=2) for ok in part.result())
+    print(" ".join(os.popen(f"pgrep -P {os.getpid()}").read().split()), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_signature_processes_end_when_their_parent_is_killed(tmp_path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    root = Path(__file__).resolve().parents[3]
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)}
+    )
+    children = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(children) >= 2  # the two signature processes (and spawn's resource tracker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while any(map(running, children)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in children if running(pid)] == []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (one that ended, waiting for a PID 1 that may never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # -- private-key wrapping ------------------------------------------------------
