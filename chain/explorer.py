@@ -14,6 +14,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
@@ -120,6 +121,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "chart": block_chart(blocks),
         "pending": MempoolEntry.objects.count(),
         "last_run": VerificationRun.objects.order_by("-finished_at", "-id").first(),
+        "validate_minutes": max(1, round(settings.CHAIN_VALIDATE_INTERVAL / 60)),
         "query": query,
     }
     return render(request, "chain/explorer_dashboard.html", context)

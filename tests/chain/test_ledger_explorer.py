@@ -52,6 +52,16 @@ def test_the_dashboard_shows_height_head_pending_verification_and_the_chart(clie
     assert "<script" not in html.split("<footer")[0]  # the chart is plain SVG
 
 
+def test_before_the_first_verification_the_dashboard_says_when_it_comes(client, operator, sealed, settings):
+    settings.CHAIN_VALIDATE_INTERVAL = 300.0
+    client.force_login(operator)
+    html = client.get(reverse("chain_dashboard"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Not verified yet" in html
+    assert "The node checks its new blocks every 5 minutes." in html
+    html = client.get(reverse("chain_dashboard"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "节点每 5 分钟校验一次新区块。" in html
+
+
 def test_an_empty_chain_has_an_empty_state(client, operator):
     client.force_login(operator)
     response = client.get(reverse("chain_dashboard"))
