@@ -819,8 +819,13 @@ def _start_read_ahead(pending: _Pending, sealed: ledger.SealResult, params: Chai
     global _read_ahead
     gone = {*sealed.result.txs, *(rejected.tx for rejected in sealed.rejected)}
     left = [tx for tx in pending.txs if tx not in gone]
-    if left or pending.more:  # the block was full: the mempool holds the next one
+    if not (left or pending.more):
+        return  # the block took everything: nothing to read ahead
+    try:
         _read_ahead = _ReadAhead(left, pending.last_id, params.max_block_txs, params.max_tx_size)
+    except Exception:  # never at the cost of the block being sealed: the next seal verifies itself
+        logger.warning("could not start the signature processes; the seal verifies in threads", exc_info=True)
+        _reset_signature_pool()
 
 
 

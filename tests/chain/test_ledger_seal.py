@@ -188,6 +188,27 @@ def test_a_failed_signature_process_costs_only_speed(settings, demo_tx, verified
     assert chain_verify().ok
 
 
+def test_signature_processes_that_cannot_start_do_not_stop_the_seal(settings, demo_tx, monkeypatch, caplog):
+    from chain import ledger_services
+
+    def refuse(count):
+        raise AssertionError("daemonic processes are not allowed to have children")  # as in a prefork worker
+
+    settings.CHAIN_MAX_BLOCK_TXS = 4
+    chain_ensure_genesis()
+    queue([demo_tx(crypto.new_ed25519(), 1) for _ in range(264)])
+    monkeypatch.setattr(ledger_services, "_pool", None)
+    monkeypatch.setattr(crypto, "signature_processes", refuse)
+    outcome = chain_seal()
+    assert outcome.included == 4
+    assert Block.objects.filter(height=outcome.height).exists()  # stored and projected
+    assert "could not start the signature processes" in caplog.text
+    seal_all()
+    assert Transaction.objects.count() == 264
+    monkeypatch.undo()
+    assert chain_verify().ok
+
+
 def test_a_transaction_refused_at_seal_is_dropped_and_so_are_its_followers(demo_tx, caplog):
     """Two registrations of one key both pass submission; the second is refused when sealed."""
     from accounts.ledger import KEY_REGISTERED
