@@ -101,25 +101,26 @@ def test_any_bit_flip_in_signature_fails(message: bytes, bit: int) -> None:
         crypto.verify(SIGNER.public, flip_bit(signature, bit), message)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_verify_many_reports_each_item(threads: int) -> None:
+def signed_items(count: int, *, tampered: int, wrong_signer: int) -> list[tuple[bytes, bytes, bytes]]:
+    """``count`` good (public, signature, message) triples but two: a changed message, another signer's key."""
     items = []
-    for i in range(100):
+    for i in range(count):
         message = f"m{i}".encode()
         items.append((SIGNER.public, crypto.sign(SIGNER.private, message), message))
-    items[7] = (SIGNER.public, items[7][1], b"tampered")
-    items[93] = (OTHER_SIGNER.public, items[93][1], items[93][2])
+    items[tampered] = (SIGNER.public, items[tampered][1], b"tampered")
+    items[wrong_signer] = (OTHER_SIGNER.public, items[wrong_signer][1], items[wrong_signer][2])
+    return items
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_verify_many_reports_each_item(threads: int) -> None:
+    items = signed_items(100, tampered=7, wrong_signer=93)
     result = crypto.verify_many(items, threads=threads)
     assert [i for i, ok in enumerate(result) if not ok] == [7, 93]
 
 
 def test_verify_many_in_processes_keeps_the_order_of_the_items() -> None:
-    items = []
-    for i in range(50):
-        message = f"m{i}".encode()
-        items.append((SIGNER.public, crypto.sign(SIGNER.private, message), message))
-    items[3] = (SIGNER.public, items[3][1], b"tampered")
-    items[41] = (OTHER_SIGNER.public, items[41][1], items[41][2])
+    items = signed_items(50, tampered=3, wrong_signer=41)
     with crypto.signature_processes(2) as pool:
         parts = crypto.verify_many_in(pool, items, parts=3)
         result = [ok for part in parts for ok in part.result()]
