@@ -154,9 +154,7 @@ def main() -> None:
 
     print(f"blocks:                      {len(blocks):10d} (up to {args.block} txs each)")
     print(f"leader seal+validate+apply:  {leader:10,.0f} tx/s  ({leader / verify_rate:.2f}x raw)")
-    print(
-        f"follower decode+validate+apply:{follower:8,.0f} tx/s  ({follower / verify_rate:.2f}x raw)"
-    )
+    print(f"follower decode+validate+apply:{follower:8,.0f} tx/s  ({follower / verify_rate:.2f}x raw)")
     print(f"signature-check threads:     {args.threads:10d}")
 
 

@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cpuwindow import CpuWindow
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,6 +266,7 @@ def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes,
     storage._dag().start_helper()  # as a running store worker's are, after its first large file
     store_worker = EarlyAdds()
     store_worker.start()
+    cpu = CpuWindow().start()  # every process: client, web worker, store worker, SST helpers
     marks["start"] = time.perf_counter()
     status, payload = in_a_process(
         send_upload, port, reverse("record_file_upload", args=[record.public_id]), body, {**headers, **upload_headers}
@@ -292,6 +294,7 @@ def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes,
     marks["ingested"] = time.perf_counter()
     seal = chain_seal()
     marks["anchored"] = time.perf_counter()
+    cpu.stop()
     early = store_worker.stop()
 
     version = RecordVersion.objects.get(record=record)
@@ -306,6 +309,7 @@ def upload_to_anchor(port: int, doctor, patient, visit, size: int, block: bytes,
         "record": record,
         "record_file": record_file,
         "ciphertext": record_file.ciphertext_size,
+        "cpu": cpu,
     }
 
 
@@ -530,6 +534,7 @@ def run(args: argparse.Namespace, port: int, doctor, patient, visit) -> None:
     print(f"  seal                   {(m['anchored'] - m['ingested']) * 1000:8.1f} ms  (block {result['height']})")
     print(f"upload -> stored+anchored {e2e:7.0f} MB/s  [{verdict}]  ({total:.2f} s; "
           f"{e2e / floor:.2f} x the AES-GCM + SHA-256 floor)")  # fmt: skip
+    print(f"  CPU over it: {result['cpu'].summary()}")
 
     seconds, intact = download(port, doctor, result, digest)
     if isinstance(intact, str):

@@ -49,6 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cpuwindow import CpuWindow  # noqa: E402 (bench/, this script's directory)
+
 from chain.core import crypto  # noqa: E402
 from chain.core.blockstore import BlockStore, add_file, import_car  # noqa: E402
 from chain.core.streamio import GrowingFile, finish_growing, remove_growing  # noqa: E402
@@ -307,10 +309,14 @@ def main() -> None:
         client = PeerClient("node-b", key_b.private, {"node-a": f"http://127.0.0.1:{dag_port}"})
         work = root_dir / "b"
         work.mkdir()
-        copies, replicas = [], []
+        copies, replicas, copy_cpu, replica_cpu = [], [], [], []
         for _ in range(args.repeat):  # alternate, so drift in the machine's load hits both alike
-            copies.append(plain_copy(f"http://127.0.0.1:{plain_port}", source.name, work))
-            replicas.append(replicate(client, [root], root_dir / "b-store"))
+            with CpuWindow() as cpu:
+                copies.append(plain_copy(f"http://127.0.0.1:{plain_port}", source.name, work))
+            copy_cpu.append(cpu)
+            with CpuWindow() as cpu:
+                replicas.append(replicate(client, [root], root_dir / "b-store"))
+            replica_cpu.append(cpu)
         repair = replicate(client, objects, root_dir / "b-repair")
         node_a.stdin.close()
         node_a.wait(timeout=60)
@@ -324,6 +330,8 @@ def main() -> None:
         f"  node to node (CAR fetch, verify, import, pin) {rep_mbs:8.0f} MB/s  (runs {rep_lo:.0f}–{rep_hi:.0f})"
         f"  = {rep_mbs / copy_mbs:.2f}x the copy (target >= 0.5x)"
     )
+    print(f"  CPU over the copies:   {CpuWindow.combined(copy_cpu).summary()}")
+    print(f"  CPU over the replicas: {CpuWindow.combined(replica_cpu).summary()}")
     print(
         f"  repair of {repaired / MIB:,.0f} MiB in {len(objects)} objects into a wiped store: {repair:.1f} s "
         f"({repaired / repair / 1e6:,.0f} MB/s)"

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cpuwindow import CpuWindow  # noqa: E402
 from records_bench import configure, crypto_floor, setup_node, stop_node  # noqa: E402
 
 MB = 10**6
@@ -488,7 +489,7 @@ def main() -> None:
         for version in RecordVersion.objects.filter(storage="pending"):
             storage.version_store(version.pk)
         chain_seal()
-        runs = []
+        runs, windows = [], []
         for _ in range(args.repeat):
             for _round in range(4):  # the last run's new version stored and anchored, as the store worker would
                 for record_file in RecordFile.objects.filter(status="spooled"):
@@ -499,9 +500,11 @@ def main() -> None:
             grant = issue(patient, dave)
             grant_revoke(patient=patient, grant=grant)
             job = RekeyJob.objects.get(grant=grant)
-            start = time.perf_counter()
-            outcome = rekey_job_run(job.pk)
-            runs.append(upload.size / (time.perf_counter() - start) / MB)
+            with CpuWindow() as cpu:
+                start = time.perf_counter()
+                outcome = rekey_job_run(job.pk)
+                runs.append(upload.size / (time.perf_counter() - start) / MB)
+            windows.append(cpu)
             assert outcome == "done", (outcome, RekeyJob.objects.get(pk=job.pk).error)
         rekey_mbs = statistics.median(runs)
         aes, sha, _digest = crypto_floor(upload.size, os.urandom(MIB))
@@ -513,6 +516,7 @@ def main() -> None:
             f"floor AES-256-GCM + SHA-256, same bytes, one core: {floor:.1f} MB/s "
             f"(AES {upload.size / aes / MB:.0f}, SHA-256 {upload.size / sha / MB:.0f}); ratio {rekey_mbs / floor:.2f}"
         )
+        print(f"  CPU over the re-keying runs: {CpuWindow.combined(windows).summary()}")
 
         # -- a grant over many records
         for index in range(args.records):
