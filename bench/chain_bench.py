@@ -42,6 +42,8 @@ import threading
 import time
 from pathlib import Path
 
+from cpuwindow import CpuWindow
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -173,7 +175,7 @@ def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.
         tx_submit(raw)
     submit_rate = len(sample) / (time.perf_counter() - start)
     processes, threads = args.submit_processes, args.submit_threads
-    concurrent_rate = concurrent_submit(data_dir, processes, threads, max(50, min(1000, count // 20)))
+    concurrent_rate, concurrent_cpu = concurrent_submit(data_dir, processes, threads, max(50, min(1000, count // 20)))
     batch = [tx.encoded for tx in Signers(50).make(min(5000, count))]  # the batch path (relayed, bulk)
     start = time.perf_counter()
     for first in range(0, len(batch), 500):
@@ -197,6 +199,7 @@ def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.
         f"tx_submit, {processes * threads} concurrent submitters: {concurrent_rate:6,.0f} tx/s  "
         f"({processes} processes x {threads} threads; each validated and committed before it returns)"
     )
+    print(f"    CPU while they ran: {concurrent_cpu.summary()}")
     print(
         f"tx_submit_many (batches of 500):    {batch_rate:8,.0f} tx/s  ({batch_rate / submit_rate:.1f}x; "
         "same checks, signatures over both cores, one commit per batch)"
@@ -326,8 +329,9 @@ def submit_child(data_dir: str, threads: int, count: int) -> None:
     print(json.dumps({"txs": threads * count, "seconds": time.perf_counter() - start}), flush=True)
 
 
-def concurrent_submit(data_dir: str, processes: int, threads: int, count: int) -> float:
-    """tx/s of ``processes`` × ``threads`` submitters, each sending ``count`` transactions, all started together."""
+def concurrent_submit(data_dir: str, processes: int, threads: int, count: int) -> tuple[float, CpuWindow]:
+    """tx/s of ``processes`` × ``threads`` submitters, each sending ``count`` transactions, all started together;
+    and the cores' use while they ran."""
     command = [sys.executable, __file__, "--submit-child", data_dir, str(threads), str(count)]
     env = {**os.environ, "EMR_DATA_DIR": data_dir}
     children = [
@@ -337,15 +341,17 @@ def concurrent_submit(data_dir: str, processes: int, threads: int, count: int) -
     for child in children:
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("a submitting process did not start")
+    cpu = CpuWindow().start()
     start = time.perf_counter()
     for child in children:
         child.stdin.write("go\n")
         child.stdin.flush()
     reports = [json.loads(child.stdout.readline()) for child in children]
     took = time.perf_counter() - start
+    cpu.stop()
     for child in children:
         child.wait(timeout=60)
-    return sum(report["txs"] for report in reports) / took
+    return sum(report["txs"] for report in reports) / took, cpu
 
 
 def verify_child() -> None:
