@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -546,6 +547,43 @@ def _pending_cids(cids: Sequence[str]) -> set[str]:
     return held
 
 
+def _submit_turn_path(db: Any = connection) -> str | None:
+    """The file whose lock orders the submitters of ``db``, when it is an SQLite file and no transaction is open.
+
+    None on MySQL/MariaDB (row locks, no database-wide write lock), for an
+    in-memory database (one process), and inside a transaction the caller
+    holds: it may already hold SQLite's write lock, which a process waiting
+    here would need.
+    """
+    if db.vendor != "sqlite" or db.in_atomic_block:
+        return None
+    name = os.fspath(db.settings_dict.get("NAME") or "")
+    return name + ".submit-turn" if os.path.isabs(name) else None
+
+
+@contextlib.contextmanager
+def _write_turn(path: str | None) -> Iterator[None]:
+    """Hold the lock on ``path`` (nothing when None): one holder at a time, across threads and processes.
+
+    SQLite's own busy handler polls: a writer that finds the write lock taken
+    sleeps 1, 2, 5, 10 ms and more between tries, so behind another process's
+    commit of a fraction of a millisecond it idles for milliseconds. A
+    submitter takes this file lock first, which the kernel hands to the next
+    waiter the moment it is released, or its holder dies. Each call opens the
+    file anew, so two threads of one process exclude each other too.
+    Other writers (a seal, a record's save) still meet SQLite's busy timeout.
+    """
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
+        yield
+    finally:
+        os.close(fd)
+
+
 def _insert_entries(entries: list[MempoolEntry], outcomes: list[Any]) -> None:
     """Insert accepted rows together; one that a concurrent submission beat becomes a refusal in ``outcomes``."""
     if not entries:
@@ -556,7 +594,8 @@ def _insert_entries(entries: list[MempoolEntry], outcomes: list[Any]) -> None:
     columns = ("cid", "raw", "type", "signer", "seq", "size", "submitted_at")
     rows = [{name: getattr(entry, name) for name in columns} for entry in entries]
     try:
-        with transaction.atomic():  # a savepoint: the caller's transaction survives a clash
+        # Its own transaction when called outside one (the group commit): taken in turn with other processes.
+        with _write_turn(_submit_turn_path()), transaction.atomic():  # else a savepoint the caller survives
             _insert_rows(MempoolEntry, rows)
         return
     except IntegrityError:

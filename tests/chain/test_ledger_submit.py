@@ -283,3 +283,64 @@ def test_a_failed_group_commit_fails_every_submission_in_it_and_writes_nothing(d
     assert not MempoolEntry.objects.exists()
     monkeypatch.setattr(services, "_insert_entries", real)
     assert tx_submit(demo_tx(pairs[0], 1)).seq == 1  # the next submitter leads again
+
+
+# -- SQLite: submitters of several processes take turns at the write lock -------------------------------
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_group_commit_waits_its_turn_and_gets_it_when_the_holder_dies(pair, demo_tx, monkeypatch, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import chain.ledger_services as services
+
+    turn = str(tmp_path / "db.sqlite3.submit-turn")
+    monkeypatch.setattr(services, "_submit_turn_path", lambda: turn)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, turn], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another process is in its write transaction
+        done = threading.Event()
+        results = []
+
+        def submit() -> None:
+            try:
+                results.append(tx_submit(demo_tx(pair, 1)))
+            finally:
+                done.set()
+
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+        assert not done.wait(0.5)  # waiting for its turn, nothing written
+        assert not MempoolEntry.objects.exists()
+        holder.send_signal(signal.SIGKILL)  # the holder dies mid-transaction: the kernel frees the turn
+        assert done.wait(10)
+        submitter.join()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert results[0].seq == 1
+    assert MempoolEntry.objects.get().cid == results[0].cid
+
+
+def test_the_turn_is_taken_only_for_an_sqlite_file_outside_a_transaction(tmp_path):
+    from types import SimpleNamespace
+
+    from chain.ledger_services import _submit_turn_path
+
+    def db(vendor="sqlite", name=tmp_path / "yilian.sqlite3", in_atomic_block=False):
+        return SimpleNamespace(vendor=vendor, settings_dict={"NAME": name}, in_atomic_block=in_atomic_block)
+
+    assert _submit_turn_path(db()) == str(tmp_path / "yilian.sqlite3.submit-turn")
+    assert _submit_turn_path(db(in_atomic_block=True)) is None  # the caller may hold the write lock already
+    assert _submit_turn_path(db(name="file:memorydb_default?mode=memory&cache=shared")) is None  # one process
+    assert _submit_turn_path(db(vendor="mysql")) is None  # row locks: nothing to order
