@@ -11,19 +11,21 @@ touches a real database. Three measurements:
    validate the sealed block, write it to RocksDB (synced), project it into the
    database and clear the mempool. This process first freezes what it has
    loaded, as the store worker does when it starts (``emr_site.startup``).
-   The raw Ed25519 verification rate is measured in the same run; the ratio
-   shows what the rest costs.
+   The raw Ed25519 verification rate is measured just before each of
+   ``--runs`` seals (default 3); each seal's ratio to it shows what the rest
+   costs, printed as the median and the spread.
    Beside it, ``tx_submit`` one at a time (a commit each), then from
    ``--submit-processes`` processes of ``--submit-threads`` threads each
-   (submissions made outside a transaction share commits), then
-   ``tx_submit_many`` in batches.
+   (submissions made outside a transaction share commits; ``--runs`` times),
+   then ``tx_submit_many`` in batches.
 2. **Commit latency** from ``tx_submit`` to the block's database commit, with a
    submitter thread at ``--rate`` tx/s and the seal loop driven in-process at
    ``CHAIN_BLOCK_INTERVAL`` (as beat drives the store worker).
 3. **``chain verify``** of chains of ``--verify-sizes`` transactions, each in a
    fresh child process (reading the store as a secondary while this process
    holds the primary, as a command does while the worker runs): time and peak
-   RSS (``VmHWM``), to show memory does not grow with the chain's length.
+   RSS (``VmHWM``), to show memory does not grow with the chain's length;
+   ``--runs`` children per length, the median time and the spread.
 
     .venv/bin/python bench/chain_bench.py                 # 20k throughput, 10 s latency, verify 20k and 100k
     .venv/bin/python bench/chain_bench.py --quick         # a smoke run in seconds
@@ -158,7 +160,7 @@ def seal_until_empty() -> tuple[int, int]:
 
 
 # -- the measurements ----------------------------------------------------------------------------
-def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.Namespace, data_dir: str) -> None:
+def throughput(count: int, signers: Signers, args: argparse.Namespace, data_dir: str) -> None:
     from django.db import transaction
 
     from chain.ledger_services import TxRejected, chain_ensure_genesis, tx_submit, tx_submit_many
@@ -175,7 +177,11 @@ def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.
         tx_submit(raw)
     submit_rate = len(sample) / (time.perf_counter() - start)
     processes, threads = args.submit_processes, args.submit_threads
-    concurrent_rate, concurrent_cpu = concurrent_submit(data_dir, processes, threads, max(50, min(1000, count // 20)))
+    concurrent = [
+        concurrent_submit(data_dir, processes, threads, max(50, min(1000, count // 20))) for _ in range(args.runs)
+    ]
+    concurrent_rate = statistics.median(rate for rate, _cpu in concurrent)
+    concurrent_cpu = CpuWindow.combined([cpu for _rate, cpu in concurrent])
     batch = [tx.encoded for tx in Signers(50).make(min(5000, count))]  # the batch path (relayed, bulk)
     start = time.perf_counter()
     for first in range(0, len(batch), 500):
@@ -184,20 +190,35 @@ def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.
             assert not refused, refused[0]
     batch_rate = len(batch) / (time.perf_counter() - start)
     MempoolEntry.objects.all().delete()
-    load_mempool(txs)
-    # Fresh objects: the seal decodes the mempool rows, so every signature is verified again.
-    del txs
     timer = StepTimer()
-    start = time.perf_counter()
-    blocks, sealed = seal_until_empty()
-    took = time.perf_counter() - start
-    rate = sealed / took
-    print(f"raw Ed25519 verify:                 {verify_rate:8,.0f} /s")
+    seals: list[tuple[float, float]] = []  # (tx/s, ratio to the raw verify rate measured just before)
+    verify_rates: list[float] = []
+    took = 0.0
+    for run in range(args.runs):
+        if run:
+            txs = signers.make(count)
+        load_mempool(txs)
+        # Fresh objects: the seal decodes the mempool rows, so every signature is verified again.
+        del txs
+        verify_rate = raw_verify_rate()
+        verify_rates.append(verify_rate)
+        start = time.perf_counter()
+        blocks, sealed = seal_until_empty()
+        seconds = time.perf_counter() - start
+        took += seconds
+        seals.append((sealed / seconds, sealed / seconds / verify_rate))
+    rate = statistics.median(rate for rate, _ratio in seals)
+    ratios = sorted(ratio for _rate, ratio in seals)
+    print(
+        f"raw Ed25519 verify:                 {statistics.median(verify_rates):8,.0f} /s  "
+        f"(one core; runs {min(verify_rates):,.0f}–{max(verify_rates):,.0f})"
+    )
     print(f"create + sign (client side):        {sign_rate:8,.0f} tx/s")
     print(f"tx_submit (validate + mempool row): {submit_rate:8,.0f} tx/s  (one at a time, a commit each)")
     print(
         f"tx_submit, {processes * threads} concurrent submitters: {concurrent_rate:6,.0f} tx/s  "
-        f"({processes} processes x {threads} threads; each validated and committed before it returns)"
+        f"({processes} processes x {threads} threads; each validated and committed before it returns; "
+        f"median of {args.runs}, runs {min(r for r, _c in concurrent):,.0f}–{max(r for r, _c in concurrent):,.0f})"
     )
     print(f"    CPU while they ran: {concurrent_cpu.summary()}")
     print(
@@ -205,11 +226,12 @@ def throughput(count: int, signers: Signers, verify_rate: float, args: argparse.
         "same checks, signatures over both cores, one commit per batch)"
     )
     print(
-        f"seal + validate + apply:            {rate:8,.0f} tx/s  ({rate / verify_rate:.2f}x raw verify; "
-        f"{sealed:,} txs in {blocks} blocks, {took:.2f} s, RocksDB + database projection included)"
+        f"seal + validate + apply:            {rate:8,.0f} tx/s  ({statistics.median(ratios):.2f}x raw verify, "
+        f"median of {args.runs}, runs {ratios[0]:.2f}–{ratios[-1]:.2f}, each against the raw rate measured just "
+        f"before it; {sealed:,} txs in {blocks} blocks a run, RocksDB + database projection included)"
     )
-    for label, seconds in sorted(timer.totals.items(), key=lambda kv: -kv[1]):
-        print(f"    {label:<38} {seconds / took:6.1%}")
+    for label, spent in sorted(timer.totals.items(), key=lambda kv: -kv[1]):
+        print(f"    {label:<38} {spent / took:6.1%}")
 
 
 def latency(seconds: float, rate: float, signers: Signers) -> None:
@@ -392,7 +414,8 @@ def measure_verify(data_dir: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def verify_sizes(sizes: list[int], signers: Signers, data_dir: str) -> None:
+def verify_sizes(sizes: list[int], signers: Signers, data_dir: str, count: int) -> None:
+    """Grow the chain to each size and verify it ``count`` times; the median and the spread, the highest peak."""
     from chain.models import Transaction
 
     for size in sizes:
@@ -405,13 +428,18 @@ def verify_sizes(sizes: list[int], signers: Signers, data_dir: str) -> None:
         from django.conf import settings
 
         wal = sum(p.stat().st_size for p in Path(settings.CHAIN_DIR).glob("*.log"))
-        figures = measure_verify(data_dir)
-        if not figures["ok"]:
-            raise RuntimeError(figures["summary"])
+        runs = [measure_verify(data_dir) for _ in range(count)]  # each in a fresh child process
+        for figures in runs:
+            if not figures["ok"]:
+                raise RuntimeError(figures["summary"])
+        times = sorted(figures["seconds"] for figures in runs)
+        seconds = statistics.median(times)
+        figures = max(runs, key=lambda run: run["peak_mib"])
         print(
             f"chain verify {figures['txs']:>8,} txs / {figures['blocks']:>4} blocks: "
-            f"{figures['seconds']:6.1f} s ({figures['txs'] / figures['seconds']:,.0f} tx/s), "
-            f"peak RSS {figures['peak_mib']:6.1f} MiB (before verifying {figures['baseline_mib']:.1f} MiB; "
+            f"{seconds:6.1f} s ({figures['txs'] / seconds:,.0f} tx/s; median of {count}, runs "
+            f"{times[0]:.1f}–{times[-1]:.1f} s), peak RSS {figures['peak_mib']:6.1f} MiB "
+            f"(before verifying {figures['baseline_mib']:.1f} MiB; "
             f"each signature process at most {figures['child_peak_mib']:.1f} MiB; "
             f"primary's unflushed WAL {wal / 2**20:.1f} MiB)"
         )
@@ -428,6 +456,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--submit-processes", type=int, default=2)
     parser.add_argument("--submit-threads", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3, help="runs of the concurrent submit, the seal and each verify")
     parser.add_argument("--verify-child", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--submit-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -442,6 +471,7 @@ def main() -> None:
         return
     if args.quick:
         args.txs, args.latency_seconds, args.rate, args.verify_sizes = 3_000, 3.0, 100.0, "3000,10000"
+        args.runs = 1
     data_dir = tempfile.mkdtemp(prefix="chain-bench-")
     setup_django(data_dir)
     from django.conf import settings
@@ -456,9 +486,9 @@ def main() -> None:
 
     freeze_loaded_objects()  # as the store worker does once it is ready (emr_site/celery.py)
     signers = Signers(args.signers)
-    throughput(args.txs, signers, raw_verify_rate(), args, data_dir)
+    throughput(args.txs, signers, args, data_dir)
     latency(args.latency_seconds, args.rate, Signers(args.signers))
-    verify_sizes([int(s) for s in args.verify_sizes.split(",")], signers, data_dir)
+    verify_sizes([int(s) for s in args.verify_sizes.split(",")], signers, data_dir, args.runs)
     if not args.keep:
         from chain import chainstore
 
