@@ -18,7 +18,7 @@ or ``cpu = CpuWindow().start()`` ... ``cpu.stop()`` where a step spans a functio
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 _PROC_STAT = "/proc/stat"
 
@@ -41,14 +41,20 @@ class CpuTimes:
             return None
         if not fields or fields[0] != "cpu":
             return None
-        # user nice system idle iowait irq softirq steal ...
-        ticks = [int(value) for value in fields[1:9]] + [0] * max(0, 9 - len(fields))
-        user, nice, system, idle, iowait, irq, softirq, steal = ticks[:8]
+        # user nice system idle iowait irq softirq steal ...; older kernels give fewer
+        ticks = ([int(value) for value in fields[1:9]] + [0] * 8)[:8]
+        user, nice, system, idle, iowait, irq, softirq, steal = ticks
         return cls(user=user + nice, kernel=system + irq + softirq + steal, iowait=iowait, idle=idle)
+
+    def __add__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
+        return CpuTimes(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 class CpuWindow:
-    """The cores' use between entering and leaving the ``with`` block (nothing on a system without /proc)."""
+    """The cores' use between :meth:`start` and :meth:`stop` (or a ``with`` block); nothing without /proc."""
 
     def __init__(self) -> None:
         self._start: CpuTimes | None = None
@@ -60,28 +66,16 @@ class CpuWindow:
 
     def stop(self) -> None:
         end = CpuTimes.now()
-        if self._start is None or end is None:
-            return
-        start = self._start
-        self.used = CpuTimes(
-            user=end.user - start.user,
-            kernel=end.kernel - start.kernel,
-            iowait=end.iowait - start.iowait,
-            idle=end.idle - start.idle,
-        )
+        if self._start is not None and end is not None:
+            self.used = end - self._start
 
     @classmethod
     def combined(cls, windows: list[CpuWindow]) -> CpuWindow:
         """One window for several timed steps: their ticks added up."""
         whole = cls()
-        measured = [window.used for window in windows if window.used is not None]
-        if measured:
-            whole.used = CpuTimes(
-                user=sum(used.user for used in measured),
-                kernel=sum(used.kernel for used in measured),
-                iowait=sum(used.iowait for used in measured),
-                idle=sum(used.idle for used in measured),
-            )
+        for window in windows:
+            if window.used is not None:
+                whole.used = window.used if whole.used is None else whole.used + window.used
         return whole
 
     def __enter__(self) -> CpuWindow:
