@@ -313,9 +313,12 @@ def test_a_group_commit_waits_its_turn_and_gets_it_when_the_holder_dies(pair, de
         results = []
 
         def submit() -> None:
+            from django.db import connection
+
             try:
                 results.append(tx_submit(demo_tx(pair, 1)))
             finally:
+                connection.close()
                 done.set()
 
         submitter = threading.Thread(target=submit)
