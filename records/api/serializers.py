@@ -11,13 +11,19 @@ CLINICAL_KINDS = [(value, label) for value, label in RecordKind.choices if value
 
 
 class Text(serializers.CharField):
-    """A string field that refuses numbers and booleans instead of turning them into text."""
+    """A string field that refuses numbers and booleans instead of turning them into text.
+
+    ``max_length`` holds for the text as sent, as the OpenAPI schema says
+    (``maxLength``), not only once surrounding whitespace is trimmed.
+    """
 
     default_error_messages = {"invalid": serializers.CharField.default_error_messages["invalid"]}
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return super().to_internal_value(data)
 
 

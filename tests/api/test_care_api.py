@@ -223,6 +223,10 @@ def test_bad_requests_name_the_field(client, dave, node):
     assert "kinds" in ask(client, scope="kinds").json()["errors"]
     assert "days" in ask(client, days=0).json()["errors"]
     assert "purpose" in ask(client, purpose="emergency").json()["errors"]
+    # Longer than the schema's maxLength as sent, though not once the line break is trimmed.
+    too_long = ask(client, patient="\r" + "a" * 254)
+    assert too_long.status_code == 400
+    assert too_long.json()["errors"]["patient"] == ["Ensure this field has no more than 254 characters."]
     bad_status = api(client, "get", "api_access_requests", QUERY_STRING="status=maybe")
     assert bad_status.status_code == 400
     assert not AccessRequest.objects.exists()
