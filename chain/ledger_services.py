@@ -36,7 +36,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -371,13 +370,6 @@ class _GroupCommit:
     hands the lead to the oldest submission that arrived meanwhile, so no
     thread works for the others for long. Nothing is acknowledged before the
     commit that holds it; a failed commit fails every submission of its batch.
-
-    A new leader first yields the GIL once, so that the threads the last
-    batch just answered can queue their next submissions before it takes the
-    queue. Without it they queue while the batch is checked instead, and the
-    threads of a process split into two alternating half-size batches (with
-    four submitting threads: 2.5 a batch on average instead of 3.9), each
-    paying the batch's fixed cost: its queries and its commit.
     """
 
     def __init__(self) -> None:
@@ -401,7 +393,6 @@ class _GroupCommit:
         return cast(MempoolEntry | TxRejected, outcome)
 
     def _lead(self) -> None:
-        time.sleep(0)  # releases the GIL: the threads ready to submit queue before the batch is taken
         with self._lock:
             batch, self._queue = self._queue, []
         try:

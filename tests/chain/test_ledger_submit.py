@@ -285,53 +285,6 @@ def test_a_failed_group_commit_fails_every_submission_in_it_and_writes_nothing(d
     assert tx_submit(demo_tx(pairs[0], 1)).seq == 1  # the next submitter leads again
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_new_leader_takes_into_its_batch_what_is_queued_while_it_yields(demo_tx, monkeypatch):
-    import threading
-    import types
-
-    from django.db import connection
-
-    import chain.ledger_services as services
-
-    batches: list[int] = []
-    real_commit = services._GroupCommit._commit
-
-    def commit(batch):
-        batches.append(len(batch))
-        real_commit(batch)
-
-    pairs = [crypto.new_ed25519() for _ in range(2)]
-    follower_errors: list[BaseException] = []
-
-    def follow() -> None:
-        try:
-            tx_submit(demo_tx(pairs[1], 1))
-        except BaseException as exc:  # handed to the test to look at
-            follower_errors.append(exc)
-        finally:
-            connection.close()
-
-    follower = threading.Thread(target=follow)
-
-    def yielding(seconds: float) -> None:  # a thread that was ready submits while the leader yields
-        assert seconds == 0
-        if not follower.is_alive() and not batches:
-            follower.start()
-            while len(services._group_commit._queue) < 2:
-                threading.Event().wait(0.001)
-
-    monkeypatch.setattr(services._GroupCommit, "_commit", staticmethod(commit))
-    monkeypatch.setattr(services, "time", types.SimpleNamespace(sleep=yielding))
-    tx_submit(demo_tx(pairs[0], 1))
-    if follower.ident is not None:  # started: the leader yielded
-        follower.join(timeout=30)
-
-    assert not follower_errors, follower_errors
-    assert batches == [2]  # one batch, one commit: the fixed cost is paid once for both
-    assert MempoolEntry.objects.count() == 2
-
-
 # -- SQLite: submitters of several processes take turns at the write lock -------------------------------
 _HOLD_LOCK = """
 import fcntl, os, sys, time
