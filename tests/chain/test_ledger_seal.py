@@ -76,6 +76,19 @@ def test_seal_stores_projects_and_clears_the_mempool(demo_tx):
     assert LedgerState.objects.get(key="demo/" + txs[0].signer.hex()).height == 1
 
 
+def test_a_key_written_again_in_a_later_block_keeps_one_row_with_the_new_value(demo_tx):
+    pair = crypto.new_ed25519()
+    key = "demo/" + pair.public.hex()
+    tx_submit(demo_tx(pair, 1))
+    chain_seal()
+    tx_submit(demo_tx(pair, 2))
+    chain_seal()
+
+    rows = list(LedgerState.objects.filter(key=key).values_list("height", "value"))
+    assert [(height, dagcbor.decode(bytes(value))) for height, value in rows] == [(2, 2)]
+    assert DbState().get(seq_key(pair.public)) == 2
+
+
 def test_blocks_link_and_the_chain_verifies(demo_tx):
     submit_many(demo_tx, signers=2, each=1)
     first = chain_seal()
