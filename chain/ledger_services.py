@@ -44,8 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, cast
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
-from django.db.models.constants import OnConflict
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from chain import chainstore
@@ -229,11 +228,11 @@ def _project_state(changes: Sequence[StateChange], height: int) -> None:
     for change in changes:
         final[change.key] = change.value
     rows = [
-        {"key_digest": state_key_digest(key), "key": key, "value": dagcbor.encode(value), "height": height}
+        LedgerState(key_digest=state_key_digest(key), key=key, value=dagcbor.encode(value), height=height)
         for key, value in final.items()
         if value is not None
     ]
-    _insert_rows(LedgerState, rows, upsert=("key_digest", ["key", "value", "height"]))
+    _upsert(LedgerState, rows, "key_digest", ["key", "value", "height"])
     gone = [state_key_digest(key) for key, value in final.items() if value is None]
     for chunk in _chunks(gone):
         LedgerState.objects.filter(key_digest__in=chunk).delete()
@@ -293,41 +292,28 @@ def _commit_block(result: ledger.BlockResult, size: int, *, mempool_ids: Sequenc
 _PLAIN_FIELDS = (models.CharField, models.IntegerField, models.ForeignKey)
 
 
-def _insert_rows(model: Any, rows: list[dict[str, Any]], *, upsert: tuple[str, list[str]] | None = None) -> None:
+def _insert_rows(model: Any, rows: list[dict[str, Any]]) -> None:
     """INSERT ``rows`` with one ``executemany`` and no model instances.
 
     The seal's hot path: for a 5,000-transaction block ``bulk_create`` spends
     more time building instances and SQL than the database spends inserting.
     Values still go through each field's ``get_db_prep_save``, so they are
-    adapted exactly as the ORM would adapt them on every backend. Every row
-    names every column it writes, in the same order.
-
-    ``upsert=(unique, update)``: a row whose ``unique`` field is taken
-    updates the ``update`` fields of the row there instead, with the clause
-    ``bulk_create(update_conflicts=True)`` would write (``ON CONFLICT … DO
-    UPDATE`` on SQLite, ``ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB).
+    adapted exactly as the ORM would adapt them on every backend.
     """
     if not rows:
         return
-    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: it looks the connection up again on every use
     fields = [model._meta.get_field(name) for name in rows[0]]
-    quote = db.ops.quote_name
+    quote = connection.ops.quote_name
     sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 - identifiers come from the model
         quote(model._meta.db_table),
         ", ".join(quote(field.column) for field in fields),
         ", ".join(["%s"] * len(fields)),
     )
-    if upsert is not None:
-        unique, update = upsert
-        # MySQL's ON DUPLICATE KEY UPDATE takes no conflict target.
-        target = [model._meta.get_field(unique).column] if db.features.supports_update_conflicts_with_target else []
-        columns = [model._meta.get_field(name).column for name in update]
-        sql += " " + db.ops.on_conflict_suffix_sql(fields, OnConflict.UPDATE, columns, target)
-    # Text and integer columns take the Python value as it is; the rest (dates, JSON, bytes) are adapted.
+    # Text and integer columns take the Python value as it is; the rest (dates, JSON) are adapted.
     adapt = [None if isinstance(field, _PLAIN_FIELDS) else field.get_db_prep_save for field in fields]
     pairs = list(zip(fields, adapt, strict=True))
-    params = [[row[f.name] if prep is None else prep(row[f.name], db) for f, prep in pairs] for row in rows]
-    with db.cursor() as cursor:
+    params = [[row[f.name] if prep is None else prep(row[f.name], connection) for f, prep in pairs] for row in rows]
+    with connection.cursor() as cursor:
         for chunk in _chunks(params, 1000):
             cursor.executemany(sql, chunk)
 
