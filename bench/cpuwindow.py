@@ -1,4 +1,4 @@
-"""How busy the machine's cores were over a timed step, and how much of that was the kernel's.
+"""How busy the machine's cores were over a timed step: the user's share, the kernel's, and the host's.
 
 Read from ``/proc/stat`` (every process, the kernel's own threads included),
 so a step that spans several processes (a web worker, the store worker, its
@@ -6,11 +6,14 @@ SST helpers, a peer) is counted whole. A step near 100 % busy is limited by
 the CPU it needs, not by waiting; its kernel share is time spent moving
 bytes (socket and pipe copies, page-cache writes and reads, page faults,
 writeback), which the one-core floors the benchmarks compare against
-(AES-GCM, SHA-256 over bytes already in memory) do not pay.
+(AES-GCM, SHA-256 over bytes already in memory) do not pay. On a virtual
+machine, *stolen* is time a core wanted to run and the host ran something
+else: it counts as busy (the step was waiting for a CPU), and it is the
+host's, not this machine's kernel's.
 
     with CpuWindow() as cpu:
         step()
-    print(cpu.summary())   # "2 cores 93% busy (user 51%, kernel 42%), iowait 3%"
+    print(cpu.summary())   # "2 cores 93% busy (user 51%, kernel 40%, stolen 2%), iowait 3%"
 
 or ``cpu = CpuWindow().start()`` ... ``cpu.stop()`` where a step spans a function.
 """
@@ -29,6 +32,7 @@ class CpuTimes:
 
     user: int
     kernel: int
+    stolen: int
     iowait: int
     idle: int
 
@@ -44,7 +48,7 @@ class CpuTimes:
         # user nice system idle iowait irq softirq steal ...; older kernels give fewer
         ticks = ([int(value) for value in fields[1:9]] + [0] * 8)[:8]
         user, nice, system, idle, iowait, irq, softirq, steal = ticks
-        return cls(user=user + nice, kernel=system + irq + softirq + steal, iowait=iowait, idle=idle)
+        return cls(user=user + nice, kernel=system + irq + softirq, stolen=steal, iowait=iowait, idle=idle)
 
     def __add__(self, other: CpuTimes) -> CpuTimes:
         return CpuTimes(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -85,17 +89,19 @@ class CpuWindow:
         self.stop()
 
     def shares(self) -> dict[str, float] | None:
-        """Fractions of all cores' time: ``busy``, ``user``, ``kernel``, ``iowait``."""
+        """Fractions of all cores' time: ``busy`` (user, kernel and stolen), ``user``, ``kernel``, ``stolen``,
+        ``iowait``."""
         used = self.used
         if used is None:
             return None
-        total = used.user + used.kernel + used.iowait + used.idle
+        total = used.user + used.kernel + used.stolen + used.iowait + used.idle
         if total <= 0:
             return None
         return {
-            "busy": (used.user + used.kernel) / total,
+            "busy": (used.user + used.kernel + used.stolen) / total,
             "user": used.user / total,
             "kernel": used.kernel / total,
+            "stolen": used.stolen / total,
             "iowait": used.iowait / total,
         }
 
@@ -105,5 +111,5 @@ class CpuWindow:
             return "CPU use not measured (no /proc/stat)"
         return (
             f"{os.cpu_count()} cores {shares['busy']:.0%} busy (user {shares['user']:.0%}, "
-            f"kernel {shares['kernel']:.0%}), iowait {shares['iowait']:.0%}"
+            f"kernel {shares['kernel']:.0%}, stolen {shares['stolen']:.0%}), iowait {shares['iowait']:.0%}"
         )
