@@ -282,6 +282,7 @@ def _commit_block(result: ledger.BlockResult, size: int, *, mempool_ids: Sequenc
     tx_rows = [{"block": row.pk, **tx_row_fields(tx, index)} for index, tx in enumerate(result.txs)]
     _insert_rows(Transaction, tx_rows)
     _project_state(result.changes, block.height)
+    _checked_txs.forget(result.txs)  # a rollback only costs the next seal a decoding
     if mempool_ids is None:
         _delete_mempool(cids=[tx_row["cid"] for tx_row in tx_rows])
     else:
@@ -516,6 +517,19 @@ class _CheckedTxs:
             while self._bytes > self._max_bytes and self._items:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= old.size
+
+    def forget(self, txs: Iterable[CoreTx]) -> None:
+        """Drop ``txs``: they are in a committed block, and no block will decode them again.
+
+        Kept, a drained backlog would hold a block's worth of objects after
+        another until the byte bound, and every full garbage collection would
+        walk them all (docs/performance.md).
+        """
+        with self._lock:
+            for tx in txs:
+                known = self._items.pop(tx.cid.digest, None)
+                if known is not None:
+                    self._bytes -= known.size
 
     def decode(self, raw: bytes, *, max_size: int) -> CoreTx:
         """:meth:`CoreTx.decode`, or the verified object these very bytes decoded to before."""

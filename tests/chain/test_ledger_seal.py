@@ -156,6 +156,25 @@ def test_a_seal_has_the_next_blocks_signatures_verified_in_other_processes(setti
     assert chain_verify().ok
 
 
+def test_a_sealed_transaction_leaves_the_cache_of_verified_ones(settings, demo_tx):
+    from chain.ledger_services import _checked_txs, _finish_read_ahead
+
+    settings.CHAIN_MAX_BLOCK_TXS = 4  # recorded in genesis
+    chain_ensure_genesis()
+    txs = [demo_tx(crypto.new_ed25519(), 1) for _ in range(270)]
+    queue(txs)
+    chain_seal()
+    chain_seal()  # finds its block verified ahead (remembered), then reads the next one ahead
+    _finish_read_ahead()
+    remembered = set(_checked_txs._items)
+    sealed = {tx.cid.digest for tx in txs if Transaction.objects.filter(cid=str(tx.cid)).exists()}
+    assert len(sealed) == 8
+    assert len(remembered) >= 4 and not remembered & sealed
+    seal_all()
+    assert not _checked_txs._items and _checked_txs._bytes == 0
+    assert Transaction.objects.count() == 270
+
+
 def test_a_forged_signature_read_ahead_is_still_refused_by_its_seal(settings, demo_tx, caplog):
     import dataclasses
 
