@@ -881,7 +881,6 @@ def _start_read_ahead(pending: _Pending, sealed: ledger.SealResult, params: Chai
         _reset_signature_pool()
 
 
-
 def _load_pending(limit: int, max_size: int) -> _Pending:
     """Decode the oldest pending rows (signatures are checked by the seal, over both cores).
 
