@@ -367,3 +367,56 @@ def test_the_seal_task_steps_aside_when_another_process_holds_the_store(monkeypa
 
     monkeypatch.setattr(chainstore, "primary", locked)
     assert chain_seal_task.apply().get() is None
+
+
+# -- the projection's own shortcuts ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("ids", "spans", "single"),
+    [
+        ([], [], []),
+        ([7], [], [7]),
+        ([3, 4, 5, 6], [(3, 6)], []),
+        ([9, 1, 2, 3, 12, 11, 20], [(1, 3), (11, 12)], [9, 20]),
+        ([5, 5, 6, 6], [(5, 6)], []),
+    ],
+)
+def test_mempool_ids_become_spans_of_consecutive_ids_and_the_ids_left_alone(ids, spans, single):
+    from chain.ledger_services import _id_spans
+
+    assert _id_spans(ids) == (spans, single)
+
+
+def test_deleting_mempool_rows_by_spans_leaves_every_other_row(demo_tx):
+    from chain.ledger_services import _delete_mempool
+
+    queue([demo_tx(crypto.new_ed25519(), 1) for _ in range(12)])
+    ids = list(MempoolEntry.objects.order_by("id").values_list("id", flat=True))
+    gone = ids[0:4] + ids[5:6] + ids[7:11]  # two spans and one id alone
+    _delete_mempool(ids=gone)
+    assert list(MempoolEntry.objects.order_by("id").values_list("id", flat=True)) == [ids[4], ids[6], ids[11]]
+
+
+def test_inserted_rows_are_adapted_as_the_orm_adapts_them(demo_tx):
+    from django.db import connection
+
+    from chain.ledger_services import _adapter, ms_to_datetime, to_dag_json
+
+    stamp = ms_to_datetime(1_764_990_000_123)
+    payload = to_dag_json({"nonce": 1, "memo": "体检", "blob": b"\x00\xff"})
+    for name, value in (("timestamp", stamp), ("payload", payload)):
+        field = Transaction._meta.get_field(name)
+        assert _adapter(field)(value) == field.get_db_prep_save(value, connection)
+    assert _adapter(Transaction._meta.get_field("cid")) is None
+    with pytest.raises(ValueError, match="naive"):
+        _adapter(Transaction._meta.get_field("timestamp"))(stamp.replace(tzinfo=None))
+
+
+def test_a_sealed_transaction_reads_back_with_its_timestamp_and_payload(demo_tx):
+    from chain.ledger_services import ms_to_datetime
+
+    tx = demo_tx(crypto.new_ed25519(), 1)
+    tx_submit(tx)
+    chain_seal()
+    row = Transaction.objects.get(cid=str(tx.cid))
+    assert row.timestamp == ms_to_datetime(tx.timestamp)
+    assert row.payload == {"nonce": 1}
