@@ -845,49 +845,60 @@ class _Pending:
 
 
 class _ReadAhead:
-    """The next block's pending transactions, their signatures verified in other processes.
+    """Signatures verified in other processes while this process seals: this block's, then the next one's.
 
     When the mempool holds more than a block, :func:`chain_seal`, right after
-    it has sealed one, starts checking the signatures the next seal would
-    check: the rows it read but left (deferred, or beyond the block), then
-    the rows after them, up to a block. They are verified in
-    :func:`_signature_pool` while this seal writes and projects its block:
-    the other core verifies while this one writes. The next seal first waits
+    reading one block's rows, starts in :func:`_signature_pool` the checks
+    of the signatures they carry that are not verified yet (a backlog's
+    first block: later ones were read ahead). Then, while those run, it
+    decodes the rows the next seal will read (those it read beyond a block,
+    then the rows after them, up to a block) and starts their checks too.
+    It waits for its own block's checks (:meth:`wait_current`) and seals;
+    the processes verify the next block meanwhile. The next seal first waits
     for them (:meth:`finish`); those that verified join :data:`_checked_txs`,
     where its decoding of the same bytes finds them.
 
-    Nothing here decides anything: a verdict only saves the next seal a
-    verification, and if the processes fail, that seal verifies as before.
+    Nothing here decides anything: a verdict only saves a seal a
+    verification, and if the processes fail, the seal verifies in threads.
     """
 
-    def __init__(self, left: Sequence[CoreTx], after_id: int, limit: int, max_size: int) -> None:
-        self.checks: list[ledger.SignatureCheck] = []
-        _checked_txs.remember(left)  # those this seal verified: only the unverified are started
-        batch = [tx for tx in left[:limit] if not tx.signature_checked]
-        if len(left) < limit:
-            rows = MempoolEntry.objects.filter(id__gt=after_id).order_by("id").values_list("raw", flat=True)
-            for raw in rows[: limit - len(left)].iterator(chunk_size=_CHUNK):
-                with contextlib.suppress(ValidationError):  # the seal that reads it drops it, and says why
-                    tx = _checked_txs.decode(bytes(raw), max_size=max_size)
-                    if not tx.signature_checked:
-                        batch.append(tx)
-                if len(batch) >= _CHUNK:
-                    self._start(batch)
-                    batch = []
-        self._start(batch)
+    def __init__(self, pending: _Pending, limit: int, max_size: int) -> None:
+        self.current = self._start(pending.txs[:limit])
+        self.checks = self._start(pending.txs[limit:])
+        if not pending.more:
+            return
+        rows = MempoolEntry.objects.filter(id__gt=pending.last_id).order_by("id").values_list("raw", flat=True)
+        batch: list[CoreTx] = []
+        for raw in rows[:limit].iterator(chunk_size=_CHUNK):
+            with contextlib.suppress(ValidationError):  # the seal that reads it drops it, and says why
+                batch.append(_checked_txs.decode(bytes(raw), max_size=max_size))
+            if len(batch) >= _CHUNK:
+                self.checks += self._start(batch)
+                batch = []
+        self.checks += self._start(batch)
 
-    def _start(self, txs: list[CoreTx]) -> None:
-        for first in range(0, len(txs), _CHUNK):
-            self.checks.append(ledger.start_signature_check(txs[first : first + _CHUNK], _signature_pool(), parts=1))
+    @staticmethod
+    def _start(txs: Sequence[CoreTx]) -> list[ledger.SignatureCheck]:
+        todo = [tx for tx in txs if not tx.signature_checked]
+        return [ledger.start_signature_check(chunk, _signature_pool(), parts=1) for chunk in _chunks(todo)]
+
+    def wait_current(self) -> None:
+        """Wait for this block's checks; on a failure the seal verifies what they did not."""
+        self._wait(self.current)
 
     def finish(self) -> None:
+        """Wait for the next block's checks and remember what verified."""
+        self._wait(self.checks)
+        _checked_txs.remember(tx for check in self.checks for tx in check.txs if tx.signature_checked)
+
+    @staticmethod
+    def _wait(checks: list[ledger.SignatureCheck]) -> None:
         try:
-            for check in self.checks:
+            for check in checks:
                 check.wait()
         except Exception:  # a broken pool costs only speed: the seal verifies itself
             logger.warning("the signature processes failed; the seal verifies in threads", exc_info=True)
             _reset_signature_pool()
-        _checked_txs.remember(tx for check in self.checks for tx in check.txs if tx.signature_checked)
 
 
 _read_ahead: _ReadAhead | None = None  # under _seal_lock
@@ -919,17 +930,16 @@ def _finish_read_ahead() -> None:
         ahead.finish()
 
 
-def _start_read_ahead(pending: _Pending, sealed: ledger.SealResult, params: ChainParams) -> None:
+def _start_read_ahead(pending: _Pending, params: ChainParams) -> _ReadAhead | None:
     global _read_ahead
-    gone = {*sealed.result.txs, *(rejected.tx for rejected in sealed.rejected)}
-    left = [tx for tx in pending.txs if tx not in gone]
-    if not (left or pending.more):
-        return  # the block took everything: nothing to read ahead
+    if len(pending.txs) <= params.max_block_txs and not pending.more:
+        return None  # one block at most: the seal verifies it in threads, with no processes to start
     try:
-        _read_ahead = _ReadAhead(left, pending.last_id, params.max_block_txs, params.max_tx_size)
-    except Exception:  # never at the cost of the block being sealed: the next seal verifies itself
+        _read_ahead = _ReadAhead(pending, params.max_block_txs, params.max_tx_size)
+    except Exception:  # never at the cost of the block being sealed: the seal verifies itself
         logger.warning("could not start the signature processes; the seal verifies in threads", exc_info=True)
         _reset_signature_pool()
+    return _read_ahead
 
 
 def _load_pending(limit: int, max_size: int) -> _Pending:
@@ -1017,8 +1027,11 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
         pending = _load_pending(params.max_block_txs + 256, params.max_tx_size)
         if not pending.txs and not pending.undecodable:
             return SealOutcome(None, None, 0, 0, 0, recovered)
+        ahead = _start_read_ahead(pending, params)
         signers = {tx.signer for tx in pending.txs}
         state.prefetch([seq_key(signer) for signer in signers])
+        if ahead is not None:
+            ahead.wait_current()
         sealed = ledger.seal_block(
             parent=head,
             pending=pending.txs,
@@ -1029,6 +1042,7 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
             now_ms=now_ms,
             threads=SIGNATURE_THREADS,
         )
+        _checked_txs.remember(sealed.deferred)  # verified for this block, read again by the next seal
         included = sealed.result.txs
         dropped, deferred = _refused(pending, sealed, state)
         drop_ids = [pk for pk, _, _ in dropped]
@@ -1039,7 +1053,6 @@ def chain_seal(*, now_ms: int | None = None, store: chainstore.ChainStore | None
         # (ledger.apply_transaction) on this very state: validating the block
         # again here would run the same code on the same inputs.
         size = store.write_block(sealed.block, included)
-        _start_read_ahead(pending, sealed, params)  # verified on the other core while this block is projected
         _commit_block(sealed.result, size, mempool_ids=[pending.ids[tx] for tx in included] + drop_ids)
         _head_cache[store.path] = sealed.block
         return SealOutcome(
