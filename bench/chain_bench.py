@@ -7,8 +7,10 @@ touches a real database. Three measurements:
 1. **Seal + validate + apply** throughput. ``--txs`` transactions from
    ``--signers`` signers are signed client side (not timed) and put in the
    mempool, then ``chain_seal`` runs until the mempool is empty: read pending,
-   decode, verify every signature (fresh objects, as in the store worker), seal,
-   validate the sealed block, write it to RocksDB (synced), project it into the
+   decode, verify every signature (fresh objects, as in the store worker: the
+   first block's in the signature processes while the next block is decoded,
+   each later block's read ahead while the one before was sealed), seal with
+   the validator's checks, write it to RocksDB (synced), project it into the
    database and clear the mempool. This process first freezes what it has
    loaded, as the store worker does when it starts (``emr_site.startup``).
    The raw Ed25519 verification rate is measured just before each of
@@ -131,6 +133,7 @@ class StepTimer:
         self._wrap(services, "_commit_block", "database projection")
         self._wrap(services, "_load_pending", "read + decode pending")
         self._wrap(services, "_start_read_ahead", "read ahead: decode next, start its checks")
+        self._wrap(services._ReadAhead, "wait_current", "wait for the block's own signatures")
 
     def _wrap(self, owner, name: str, label: str) -> None:
         original = getattr(owner, name)

@@ -128,6 +128,14 @@ def test_verify_many_in_processes_keeps_the_order_of_the_items() -> None:
     assert [i for i, ok in enumerate(result) if not ok] == [3, 41]
 
 
+def test_signature_processes_run_below_their_parent_s_priority() -> None:
+    import os
+
+    with crypto.signature_processes(1) as pool:
+        child = pool.submit(os.nice, 0).result()  # adds nothing: reads the niceness
+    assert child == min(19, os.nice(0) + crypto.CHILD_NICENESS)
+
+
 PARENT = """
 import os, sys, time
 from chain.core import crypto
