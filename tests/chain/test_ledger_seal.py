@@ -396,7 +396,7 @@ def test_deleting_mempool_rows_by_spans_leaves_every_other_row(demo_tx):
     assert list(MempoolEntry.objects.order_by("id").values_list("id", flat=True)) == [ids[4], ids[6], ids[11]]
 
 
-def test_inserted_rows_are_adapted_as_the_orm_adapts_them(demo_tx):
+def test_inserted_rows_are_adapted_as_the_orm_adapts_them():
     from django.db import connection
 
     from chain.ledger_services import _adapter, ms_to_datetime, to_dag_json
