@@ -146,6 +146,16 @@ def _no_wal() -> WriteOptions:
 _NO_WAL = _no_wal()
 
 
+def _synced() -> WriteOptions:
+    opts = WriteOptions()
+    opts.sync = True
+    return opts
+
+
+_SYNC = _synced()
+"""For pins: a pin is on disk before the row that relies on it commits (the blocks it holds are already)."""
+
+
 def _block_read_options() -> ReadOptions:
     """RocksDB's CRCs are skipped on block reads: every block is re-hashed with
     SHA-256 by :meth:`BlockStore.get`, which catches strictly more."""
@@ -558,7 +568,7 @@ class BlockStore:
             batch.put(_PIN + cid.to_bytes(), str(count).encode())
             if meta is not None:
                 batch.put(_META + cid.to_bytes(), json.dumps(asdict(meta)).encode())
-            self._write(batch)
+            self._write(batch, _SYNC)
             return count
 
     def unpin(self, cid: CID) -> int:

@@ -70,7 +70,7 @@ def file_ingest(file_id: int) -> str:
         log.error("spool file for record file %s is missing", record_file.public_id)
         return "failed"
     with handle:
-        if not _lock_spool(handle.fileno(), wait=EARLY_INGEST_WAIT):
+        if not lock_spool(handle.fileno(), wait=EARLY_INGEST_WAIT):
             return "waiting"  # the early add is still at work; the re-drive asks again
         record_file.refresh_from_db(fields=["status"])
         if record_file.status == RecordFile.Status.STORED:  # the early add took it while we waited
@@ -154,7 +154,7 @@ def _add_growing(stream_id: str, part: str) -> str:
         growing = GrowingFile(link, marker_of=part)
         # Closing the reader closes the file, and the file's lock goes with it: it lasts to the end.
         with io.BufferedReader(growing, buffer_size=settings.DAG_CHUNK_SIZE) as reader:
-            if not _lock_spool(growing.source_fd(), wait=0):
+            if not lock_spool(growing.source_fd(), wait=0):
                 return "late"
             try:
                 result = add_file(
@@ -207,7 +207,7 @@ def early_ingests_unclaimed(minutes: int = 60):
     return EarlyIngest.objects.filter(created_at__lt=cutoff).exclude(Exists(claimed))
 
 
-def _lock_spool(fd: int, *, wait: float) -> bool:
+def lock_spool(fd: int, *, wait: float) -> bool:
     """Take the spool file's lock (one for every name of the file), waiting up to ``wait`` seconds."""
     deadline = time.monotonic() + wait
     pause = 0.002  # the early add ends a moment after its upload: look again soon, then less often
@@ -219,7 +219,7 @@ def _lock_spool(fd: int, *, wait: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.01)
 
 
 def _manifest(version: RecordVersion, content_root: CID, files: list[RecordFile]) -> tuple[bytes, CID]:

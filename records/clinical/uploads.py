@@ -188,10 +188,10 @@ class EncryptingUploadHandler(FileUploadHandler):
         self._write(self._encryptor.finalize())
         self._out.flush()
         if self._growing:
-            # Marked before the fsync, which the early add need not wait for (its own files are
-            # fsynced), and before the rename: the marker goes by this name.
+            # Marked before the rename: the marker goes by this name.
             finish_growing(self._part, complete=True)
-        os.fsync(self._out.fileno())
+        if not (self._growing and early_add_durable(self._out.fileno(), self._stream_id, self._written)):
+            os.fsync(self._out.fileno())
         self._out.close()
         os.replace(self._part, self._path)
         upload = SpooledUpload(
@@ -259,6 +259,36 @@ class EncryptingUploadHandler(FileUploadHandler):
 
 EARLY_INGEST_BYTES = HELPER_MIN_BYTES
 """An upload this large asks the store worker to add it while it arrives (``store.records_ingest_upload``)."""
+
+
+EARLY_ADD_WAIT = 10.0
+"""How long a finished upload waits for the store worker's early add before it makes its spool durable itself."""
+
+
+def early_add_durable(fd: int, stream_id: uuid.UUID, ciphertext_size: int) -> bool:
+    """Whether the store worker's early add has stored this upload durably, waiting for it to end.
+
+    The early add holds the spool file's lock from its first byte to its
+    :class:`~records.models.EarlyIngest` row, and it follows the upload
+    closely, so it ends a moment after the upload does. Its blocks are then
+    in SST files it fsynced and the store ingested, and its pin is on disk
+    too: the spool file, deleted once a record file takes that pin, need not
+    reach the disk at all. Taking the lock while no early add holds it (not
+    started yet, or already ended) keeps one from starting on this file; the
+    row then says whether it stored it. False: the caller fsyncs the spool.
+    """
+    from django.db import DatabaseError
+
+    from records.clinical.storage import lock_spool
+    from records.models import EarlyIngest
+
+    if not lock_spool(fd, wait=EARLY_ADD_WAIT):
+        return False
+    try:
+        return EarlyIngest.objects.filter(stream_id=stream_id, ciphertext_size=ciphertext_size).exists()
+    except DatabaseError:  # the database cannot say: the spool file is made durable instead
+        log.warning("could not look up the early add of upload %s", stream_id, exc_info=True)
+        return False
 
 
 def _ask_early_ingest(stream_id: uuid.UUID) -> bool:

@@ -172,6 +172,18 @@ def _reachable(store, root):
     return seen
 
 
+def test_a_pin_is_on_disk_before_it_returns(store, monkeypatch):
+    # The rows that rely on a pin commit after it (an upload answers on an early add's pin): its WAL write is synced.
+    writes = []
+    real = store._write
+    monkeypatch.setattr(store, "_write", lambda batch, options=None: writes.append(options) or real(batch, options))
+    root = _add(store, os.urandom(3000), pin=False).root
+    writes.clear()
+    store.pin(root)
+    store.unpin(root)
+    assert [options is not None and options.sync for options in writes] == [True, False]
+
+
 def test_pin_requires_a_complete_dag(store):
     result, blocks = build_bytes(os.urandom(512), ChunkParams(**TINY))
     store.put_many(blocks[1:])  # the first leaf is missing

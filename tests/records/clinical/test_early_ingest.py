@@ -118,6 +118,21 @@ def spool_files() -> list[str]:
     return sorted(p.name for p in spool.iterdir()) if spool.is_dir() else []
 
 
+def spool_fsyncs(monkeypatch) -> list[str]:
+    """The names of the spool files fsynced from now on (the upload's own ``os.fsync``)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def recorded(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.startswith(str(settings.SPOOL_DIR)):
+            synced.append(os.path.basename(name))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    return synced
+
+
 def count_adds(monkeypatch) -> list[int]:
     adds: list[int] = []
     real = storage.add_file
@@ -132,9 +147,13 @@ def count_adds(monkeypatch) -> list[int]:
 
 def test_a_large_upload_is_added_while_it_arrives_and_its_file_takes_that_pin(worker, draft, monkeypatch):
     adds = count_adds(monkeypatch)
+    synced = spool_fsyncs(monkeypatch)
     data = pdf_bytes() + os.urandom(3 << 20)
     _handler, spooled = upload(data)
     assert worker.asked == [str(spooled.stream_id)]  # once, by the stream's id only
+    # The upload answered once the early add had stored it durably: its spool file never went to the disk.
+    assert EarlyIngest.objects.filter(stream_id=spooled.stream_id).exists()
+    assert synced == []
     assert worker.join() == ["held"]  # done before any record file existed
     early = EarlyIngest.objects.get()
     assert early.ciphertext_size == spooled.ciphertext_size
@@ -159,8 +178,12 @@ def test_an_early_add_that_ends_after_the_file_exists_stores_the_file_itself(wor
         return real(*args)
 
     monkeypatch.setattr(storage, "_early_added", held_back)
+    monkeypatch.setattr(uploads, "EARLY_ADD_WAIT", 0.2)
+    synced = spool_fsyncs(monkeypatch)
     data = pdf_bytes() + os.urandom(2 << 20)
     _handler, spooled = upload(data)
+    # The early add did not end within the wait: the upload made its spool file durable itself.
+    assert synced == [f"{spooled.stream_id}.enc.part"]
     record_file = attach(draft, spooled)
     # file_ingest runs meanwhile: the early add holds the file, so it waits rather than adding it again.
     monkeypatch.setattr(storage, "EARLY_INGEST_WAIT", 0.2)
@@ -193,8 +216,10 @@ def test_an_early_add_asked_too_late_leaves_the_file_to_file_ingest(monkeypatch,
     monkeypatch.setattr(uploads, "EARLY_INGEST_BYTES", THRESHOLD)
     asked = []
     monkeypatch.setattr(uploads, "_ask_early_ingest", lambda stream_id: asked.append(str(stream_id)) or True)
+    synced = spool_fsyncs(monkeypatch)
     data = pdf_bytes() + os.urandom(1 << 20)
     _handler, spooled = upload(data)  # the worker was busy: the message waits
+    assert synced == [f"{spooled.stream_id}.enc.part"]  # no early add holds it: the upload made it durable
     record_file = attach(draft, spooled)
     assert storage.upload_ingest_early(asked[0]) == "late"
     assert storage.file_ingest(record_file.pk) == "stored"
@@ -203,7 +228,8 @@ def test_an_early_add_asked_too_late_leaves_the_file_to_file_ingest(monkeypatch,
     assert plaintext(record_file, draft) == data
 
 
-def test_a_file_ingest_holding_the_file_turns_a_late_early_add_away(worker, draft):
+def test_a_file_ingest_holding_the_file_turns_a_late_early_add_away(worker, draft, monkeypatch):
+    monkeypatch.setattr(uploads, "EARLY_ADD_WAIT", 0.2)  # the upload's end waits for the lock held here
     data = pdf_bytes() + os.urandom(1 << 20)
     handler = uploads.EncryptingUploadHandler(max_bytes=64 << 20)
     handler.new_file("file", "scan.pdf", "application/pdf", len(data))
