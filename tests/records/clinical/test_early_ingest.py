@@ -11,6 +11,7 @@ is still adding.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import threading
 import time
@@ -39,24 +40,41 @@ pytestmark = pytest.mark.django_db(transaction=True)  # the early add's thread h
 
 
 class StoreWorker:
-    """Plays the store worker: each early add the upload asks for runs on a thread of its own."""
+    """Plays the store worker: each early add the upload asks for runs on a thread of its own.
+
+    Asking returns once the early add holds the growing file (or has ended without it), as a
+    running worker takes the message while the upload goes on. Otherwise, on a busy machine, the
+    thread could start after the upload's end and find it over: the case of a late message,
+    which has a test of its own.
+    """
 
     def __init__(self) -> None:
         self.asked: list[str] = []
         self.threads: list[threading.Thread] = []
         self.outcomes: list[str] = []
+        self._holding: dict[threading.Thread, threading.Event] = {}
 
     def ask(self, stream_id) -> bool:
         self.asked.append(str(stream_id))
         thread = threading.Thread(target=self._run, args=(str(stream_id),))
-        thread.start()
+        self._holding[thread] = threading.Event()
         self.threads.append(thread)
+        thread.start()
+        assert self._holding[thread].wait(30), "the early add did not start"
         return True
+
+    def lock_spool(self, real, fd: int, *, wait: float) -> bool:
+        taken = real(fd, wait=wait)
+        holding = self._holding.get(threading.current_thread())
+        if holding is not None:
+            holding.set()
+        return taken
 
     def _run(self, stream_id: str) -> None:
         try:
             self.outcomes.append(storage.upload_ingest_early(stream_id))
         finally:
+            self._holding[threading.current_thread()].set()
             connection.close()
 
     def wait_started(self) -> None:
@@ -78,6 +96,7 @@ def worker(monkeypatch, node, settings):
     monkeypatch.setattr(uploads, "EARLY_INGEST_BYTES", THRESHOLD)
     store_worker = StoreWorker()
     monkeypatch.setattr(uploads, "_ask_early_ingest", store_worker.ask)
+    monkeypatch.setattr(storage, "lock_spool", functools.partial(store_worker.lock_spool, storage.lock_spool))
     return store_worker
 
 
