@@ -27,18 +27,27 @@ def content_disposition(kind: str, name: str) -> str:
 
 
 def file_unavailable(access, record_file) -> HttpResponse | None:
-    """409 while the file is still being stored; 410 for the old copy of a re-encrypted file once deleted."""
+    """409 while the file is still being stored, or still being copied to this node from another;
+    410 for the old copy of a re-encrypted file once deleted."""
     if record_file.status != "stored":
         return HttpResponse(
             _("This file is still being processed."), status=409, content_type="text/plain; charset=utf-8"
         )
-    if rekeyed_away(access.version) and not reading.file_present(record_file):
+    if reading.file_present(record_file):
+        return None
+    if rekeyed_away(access.version):
         message = _(
             "This copy of the file was re-encrypted with new keys after access was revoked, and the old copy "
             "was deleted. Open the current version of the record to get the same file."
         )
         return HttpResponse(message, status=410, content_type="text/plain; charset=utf-8")
-    return None
+    response = HttpResponse(
+        _("This file is still being copied to this node from the institution that holds it. Try again in a moment."),
+        status=409,
+        content_type="text/plain; charset=utf-8",
+    )
+    response["Retry-After"] = "5"
+    return response
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int, bool] | None:

@@ -60,6 +60,8 @@ class FileView:
     record_file: RecordFile
     name: str
     dicom: dict | None = None
+    here: bool = True
+    """Whether a stored file's ciphertext is in this node's store yet (see :func:`files_here`)."""
 
     @property
     def is_image(self) -> bool:
@@ -77,6 +79,19 @@ class FileView:
 def files_of(access: RecordAccess, content: dict) -> list[FileView]:
     names = {f["id"]: f["name"] for f in content.get("files", [])}
     return [FileView(f, names.get(str(f.public_id), "file")) for f in access.version.files.all()]
+
+
+def files_here(files: list[FileView]) -> list[FileView]:
+    """Mark the stored files whose ciphertext has not reached this node's store yet.
+
+    A record written at another node arrives here (its rows, its encrypted
+    content, its keys) a few seconds before its files, which the reconciler
+    then fetches from the nodes that hold them. A file is here once its root
+    block is: a fetched DAG enters the store whole, in one ingestion.
+    """
+    for f in files:
+        f.here = f.record_file.status != RecordFile.Status.STORED or file_present(f.record_file)
+    return files
 
 
 def file_for(access: RecordAccess, file_id) -> tuple[RecordFile, str]:

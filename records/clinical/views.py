@@ -229,9 +229,9 @@ def record_detail(request, record_id):
         return denied
     page_visit = request.GET["pv"] if same_visit else _start_page_visit(request, record_id)
     content = reading.content_of(access)
-    files = reading.files_of(access, content)
+    files = reading.files_here(reading.files_of(access, content))
     for f in files:
-        if f.is_dicom and f.record_file.status == "stored":
+        if f.is_dicom and f.record_file.status == "stored" and f.here:
             f.dicom = reading.dicom_summary(access, f.record_file)
     record = access.record
     versions = list(record.versions.select_related("created_by").order_by("-number"))
@@ -251,7 +251,7 @@ def record_detail(request, record_id):
         "can_edit": record.status == MedicalRecord.Status.DRAFT and request.user.pk == record.author_id,
         "can_amend": record.status != MedicalRecord.Status.DRAFT
         and (access.basis in ("author", "care-team") or (access.is_patient and record.kind == RecordKind.DOCUMENT)),
-        "processing": any(f.record_file.status == "spooled" for f in files)
+        "processing": any(f.record_file.status == "spooled" or not f.here for f in files)
         or access.version.storage == RecordVersion.Storage.PENDING,
         "page_visit": page_visit,
     }
@@ -272,7 +272,10 @@ def record_status(request, record_id):
     from chain.models import Transaction
 
     version = access.version
-    files = [{"id": str(f.public_id), "status": f.status} for f in version.files.all()]
+    files = [
+        {"id": str(f.public_id), "status": f.status, "here": f.status != "stored" or reading.file_present(f)}
+        for f in version.files.all()
+    ]
     anchored = bool(version.anchor_tx) and Transaction.objects.filter(cid=version.anchor_tx).exists()
     return JsonResponse(
         {"storage": version.storage, "files": files, "anchor_tx": version.anchor_tx, "anchored": anchored}
@@ -332,6 +335,8 @@ def record_file_preview(request, record_id, file_id):
     record_file, _name = reading.file_for(access, file_id)
     if record_file is None or record_file.media_type != "application/dicom" or record_file.status != "stored":
         raise Http404("no preview")
+    if not reading.file_present(record_file):
+        raise Http404("not on this node yet")
     png = reading.dicom_preview_png(access, record_file)
     if png is None:
         raise Http404("no preview")

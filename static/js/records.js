@@ -71,10 +71,11 @@
   const statusUrl = document.querySelector("[data-status-url]")?.dataset.statusUrl;
   const pending = () => Array.from(document.querySelectorAll("[data-file-status]"));
   function checkFiles(status) {
-    const byId = new Map((status.files || []).map((f) => [f.id, f.status]));
+    const byId = new Map((status.files || []).map((f) => [f.id, f]));
     pending().forEach((badge) => {
-      const state = byId.get(badge.dataset.fileStatus);
-      if (state === "stored") {
+      const file = byId.get(badge.dataset.fileStatus);
+      const state = file && file.status;
+      if (state === "stored" && file.here !== false) {
         const link = document.createElement("a");
         link.className = "btn btn-small";
         link.href = badge.dataset.download;
@@ -96,7 +97,7 @@
     const tick = () => (++tries > 400) ? null : fetch(poll.dataset.poll, { headers: { Accept: "application/json" } })
       .then((r) => r.json())
       .then((s) => {
-        const filesDone = (s.files || []).every((f) => f.status !== "spooled");
+        const filesDone = (s.files || []).every((f) => f.status !== "spooled" && f.here !== false);
         if (filesDone && s.storage === "stored" && s.anchored) {
           const url = new URL(window.location.href);
           url.searchParams.set("pv", poll.dataset.pageVisit || "");
