@@ -19,8 +19,9 @@ from django.utils.translation import gettext as _
 from accounts.models import STAFF_ROLES, Role
 
 
-def forbidden(request, message: str, *, status: int = 403):
-    return render(request, "403.html", {"message": message}, status=status)
+def forbidden(request, message: str, *, status: int = 403, recorded: bool = False):
+    """The "access denied" page; ``recorded``: the message itself says this attempt is in the footprint."""
+    return render(request, "403.html", {"message": message, "recorded": recorded}, status=status)
 
 
 def role_required(*roles: str):

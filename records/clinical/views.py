@@ -53,7 +53,7 @@ PAGE_SIZE = 50
 
 
 def _denied(request, exc=None):
-    return forbidden(request, _("You do not have access to this record. The attempt has been recorded."))
+    return forbidden(request, _("You do not have access to this record. The attempt has been recorded."), recorded=True)
 
 
 def _timeline(records_qs, request):

@@ -199,3 +199,14 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, world):
             assert response.status_code in (401, 403), name  # fetched by scripts and <img>: no redirect
             continue
         assert response.status_code == 302 and "/accounts/login/" in response["Location"], name
+
+
+def test_a_refused_record_page_says_once_that_the_attempt_is_recorded(client, world, dave):
+    client.force_login(dave)
+    url = next(url for name, _method, url in alices_urls(world) if name == "record_detail")
+    body = client.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "The attempt has been recorded." in body
+    assert "Attempts to open data you are not allowed to see are recorded." not in body
+    client.force_login(world["gus"])  # a page of another portal: the general line, since nothing names a record
+    body = client.get(reverse("patient_footprint"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Attempts to open data you are not allowed to see are recorded." in body
