@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import timedelta
 
 from csp.decorators import csp_replace
 from django.contrib import messages
@@ -387,6 +388,10 @@ def clinic_home(request):
     return render(request, "clinic/home.html", context)
 
 
+BREAK_GLASS_ARRIVING = timedelta(minutes=1)
+"""How long after a break-glass the chart waits, refreshing, for the home node's release."""
+
+
 @role_required(Role.CLINICIAN)
 @patient_data_gate
 def clinic_chart(request, patient_id):
@@ -419,6 +424,11 @@ def clinic_chart(request, patient_id):
         "kinds": RecordKind.choices,
         "visits": visits,
         "emergency": emergency,
+        # Just after a break-glass at another node's patient, the home node's release is on its way.
+        "arriving": emergency is not None
+        and request.GET.get("arriving") == "1"
+        and not page.object_list
+        and timezone.now() - emergency.opened_at < BREAK_GLASS_ARRIVING,
     }
     return render(request, "clinic/chart.html", context)
 

@@ -12,6 +12,7 @@ from django.db.models import Count, F, Q
 from django.db.models.functions import Coalesce, Least
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -75,7 +76,9 @@ def clinic_break_glass(request):
                     request,
                     _("The patient's home hospital cannot be reached: you see only the records this hospital holds."),
                 )
-            return redirect("clinic_chart", patient_id=session.patient.public_id)
+            chart = reverse("clinic_chart", args=[session.patient.public_id])
+            # While the home node's release is on its way, the chart says so and looks again by itself.
+            return redirect(f"{chart}?arriving=1" if session.patient.home_node and released else chart)
     sessions = (
         BreakGlass.objects.filter(clinician=request.user)
         .select_related("patient", "closed_by")

@@ -117,6 +117,35 @@ def test_the_break_glass_chart_of_a_patient_without_records_speaks_to_the_doctor
     assert "records a visit for you" not in page and "upload your own documents" not in page
 
 
+def test_after_a_break_glass_at_another_nodes_patient_the_chart_waits_for_the_release(
+    client, keys_sealed, alice, dave, monkeypatch
+):
+    from accounts.models import User
+    from records.sharing import emergency
+
+    session = open_for(dave, alice)
+    User.objects.filter(pk=alice.pk).update(home_node="node-2")  # her home is another node, which released
+    session = BreakGlass.objects.select_related("patient").get(pk=session.pk)
+    monkeypatch.setattr("records.sharing.forms.in_consortium", lambda: True)
+    monkeypatch.setattr(emergency, "break_glass_open_remote", lambda **ask: (session, True))
+    client.force_login(dave)
+    form = {"patient": alice.health_id_display, "reason": "unconscious", "detail": DETAIL, "hours": 4}
+    answer = client.post(reverse("clinic_break_glass"), {**form, "credential": PASSWORD})
+    chart = reverse("clinic_chart", args=[alice.public_id])
+    assert answer.status_code == 302 and answer["Location"] == f"{chart}?arriving=1"
+    page = client.get(answer["Location"], HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Records on their way" in page and 'http-equiv="refresh"' in page  # not "no records anywhere"
+    assert "This patient has no signed records" not in page
+    # A minute on, nothing came (the home node went down meanwhile): the page stops looking.
+    BreakGlass.objects.filter(pk=session.pk).update(opened_at=timezone.now() - timedelta(minutes=2))
+    page = client.get(answer["Location"], HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "This patient has no signed records" in page and 'http-equiv="refresh"' not in page
+    # Nothing released: the chart does not wait.
+    monkeypatch.setattr(emergency, "break_glass_open_remote", lambda **ask: (session, False))
+    answer = client.post(reverse("clinic_break_glass"), {**form, "credential": PASSWORD})
+    assert answer["Location"] == chart
+
+
 def test_break_glass_expires_by_itself_and_skips_drafts(keys_sealed, alice, carol, dave, visit):
     from records.clinical.services import record_create
 
