@@ -12,6 +12,10 @@ its start): a broken configuration must not loop forever in silence.
 Every change is written to ``$EMR_DATA_DIR/run/node.json`` (atomically), which
 the operator page and ``/healthz`` read: each process's pid, uptime, restart
 count and last exit.
+
+A child can also be *held*: stopped on purpose and left stopped until it is
+released (``cluster stop NODE`` / ``cluster start NODE`` hold one node of a
+local consortium this way, to see what the others do without it).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Child:
     backoff: float = BACKOFF_START
     restart_at: float | None = None  # monotonic time of the pending restart
     last_exit: dict | None = None
+    held: bool = False  # stopped on purpose: not restarted until released
 
     @property
     def running(self) -> bool:
@@ -60,6 +65,7 @@ class Child:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "restarting_in": round(max(0.0, self.restart_at - time.monotonic()), 1) if self.restart_at else None,
+            "held": self.held,
         }
 
 
@@ -93,6 +99,8 @@ class Supervisor:
         changed = False
         now = time.monotonic()
         for child in self.children:
+            if child.held:
+                continue
             if child.restart_at is not None:
                 if now >= child.restart_at:
                     child.restarts += 1
@@ -130,12 +138,42 @@ class Supervisor:
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """SIGTERM every child (web first, beat last), wait, then SIGKILL the late ones."""
+        self._stop(self.children, timeout)
+        self.write_status(stopped=True)
+
+    def hold(self, name: str, timeout: float = 30.0) -> None:
+        """Stop the child ``name`` and leave it stopped until :meth:`release`."""
+        child = self._child(name)
+        if child.held:
+            return
+        child.held = True
+        self._stop([child], timeout)
+        self.log(f"{child.name} is held stopped")
+        self.write_status()
+
+    def release(self, name: str) -> None:
+        """Start again a child :meth:`hold` stopped."""
+        child = self._child(name)
+        if not child.held:
+            return
+        child.held = False
+        child.backoff, child.quick_failures = BACKOFF_START, 0
+        self._start(child)
+        self.write_status()
+
+    def _child(self, name: str) -> Child:
         for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(name)
+
+    def _stop(self, children: list[Child], timeout: float) -> None:
+        for child in children:
             child.restart_at = None
             if child.running:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in self.children:
+        for child in children:
             if child.process is None:
                 continue
             try:
@@ -145,7 +183,6 @@ class Supervisor:
                 os.killpg(child.process.pid, signal.SIGKILL)
                 child.process.wait()
             self.log(f"stopped {child.name}")
-        self.write_status(stopped=True)
 
     def write_status(self, *, stopped: bool = False) -> None:
         now = time.time()

@@ -78,6 +78,56 @@ def test_backoff_doubles_and_is_capped(tmp_path):
     assert delays == [0.1, 0.2, 0.2, 0.2]
 
 
+def test_a_held_child_stays_stopped_until_released(tmp_path):
+    kept, held = Child("node-1", SLEEPER), Child("node-2", SLEEPER)
+    supervisor = Supervisor([kept, held], tmp_path, log=lambda m: None)
+    supervisor.start_all()
+    try:
+        first = held.process.pid
+        supervisor.hold("node-2", timeout=5)
+        assert not held.running and kept.running
+        for _ in range(10):  # not taken for a crash: never restarted while held
+            supervisor.tick()
+            time.sleep(0.02)
+        assert not held.running and held.restarts == 0
+        assert read_status(tmp_path)["processes"]["node-2"] == {**held.report(time.time()), "held": True}
+        supervisor.release("node-2")
+        assert held.running and held.process.pid != first and not held.held
+        assert read_status(tmp_path)["processes"]["node-2"]["running"]
+    finally:
+        supervisor.stop_all(timeout=5)
+
+
+def test_cluster_stop_and_start_hold_one_node_of_the_running_consortium(tmp_path):
+    from chain.management.commands import cluster
+
+    run = tmp_path / "run"
+    nodes = [Child("node-1", SLEEPER), Child("node-2", SLEEPER)]
+    supervisor = Supervisor(nodes, run, log=lambda m: None)
+    supervisor.start_all()
+    try:
+        (run / "hold-node-2").touch()  # what `cluster stop node-2` leaves for the running `cluster run`
+        cluster._apply_holds(supervisor, run)
+        assert nodes[1].held and not nodes[1].running and nodes[0].running
+        cluster._apply_holds(supervisor, run)  # the next tick: nothing more to do
+        (run / "hold-node-2").unlink()  # `cluster start node-2`
+        cluster._apply_holds(supervisor, run)
+        assert nodes[1].running and not nodes[1].held
+    finally:
+        supervisor.stop_all(timeout=5)
+
+
+def test_cluster_stop_names_what_is_wrong(tmp_path):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="there is no node 'node-9'"):
+        call_command("cluster", "stop", "node-9", "--dir", str(tmp_path))
+    (tmp_path / "node-1").mkdir()
+    (tmp_path / "node-1" / "consortium.json").write_text("{}")
+    with pytest.raises(CommandError, match="no consortium is running"):
+        call_command("cluster", "stop", "node-1", "--dir", str(tmp_path))
+
+
 def test_the_status_is_read_only_while_the_supervisor_lives(tmp_path):
     child = Child("default", SLEEPER)
     supervisor = Supervisor([child], tmp_path, log=lambda m: None)

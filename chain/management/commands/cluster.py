@@ -9,6 +9,11 @@ names all of them as authorities, and each node signs block 0 with its own key
 starts each node's ``runnode`` (web, store worker, consensus, default worker,
 beat), prints the URLs, and stops them all on Ctrl-C.
 
+While it runs, ``cluster stop NODE`` stops one node and keeps it stopped
+(the others go on without it: a hospital's server is down), ``cluster start
+NODE`` starts it again, and ``cluster exec NODE -- COMMAND…`` runs a
+``manage.py`` command inside one node (``dag verify``, ``dag status CID``).
+
 The subcommands ``identity`` and ``sign-genesis`` run inside one node (its
 ``EMR_DATA_DIR``); ``init`` calls them.
 """
@@ -36,11 +41,32 @@ from chain.core.transaction import now_ms
 from chain.ledger_services import TxRejected, configured_params, tx_sign_and_submit
 from chain.management.commands.runnode import Command as Runnode
 from chain.services import node_identity, node_signing_key
-from chain.supervisor import Child, GaveUp, Supervisor
+from chain.supervisor import Child, GaveUp, Supervisor, read_status
 
 CHAIN_ID = "yilian-cluster"
 PEER_OFFSET = 100
 LOGINS_NAME = "demo-logins.txt"  # what ``cluster run`` prints under a seeded node's address
+HOLD_PREFIX = "hold-"
+"""``run/hold-<node>``: ``cluster stop`` asks the running ``cluster run`` to keep that node stopped."""
+HOLD_WAIT = 90.0
+
+
+def _named_node(options: dict) -> tuple[Path, str]:
+    root = options["dir"].resolve()
+    node = options["node"]
+    if not (root / node / "consortium.json").exists():
+        raise CommandError(f"there is no node {node!r} in {root}")
+    return root, node
+
+
+def _apply_holds(supervisor: Supervisor, run_dir: Path) -> None:
+    """Hold the nodes ``cluster stop`` named (``run/hold-<node>``); release those ``cluster start`` named again."""
+    held = {path.name.removeprefix(HOLD_PREFIX) for path in run_dir.glob(HOLD_PREFIX + "*")}
+    for child in supervisor.children:
+        if child.name in held and not child.held:
+            supervisor.hold(child.name)
+        elif child.held and child.name not in held:
+            supervisor.release(child.name)
 
 
 def node_env(data_dir: Path, node_id: str) -> dict[str, str]:
@@ -58,8 +84,15 @@ class Command(BaseCommand):
         init = sub.add_parser("init", help="create a fresh consortium")
         run = sub.add_parser("run", help="start every node of a consortium made by init")
         add = sub.add_parser("add-node", help="make one more node's data directory (it joins once approved)")
-        for p in (init, run, add):
+        stop = sub.add_parser("stop", help="stop one node of the running consortium and keep it stopped")
+        start = sub.add_parser("start", help="start again a node that `cluster stop` stopped")
+        run_in = sub.add_parser("exec", help="run a manage.py command inside one node: exec NODE -- COMMAND…")
+        for p in (stop, start, run_in):
+            p.add_argument("node", help="the node's name, e.g. node-1")
+        run_in.add_argument("command", nargs="+", help="the manage.py command and its arguments")
+        for p in (init, run, add, stop, start, run_in):
             p.add_argument("--dir", type=Path, default=Path("var/cluster"))
+        for p in (init, run, add):
             p.add_argument("--base-port", type=int, default=8000)
         init.add_argument("--nodes", type=int, default=4)
         init.add_argument("--no-seed", action="store_true", help="do not seed the demo data")
@@ -188,12 +221,15 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
+        for stale in (root / "run").glob(HOLD_PREFIX + "*"):  # a fresh run starts every node
+            stale.unlink()
         supervisor = Supervisor(children, root / "run", log=lambda m: self.stdout.write(f"[cluster] {m}"))
         supervisor.start_all()
         waiting = {node.name: f"http://127.0.0.1:{base + _index(node)}/healthz" for node in nodes}
         try:
             while not stopping:
                 supervisor.tick()
+                _apply_holds(supervisor, root / "run")
                 if waiting:
                     waiting = {name: url for name, url in waiting.items() if not Runnode.web_answers(url)}
                     if not waiting:
@@ -203,6 +239,45 @@ class Command(BaseCommand):
             self.stderr.write(str(exc))
         self.stdout.write("stopping the consortium…")
         supervisor.stop_all(timeout=60)
+
+    def handle_stop(self, options: dict) -> None:
+        root, node = self._running_node(options)
+        (root / "run" / f"{HOLD_PREFIX}{node}").touch()
+        self._wait_for(root, node, running=False)
+        self.stdout.write(f"{node} is stopped; the other nodes go on without it. `cluster start {node}` starts it.")
+
+    def handle_start(self, options: dict) -> None:
+        root, node = self._running_node(options)
+        (root / "run" / f"{HOLD_PREFIX}{node}").unlink(missing_ok=True)
+        self._wait_for(root, node, running=True)
+        self.stdout.write(f"{node} is starting; it catches up with the chain and repairs its store by itself.")
+
+    def handle_exec(self, options: dict) -> None:
+        root, node = _named_node(options)
+        command = options["command"][1:] if options["command"][:1] == ["--"] else options["command"]
+        done = subprocess.run(  # noqa: S603 - our own manage.py
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *command],
+            env=node_env(root / node, node),
+            check=False,
+        )
+        if done.returncode:
+            raise SystemExit(done.returncode)
+
+    def _running_node(self, options: dict) -> tuple[Path, str]:
+        root, node = _named_node(options)
+        if read_status(root / "run") is None:
+            raise CommandError(f"no consortium is running from {root}: `make cluster` (or `cluster run`) starts it")
+        return root, node
+
+    def _wait_for(self, root: Path, node: str, *, running: bool) -> None:
+        deadline = time.monotonic() + HOLD_WAIT
+        while time.monotonic() < deadline:
+            status = read_status(root / "run")
+            process = (status or {}).get("processes", {}).get(node, {})
+            if bool(process.get("running")) == running and bool(process.get("held")) != running:
+                return
+            time.sleep(0.5)
+        raise CommandError(f"{node} did not {'start' if running else 'stop'} within {HOLD_WAIT:.0f} s")
 
     def _banner(self, root: Path, nodes: list[Path], base: int) -> None:
         line = "=" * 72
