@@ -339,6 +339,83 @@ def _grant_research(patient, institute) -> bool:
     return True
 
 
+def seed_cluster_research(institution: str) -> int:
+    """``make cluster``: the research institute's dataset, or one care institution's share of the cohort.
+
+    The consenting cohort is spread over the care institutions' nodes (patient
+    ``i`` at the ``i % 3``-th), each with the records its doctor wrote, so that
+    the institute's k = 5 groups can form only from patients of every node
+    (story 5). Their research grants need their keys on chain and the institute
+    in the node's directory: :func:`grant_cluster_research` issues them once
+    the consortium runs.
+    """
+    from accounts.demo import INSTITUTIONS
+    from accounts.services import user_create
+
+    if institution == RESEARCH_INSTITUTE:
+        return _demo_dataset()
+    care = [item.code for item in INSTITUTIONS if item.kind != "research"]
+    doctor = (
+        User.objects.filter(role="clinician", institution__code=institution, verified_at__isnull=False)
+        .order_by("pk")
+        .first()
+    )
+    if institution not in care or doctor is None:
+        return 0
+    made = 0
+    for index, (email, name, name_en, years, sex) in enumerate(RESEARCH_PATIENTS):
+        if index % len(care) != care.index(institution):
+            continue
+        patient = User.objects.filter(email=email).first()
+        if patient is None:
+            patient = user_create(email=email, password=None, role="patient", name=name, name_en=name_en)
+            User.objects.filter(pk=patient.pk).update(birth_date=_birth_date(years, index), sex=sex)
+            made += 1
+        if not MedicalRecord.objects.filter(patient=patient).exists():
+            made += _seed_cohort_records(patient, doctor, index)
+    return made
+
+
+def grant_cluster_research() -> tuple[int, int]:
+    """This node's cohort patients grant the research institute research use: (issued now, still waiting).
+
+    Waiting: the institute is not in this node's directory yet, or a
+    patient's key is not on chain yet; run again a few seconds later.
+    """
+    from accounts.models import Institution
+
+    cohort = list(User.objects.filter(email__in=[entry[0] for entry in RESEARCH_PATIENTS], role="patient"))
+    institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
+    if institute is None:
+        return 0, len(cohort)
+    granted = set(
+        Grant.objects.filter(
+            grantee_institution=institute, purpose="research", status=Grant.Status.ACTIVE, patient__in=cohort
+        ).values_list("patient_id", flat=True)
+    )
+    issued = waiting = 0
+    for patient in cohort:
+        if patient.pk in granted:
+            continue
+        if _grant_research(patient, institute):
+            issued += 1
+        else:
+            waiting += 1
+    return issued, waiting
+
+
+def _demo_dataset() -> int:
+    from accounts.models import Institution
+
+    institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
+    researcher = User.objects.filter(email=RESEARCHER, institution=institute).first()
+    exists = ResearchDataset.objects.filter(institution=institute, title=DEMO_DATASET_TITLE).exists()
+    if institute is None or researcher is None or not researcher.is_verified_staff or exists:
+        return 0
+    dataset_create(user=researcher, title=DEMO_DATASET_TITLE, kinds=["lab_report", "prescription"], imported=True)
+    return 1
+
+
 def seed_demo_research() -> int:
     """Demographics for the demo patients, a consenting cohort, its research grants and one dataset.
 
@@ -377,9 +454,4 @@ def seed_demo_research() -> int:
         if waiting and _seal_now():
             waiting = [p for p in waiting if not _grant_research(p, institute)]
         made += len(cohort) - len(granted) - len(waiting)
-    researcher = User.objects.filter(email=RESEARCHER, institution=institute).first()
-    exists = ResearchDataset.objects.filter(institution=institute, title=DEMO_DATASET_TITLE).exists()
-    if researcher is not None and researcher.is_verified_staff and not exists:
-        dataset_create(user=researcher, title=DEMO_DATASET_TITLE, kinds=["lab_report", "prescription"], imported=True)
-        made += 1
-    return made
+    return made + _demo_dataset()

@@ -28,6 +28,7 @@ import time
 import pytest
 
 from accounts.demo import DEMO_PASSWORD
+from records import demo as demo_records
 from tests.api.test_fhir_import import FHIR, transaction_of
 from tests.browser import test_records_flow as records_flow
 from tests.cluster.harness import FullConsortium
@@ -303,77 +304,29 @@ def test_6_break_glass_at_another_node_gets_a_time_boxed_release_from_the_home_n
     assert patient.locator("#grants-active .grant").count() >= 1  # she sees the emergency grant, and may end it
 
 
-RESEARCH_PATIENTS = """
-from datetime import date
-from accounts.models import User
-from accounts.services import user_create
-from records.clinical.services import record_create, record_finalize_imported, visit_open
-doctor = User.objects.get(email={doctor!r})
-for i in range(2):
-    patient = user_create(email=f"cohort{{i}}.{node}@demo.yilian", password=None, role="patient", name=f"队列{{i}}")
-    patient.birth_date, patient.sex = date(1980 + i, 5, 1), "female"
-    patient.save(update_fields=["birth_date", "sex"])
-    visit = visit_open(clinician=doctor, patient=patient, imported=True)
-    content = {{"title": "Complete blood count", "specimen": "venous blood", "comment": "",
-               "observations": [{{"name": "WBC", "value": str(6 + i), "unit": "10^9/L",
-                                 "reference_range": "3.5-9.5", "flag": ""}}]}}
-    record = record_create(patient=patient, author=doctor, kind="lab_report", visit=visit, content=content,
-                           imported=True)
-    record_finalize_imported(record=record)
-print("ok")
-"""
-RESEARCH_GRANTS = """
-from datetime import timedelta
-from django.utils import timezone
-from accounts.models import Institution, User
-from chain.ledger_services import TxRejected
-from records.models import Grant
-from records.sharing.grants import grant_issue
-institute = Institution.objects.get(code="dongyue")
-now, waiting = timezone.now(), 0
-for patient in User.objects.filter(email__startswith="cohort", home_node=""):
-    if Grant.objects.filter(patient=patient, purpose="research").exists():
-        continue
-    try:
-        grant_issue(patient=patient, grantee_institution=institute, scope="kinds", kinds=["lab_report"],
-                    purpose="research", valid_from=now, valid_until=now + timedelta(days=30))
-    except TxRejected:  # the patient's key is not committed yet
-        waiting += 1
-print("wait" if waiting else "ok")
-"""
 RESEARCH_PLAN = """
 from accounts.models import User
+from records.demo import DEMO_DATASET_TITLE
 from records.models import ResearchDataset
-from records.research.services import dataset_create, dataset_plan
+from records.research.services import dataset_plan
 researcher = User.objects.get(email="researcher@demo.yilian")
-title = "Blood counts across the consortium"
-dataset = ResearchDataset.objects.filter(title=title).first() or dataset_create(
-    user=researcher, title=title, kinds=["lab_report"], imported=True
-)
-plan = dataset_plan(researcher, dataset)
+plan = dataset_plan(researcher, ResearchDataset.objects.get(title=DEMO_DATASET_TITLE))
 homes = sorted({r.patient.home_node for r in plan.records})
 print(len(plan.records), len(plan.release.released), ",".join(homes))
 """
 
 
 def test_5_a_research_institute_builds_a_de_identified_dataset_from_patients_of_every_node(consortium):
-    for node, doctor in (
-        ("node-1", "doctor@demo.yilian"),
-        ("node-2", "doctor2@demo.yilian"),
-        ("node-3", "doctor3@demo.yilian"),
-    ):
-        consortium.shell(node, RESEARCH_PATIENTS.format(doctor=doctor, node=node))
-    for node in ("node-1", "node-2", "node-3"):
-        consortium.wait_until(
-            lambda node=node: consortium.shell(node, RESEARCH_GRANTS).endswith("ok"), 60, f"research grants at {node}"
-        )
-    consortium.shell("node-4", ENABLE_TOTP.format(email="researcher@demo.yilian", secret=SECRET))
+    # `make cluster` seeds the consenting cohort at the care institutions' nodes, a third at each, and
+    # `cluster run` has them grant the institute research use once their keys and the institute are known.
+    cohort = len(demo_records.RESEARCH_PATIENTS)
+    consortium.shell("node-4", ENABLE_TOTP.format(email="researcher@demo.yilian", secret=SECRET))  # as at sign-in
 
     def planned():
         records, released, *homes = consortium.shell("node-4", RESEARCH_PLAN).splitlines()[-1].split(" ")
-        return int(records) == 6 and int(released) >= 5 and homes == ["node-1,node-2,node-3"]
+        return int(records) == 2 * cohort and int(released) >= 5 and homes == ["node-1,node-2,node-3"]
 
-    consortium.wait_until(planned, 120, "a k = 5 dataset at node 4 from the patients of nodes 1, 2 and 3")
+    consortium.wait_until(planned, 240, "a k = 5 dataset at node 4 from the patients of nodes 1, 2 and 3")
 
 
 def test_no_node_keeps_the_notes_plaintext(consortium):

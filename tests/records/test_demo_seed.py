@@ -1,4 +1,5 @@
-"""``make cluster`` seeds each node as its institution's: its staff, its patients, its own records."""
+"""``make cluster`` seeds each node as its institution's: its staff, its patients, its own records,
+and the research cohort spread over the care institutions' nodes."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from django.core.management import call_command
 
 from accounts import demo
 from accounts.models import Institution, User
-from records.models import MedicalRecord
+from records.demo import DEMO_DATASET_TITLE, RESEARCH_PATIENTS, grant_cluster_research
+from records.models import Grant, MedicalRecord, ResearchDataset
 
 pytestmark = pytest.mark.django_db
+
+
+def cohort_at(position: int) -> set[str]:
+    """The research cohort's patients registered at the ``position``-th care institution (0, 1, 2)."""
+    return {entry[0] for index, entry in enumerate(RESEARCH_PATIENTS) if index % 3 == position}
 
 
 def seed(node: int) -> str:
@@ -31,8 +38,10 @@ def test_a_hospital_node_holds_its_staff_its_patients_and_what_its_doctors_wrote
         "admin.mingde@demo.yilian",
         "patient3@demo.yilian",
         "operator@demo.yilian",
-    }
-    records = MedicalRecord.objects.select_related("author__institution", "patient")
+    } | cohort_at(1)
+    records = MedicalRecord.objects.select_related("author__institution", "patient").exclude(
+        patient__email__in=cohort_at(1)
+    )
     assert records.count() == 2
     assert {r.author.institution.code for r in records} == {"mingde"}
     assert {r.patient.email for r in records} == {"patient3@demo.yilian"}
@@ -45,9 +54,10 @@ def test_the_clinic_node_has_its_own_visit_and_seeding_twice_adds_nothing():
     seed(3)
     seed(3)
 
-    records = MedicalRecord.objects.select_related("author", "patient")
+    records = MedicalRecord.objects.select_related("author", "patient").exclude(patient__email__in=cohort_at(2))
     assert {(r.author.email, r.patient.email) for r in records} == {("doctor3@demo.yilian", "patient4@demo.yilian")}
     assert records.count() == 2
+    assert MedicalRecord.objects.filter(patient__email__in=cohort_at(2)).count() == 2 * len(cohort_at(2))
     assert User.objects.filter(email="doctor3@demo.yilian").count() == 1
 
 
@@ -74,3 +84,31 @@ def test_the_banner_names_one_login_per_portal_this_node_holds():
         "admin.dongyue@demo.yilian",
         "operator@demo.yilian",
     ]
+
+
+def test_the_research_cohort_is_spread_over_the_care_nodes_and_grants_once_the_institute_is_known():
+    seed(1)
+    assert set(User.objects.filter(email__in=cohort_at(0) | cohort_at(1)).values_list("email", flat=True)) == cohort_at(
+        0
+    )
+    cohort = User.objects.filter(email__in=cohort_at(0))
+    assert {r.author.email for r in MedicalRecord.objects.filter(patient__in=cohort)} == {"doctor@demo.yilian"}
+    # The institute lists itself on chain from its own node: until it is here, the grants wait.
+    assert grant_cluster_research() == (0, len(cohort_at(0)))
+    from accounts.services import institution_create
+    from chain.ledger_services import chain_seal
+
+    institution_create(code="dongyue", kind="research", name="东岳医学研究院", name_en="Dongyue", city="Jinan")
+    chain_seal()  # the patients' keys and the institute's, on chain
+    assert grant_cluster_research() == (len(cohort_at(0)), 0)
+    assert grant_cluster_research() == (0, 0)  # asked again: nothing more
+    grants = Grant.objects.filter(purpose="research", grantee_institution__code="dongyue", status="active")
+    assert set(grants.values_list("patient__email", flat=True)) == cohort_at(0)
+
+
+def test_the_research_node_has_its_dataset_and_no_cohort():
+    seed(4)
+    assert ResearchDataset.objects.filter(title=DEMO_DATASET_TITLE).count() == 1
+    assert not User.objects.filter(email__in=cohort_at(0) | cohort_at(1) | cohort_at(2)).exists()
+    assert grant_cluster_research() == (0, 0)
+    assert not Grant.objects.exists()

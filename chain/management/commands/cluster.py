@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +50,8 @@ LOGINS_NAME = "demo-logins.txt"  # what ``cluster run`` prints under a seeded no
 HOLD_PREFIX = "hold-"
 """``run/hold-<node>``: ``cluster stop`` asks the running ``cluster run`` to keep that node stopped."""
 HOLD_WAIT = 90.0
+RESEARCH_WAIT = 300.0
+"""How long ``cluster run`` keeps asking the nodes to issue their demo cohort's research grants."""
 
 
 def _named_node(options: dict) -> tuple[Path, str]:
@@ -226,6 +229,7 @@ class Command(BaseCommand):
         supervisor = Supervisor(children, root / "run", log=lambda m: self.stdout.write(f"[cluster] {m}"))
         supervisor.start_all()
         waiting = {node.name: f"http://127.0.0.1:{base + _index(node)}/healthz" for node in nodes}
+        done = threading.Event()
         try:
             while not stopping:
                 supervisor.tick()
@@ -234,11 +238,33 @@ class Command(BaseCommand):
                     waiting = {name: url for name, url in waiting.items() if not Runnode.web_answers(url)}
                     if not waiting:
                         self._banner(root, nodes, base)
+                        threading.Thread(target=self._research_grants, args=(nodes, done), daemon=True).start()
                 time.sleep(0.5)
         except GaveUp as exc:
             self.stderr.write(str(exc))
+        done.set()
         self.stdout.write("stopping the consortium…")
         supervisor.stop_all(timeout=60)
+
+    def _research_grants(self, nodes: list[Path], done: threading.Event) -> None:
+        """The demo's research cohort grants the research institute access, once each node can (story 5).
+
+        A grant needs the patient's key on chain and the institute in the
+        node's directory: both arrive seconds after the nodes start, so each
+        node is asked again until nothing waits there.
+        """
+        pending = list(nodes)
+        deadline = time.monotonic() + RESEARCH_WAIT
+        while pending and not done.wait(5) and time.monotonic() < deadline:
+            for node in list(pending):
+                try:
+                    answer = self._manage(node, node.name, "seed_demo", "--research-grants")
+                except CommandError:
+                    continue  # a node restarting: asked again
+                if answer.strip().endswith(" 0 waiting"):
+                    pending.remove(node)
+        if not pending:
+            self.stdout.write("[cluster] the demo research cohort has granted the research institute access")
 
     def handle_stop(self, options: dict) -> None:
         root, node = self._running_node(options)

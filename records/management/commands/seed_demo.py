@@ -4,9 +4,12 @@ On the single node (``make run``) it seeds every institution and person. In a
 consortium (``make cluster``) node I runs it with ``--cluster-node I``: it
 creates the I-th institution only (its keys exist on its own node alone), with
 its staff, the patients registered there and the node's operator, and the
-records its own doctors wrote. The other institutions and their staff reach
-this node through the chain's directory once the consortium runs
-(``accounts.directory``).
+records its own doctors wrote (a care institution also gets its share of
+the research cohort; the research institute, its dataset). The other
+institutions and their staff reach this node through the chain's directory
+once the consortium runs (``accounts.directory``). Then ``--research-grants``
+(which ``cluster run`` repeats until nothing waits) has this node's cohort
+patients grant the research institute research use.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from django.utils import timezone
 from accounts import demo
 from accounts.models import Institution, User
 from accounts.services import institution_create, user_create
-from records.demo import seed_demo_records, seed_demo_research, seed_institution_records
+from records.demo import (
+    grant_cluster_research,
+    seed_cluster_research,
+    seed_demo_records,
+    seed_demo_research,
+    seed_institution_records,
+)
 
 
 class Command(BaseCommand):
@@ -33,9 +42,21 @@ class Command(BaseCommand):
             metavar="I",
             help="Seed node I of a consortium (``cluster init``): the I-th institution's staff, patients, records.",
         )
+        parser.add_argument(
+            "--research-grants",
+            action="store_true",
+            help="In a running consortium: this node's research cohort grants the research institute access.",
+        )
+
+    def handle(self, *args, quiet_logins=False, cluster_node=None, research_grants=False, **options):
+        if research_grants:
+            issued, waiting = grant_cluster_research()
+            self.stdout.write(f"research grants: {issued} issued, {waiting} waiting")
+            return
+        self._seed(quiet_logins, cluster_node)
 
     @transaction.atomic
-    def handle(self, *args, quiet_logins=False, cluster_node=None, **options):
+    def _seed(self, quiet_logins, cluster_node):
         home = None if cluster_node is None else demo.cluster_institution(cluster_node)
         institutions = {}
         created = 0
@@ -81,6 +102,7 @@ class Command(BaseCommand):
             created += seed_demo_research()
         else:
             created += seed_institution_records(home)
+            created += seed_cluster_research(home)
         self.stdout.write(f"Demo data ready ({created} new objects).")
         if home:
             here = institutions[home]
