@@ -10,12 +10,10 @@ stored version always has its anchor transaction queued, and vice versa.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import logging
 import os
 import threading
-import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -31,7 +29,7 @@ from chain.core.errors import CodecError
 from chain.core.streamio import GrowingFile
 from chain.ledger_services import tx_sign_and_submit
 from records import ledger
-from records.clinical.uploads import spool_path
+from records.clinical.uploads import lock_spool, spool_path
 from records.consortium.deliveries import deliveries_owed
 from records.models import EarlyIngest, MedicalRecord, RecordFile, RecordVersion, RekeyItem
 from records.revocation import grant_revocation_submit
@@ -205,21 +203,6 @@ def early_ingests_unclaimed(minutes: int = 60):
     cutoff = timezone.now() - timedelta(minutes=minutes)
     claimed = RecordFile.objects.filter(stream_id=OuterRef("stream_id"))
     return EarlyIngest.objects.filter(created_at__lt=cutoff).exclude(Exists(claimed))
-
-
-def lock_spool(fd: int, *, wait: float) -> bool:
-    """Take the spool file's lock (one for every name of the file), waiting up to ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    pause = 0.002  # the early add ends a moment after its upload: look again soon, then less often
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the descriptor closes
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
 
 
 def _manifest(version: RecordVersion, content_root: CID, files: list[RecordFile]) -> tuple[bytes, CID]:

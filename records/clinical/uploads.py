@@ -13,10 +13,12 @@ into the DAG (``records.clinical.tasks.ingest_file``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
+import time
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
@@ -279,7 +281,6 @@ def early_add_durable(fd: int, stream_id: uuid.UUID, ciphertext_size: int) -> bo
     """
     from django.db import DatabaseError
 
-    from records.clinical.storage import lock_spool
     from records.models import EarlyIngest
 
     if not lock_spool(fd, wait=EARLY_ADD_WAIT):
@@ -289,6 +290,21 @@ def early_add_durable(fd: int, stream_id: uuid.UUID, ciphertext_size: int) -> bo
     except DatabaseError:  # the database cannot say: the spool file is made durable instead
         log.warning("could not look up the early add of upload %s", stream_id, exc_info=True)
         return False
+
+
+def lock_spool(fd: int, *, wait: float) -> bool:
+    """Take the spool file's lock (one for every name of the file), waiting up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    pause = 0.002  # the early add ends a moment after its upload: look again soon, then less often
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the descriptor closes
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
 
 
 def _ask_early_ingest(stream_id: uuid.UUID) -> bool:
