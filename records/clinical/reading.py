@@ -90,8 +90,13 @@ def files_here(files: list[FileView]) -> list[FileView]:
     block is: a fetched DAG enters the store whole, in one ingestion.
     """
     for f in files:
-        f.here = f.record_file.status != RecordFile.Status.STORED or file_present(f.record_file)
+        f.here = file_here(f.record_file)
     return files
+
+
+def file_here(record_file: RecordFile) -> bool:
+    """False for a stored file whose ciphertext has not reached this node yet (see :func:`files_here`)."""
+    return record_file.status != RecordFile.Status.STORED or file_present(record_file)
 
 
 def file_for(access: RecordAccess, file_id) -> tuple[RecordFile, str]:

@@ -273,10 +273,7 @@ def record_status(request, record_id):
     from chain.models import Transaction
 
     version = access.version
-    files = [
-        {"id": str(f.public_id), "status": f.status, "here": f.status != "stored" or reading.file_present(f)}
-        for f in version.files.all()
-    ]
+    files = [{"id": str(f.public_id), "status": f.status, "here": reading.file_here(f)} for f in version.files.all()]
     anchored = bool(version.anchor_tx) and Transaction.objects.filter(cid=version.anchor_tx).exists()
     return JsonResponse(
         {"storage": version.storage, "files": files, "anchor_tx": version.anchor_tx, "anchored": anchored}
