@@ -203,3 +203,9 @@ class Transport(filesystem.Transport):
     global_state = filesystem.virtual.BrokerState()
     driver_type = "filesystem"
     driver_name = "yilian-filesystem"
+
+    @property
+    def default_connection_params(self) -> dict:
+        # Folders on this machine: no host to name. With kombu's default ("localhost"), every process
+        # logged "No hostname was supplied" at each connection, which reads like a misconfiguration.
+        return {"port": None, "hostname": None}

@@ -192,3 +192,15 @@ def test_a_worker_survives_an_empty_message_file_and_keeps_working(tmp_path, mon
         output = stop_worker(worker)
     assert (folder / "bad" / empty.name).exists()
     assert "Unrecoverable error" not in output, output
+
+
+def test_connecting_names_no_missing_host(tmp_path, caplog):
+    # Folders on this machine have no host: kombu warned "No hostname was supplied" in every process.
+    with (
+        caplog.at_level("WARNING", logger="kombu.connection"),
+        Connection("filesystem://", transport=TRANSPORT, transport_options=options(tmp_path)) as conn,
+    ):
+        conn.ensure_connection()
+        publish(conn.channel(), {"n": 1})
+        assert conn.as_uri()
+    assert "hostname" not in caplog.text.lower()
