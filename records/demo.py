@@ -350,7 +350,6 @@ def seed_cluster_research(institution: str) -> int:
     the consortium runs.
     """
     from accounts.demo import INSTITUTIONS
-    from accounts.services import user_create
 
     if institution == RESEARCH_INSTITUTE:
         return _demo_dataset()
@@ -363,16 +362,8 @@ def seed_cluster_research(institution: str) -> int:
     if institution not in care or doctor is None:
         return 0
     made = 0
-    for index, (email, name, name_en, years, sex) in enumerate(RESEARCH_PATIENTS):
-        if index % len(care) != care.index(institution):
-            continue
-        patient = User.objects.filter(email=email).first()
-        if patient is None:
-            patient = user_create(email=email, password=None, role="patient", name=name, name_en=name_en)
-            User.objects.filter(pk=patient.pk).update(birth_date=_birth_date(years, index), sex=sex)
-            made += 1
-        if not MedicalRecord.objects.filter(patient=patient).exists():
-            made += _seed_cohort_records(patient, doctor, index)
+    for index in range(care.index(institution), len(RESEARCH_PATIENTS), len(care)):
+        made += _cohort_patient(index, doctor)[1]
     return made
 
 
@@ -388,11 +379,7 @@ def grant_cluster_research() -> tuple[int, int]:
     institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
     if institute is None:
         return 0, len(cohort)
-    granted = set(
-        Grant.objects.filter(
-            grantee_institution=institute, purpose="research", status=Grant.Status.ACTIVE, patient__in=cohort
-        ).values_list("patient_id", flat=True)
-    )
+    granted = _research_granted(institute, cohort)
     issued = waiting = 0
     for patient in cohort:
         if patient.pk in granted:
@@ -402,6 +389,31 @@ def grant_cluster_research() -> tuple[int, int]:
         else:
             waiting += 1
     return issued, waiting
+
+
+def _cohort_patient(index: int, doctor) -> tuple[User, int]:
+    """The ``index``-th cohort patient, with their records by ``doctor``; and how many objects were made."""
+    from accounts.services import user_create
+
+    email, name, name_en, years, sex = RESEARCH_PATIENTS[index]
+    made = 0
+    patient = User.objects.filter(email=email).first()
+    if patient is None:
+        patient = user_create(email=email, password=None, role="patient", name=name, name_en=name_en)
+        User.objects.filter(pk=patient.pk).update(birth_date=_birth_date(years, index), sex=sex)
+        made += 1
+    if not MedicalRecord.objects.filter(patient=patient).exists():
+        made += _seed_cohort_records(patient, doctor, index)
+    return patient, made
+
+
+def _research_granted(institute, cohort) -> set[int]:
+    """The ids of the cohort patients holding an active research grant to the institute."""
+    return set(
+        Grant.objects.filter(
+            grantee_institution=institute, purpose="research", status=Grant.Status.ACTIVE, patient__in=cohort
+        ).values_list("patient_id", flat=True)
+    )
 
 
 def _demo_dataset() -> int:
@@ -424,7 +436,6 @@ def seed_demo_research() -> int:
     running, this seals them first; otherwise the grants wait for the next run.
     """
     from accounts.models import Institution
-    from accounts.services import user_create
 
     institute = Institution.objects.filter(code=RESEARCH_INSTITUTE).first()
     doctor = User.objects.filter(email="doctor@demo.yilian").first()
@@ -434,20 +445,11 @@ def seed_demo_research() -> int:
     for index, (email, years, sex) in enumerate(DEMO_DEMOGRAPHICS):
         User.objects.filter(email=email, birth_date__isnull=True).update(birth_date=_birth_date(years, index), sex=sex)
     cohort = []
-    for index, (email, name, name_en, years, sex) in enumerate(RESEARCH_PATIENTS):
-        patient = User.objects.filter(email=email).first()
-        if patient is None:
-            patient = user_create(email=email, password=None, role="patient", name=name, name_en=name_en)
-            User.objects.filter(pk=patient.pk).update(birth_date=_birth_date(years, index), sex=sex)
-            made += 1
-        if not MedicalRecord.objects.filter(patient=patient).exists():
-            made += _seed_cohort_records(patient, doctor, index)
+    for index in range(len(RESEARCH_PATIENTS)):
+        patient, new = _cohort_patient(index, doctor)
         cohort.append(patient)
-    granted = set(
-        Grant.objects.filter(
-            grantee_institution=institute, purpose="research", status=Grant.Status.ACTIVE, patient__in=cohort
-        ).values_list("patient_id", flat=True)
-    )
+        made += new
+    granted = _research_granted(institute, cohort)
     waiting = [p for p in cohort if p.pk not in granted]
     if waiting:
         waiting = [p for p in waiting if not _grant_research(p, institute)]
