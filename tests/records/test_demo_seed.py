@@ -13,7 +13,7 @@ from accounts.models import Institution, User
 from records.demo import DEMO_DATASET_TITLE, RESEARCH_PATIENTS, grant_cluster_research
 from records.models import Grant, MedicalRecord, ResearchDataset
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("node")]  # its own chain and DAG stores
 
 
 def cohort_at(position: int) -> set[str]:
