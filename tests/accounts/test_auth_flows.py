@@ -124,6 +124,33 @@ def test_patient_turns_on_totp_and_gets_recovery_codes(client, alice):
     assert response["Location"] == reverse("mfa_authenticate")
 
 
+def test_the_authenticator_page_shows_a_small_qr_code_and_a_primary_activate_button(client, alice):
+    """Every doctor's first sign-in: the QR code filled the card and "激活" looked like a secondary button."""
+    password_login(client, alice)
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+    page = client.get(reverse("mfa_activate_totp"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert re.search(r'<img src="data:image/svg\+xml[^"]*" class="qr-code" width="200" height="200"', page)
+    assert re.search(r'<button class="btn btn-primary" type="submit">\s*激活\s*</button>', page)
+
+
+def test_allauth_pages_say_dianzi_youxiang_in_chinese_as_the_portals_do(client):
+    """allauth's own catalogue says "确认Email地址" one page after our "电子邮箱"."""
+    from django.utils import translation
+
+    from accounts.allauth_wording import MESSAGES
+
+    with translation.override("zh-hans"):
+        for message in MESSAGES:
+            chinese = translation.gettext(message)
+            words = re.sub(r"%\(\w+\)s", "", chinese)
+            assert chinese != message and not re.search(r"[Ee]-?mail", words), (message, chinese)
+    signup(client, HTTP_ACCEPT_LANGUAGE="zh-hans")
+    link = re.search(r"http://testserver(/accounts/confirm-email/\S+/)", mail.outbox[-1].body).group(1)
+    page = client.get(link, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "确认电子邮箱" in page and "Email地址" not in page
+    assert re.search(r'<button class="btn btn-primary" type="submit">\s*确认\s*</button>', page)
+
+
 def test_wrong_totp_code_is_rejected_with_a_message(client, alice):
     password_login(client, alice)
     client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
