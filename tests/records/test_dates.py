@@ -56,6 +56,10 @@ def test_a_grant_shows_its_last_day_not_the_midnight_after(client, keys_sealed, 
     page = client.get(reverse("patient_sharing"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert f"to {last.isoformat()} (inclusive)" in page
     assert (last + timedelta(days=1)).isoformat() not in page
+    # In Chinese the time left is in full-width brackets, as the period before it.
+    chinese = client.get(reverse("patient_sharing"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert f"至 {last.isoformat()}（含当日）" in chinese
+    assert re.search(r"（剩余 2\s周，\d\s日）", chinese) and "(剩余" not in chinese
 
 
 def test_one_date_format_on_the_record_page(client, alice, carol, visit):
