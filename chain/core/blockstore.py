@@ -353,10 +353,20 @@ class BlockStore:
             shutil.rmtree(self._owned_secondary, ignore_errors=True)
 
     def start_helper(self) -> None:
-        """Start the SST helper processes now rather than at the first large add (~0.15 s, once)."""
+        """Start the SST helper processes now rather than at the first large add (~0.15 s, once);
+        return once they have started."""
         self._check_writable()
-        for helper in [self._helpers.take() for _ in range(_HelperSstSink.HELPERS)]:
-            self._helpers.give_back(helper, healthy=True)
+        helpers = [self._helpers.take() for _ in range(_HelperSstSink.HELPERS)]
+        healthy = True
+        try:
+            for helper in helpers:
+                helper.ready()
+        except HelperError as exc:
+            healthy = False
+            raise StoreError(f"cannot start an SST helper process: {exc}") from None
+        finally:
+            for helper in helpers:
+                self._helpers.give_back(helper, healthy=healthy)
 
     def __enter__(self) -> BlockStore:
         return self

@@ -25,7 +25,8 @@ The protocol, over the helper's stdin and stdout, all integers big-endian:
   as ``device:inode:path`` (empty: none); ``u32`` number of blocks; then per block ``u8`` key
   length + key, and either ``0x00`` + ``u32`` length + bytes, or ``0x01`` +
   ``u64`` offset + ``u32`` length in the source file;
-* the answer: ``K``, or ``E`` + ``u32`` length + a UTF-8 message.
+* the answer: ``K``, or ``E`` + ``u32`` length + a UTF-8 message;
+* once, before any answer: ``R``, when the helper has started.
 
 The helper writes the file (finished and fsynced) before it answers, and
 exits when its stdin closes: a parent that dies takes its helpers with it.
@@ -51,6 +52,8 @@ from rocksdict import SstFileWriter
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_READY = b"R"
+"""What a helper writes once, when it has started: before the answer to its first job."""
 _INLINE = 0
 _IN_FILE = 1
 _PIPE_BYTES = 1024 * 1024
@@ -81,7 +84,20 @@ class Helper:
         )
         self._in = cast(BinaryIO, self._process.stdin)
         self._out = cast(BinaryIO, self._process.stdout)
+        self._ready = False
         _grow_pipe(self._in.fileno())
+
+    def ready(self) -> None:
+        """Return once the helper has started (imported rocksdict, ~0.15 s after it was spawned)."""
+        if self._ready:
+            return
+        try:
+            greeting = self._out.read(1)
+        except (ConnectionError, ValueError) as exc:
+            raise HelperError(f"the SST helper died: {exc}") from None
+        if greeting != _READY:
+            raise HelperError(f"the SST helper did not start (exit status {self._process.poll()})")
+        self._ready = True
 
     def send(self, path: str, source: str | None, entries: Sequence[Entry]) -> None:
         """Have the helper write ``entries`` (sorted there) into a new SST file at ``path``;
@@ -93,6 +109,7 @@ class Helper:
 
     def wait(self) -> None:
         """The answer to the last :meth:`send`: return once the file is written; :class:`HelperError` if not."""
+        self.ready()
         try:
             answer = self._out.read(1)
             if answer == b"K":
@@ -208,6 +225,8 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     from .blockstore import _blocks_options
 
     options = _blocks_options()
+    stdout.write(_READY)
+    stdout.flush()
     while True:
         head = stdin.read(4)
         if not head:

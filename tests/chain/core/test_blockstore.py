@@ -875,6 +875,22 @@ def test_a_helper_started_ahead_serves_the_first_large_add(tmp_path, helper_size
         assert sorted(_helper_pids(store)) == sorted(pids)
 
 
+def test_starting_the_helpers_ahead_returns_once_they_can_take_a_job(tmp_path):
+    """A benchmark's add, timed after ``start_helper``, must not wait for the helpers' interpreters."""
+    with BlockStore(tmp_path / "db") as store:
+        store.start_helper()
+        helpers = list(store._helpers._idle)
+        assert len(helpers) == 2 and all(helper._ready and helper.alive() for helper in helpers)
+
+
+def test_helpers_that_cannot_start_are_reported_and_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once, before its greeting
+    with BlockStore(tmp_path / "db") as store:
+        with pytest.raises(StoreError, match="cannot start an SST helper process"):
+            store.start_helper()
+        assert _helper_pids(store) == []
+
+
 def test_a_helper_refuses_a_source_file_that_is_not_the_one_the_adder_has_open(tmp_path):
     from chain.core import sstwriter
 
