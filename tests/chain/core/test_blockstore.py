@@ -891,6 +891,57 @@ def test_helpers_that_cannot_start_are_reported_and_not_kept(tmp_path, monkeypat
         assert _helper_pids(store) == []
 
 
+def test_a_helper_asks_for_the_blocks_its_files_ingestion_reads(tmp_path, monkeypatch):
+    """The first and the last data block: their values' lengths, from the bytes or the source file."""
+    from rocksdict import SstFileWriter
+
+    from chain.core import sstwriter
+
+    asked = []
+    monkeypatch.setattr(sstwriter, "_prefetch_ends", lambda path, first, last: asked.append((path, first, last)))
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(700))
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        entries = [(b"\x03key", b"x" * 300), (b"\x01key", 0, 500), (b"\x02key", 500, 200)]
+        path = str(tmp_path / "one.sst")
+        sstwriter._write_sst(SstFileWriter(options=blockstore._blocks_options()), path, fd, entries)
+    finally:
+        os.close(fd)
+    assert asked == [(path, 500, 300)]  # sorted: 0x01 (500 bytes from the file) first, 0x03 (inline) last
+
+
+def test_prefetching_a_files_ends_brings_them_back_into_the_page_cache(tmp_path):
+    from chain.core import sstwriter
+
+    flags = getattr(os, "RWF_NOWAIT", None)
+    if flags is None:
+        pytest.skip("no RWF_NOWAIT on this platform")
+    path = tmp_path / "evicted.bin"
+    path.write_bytes(os.urandom(4 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+        def cached(offset: int) -> bool:
+            try:
+                return os.preadv(fd, [bytearray(4096)], offset, flags) == 4096
+            except BlockingIOError:
+                return False
+
+        if cached(0):
+            pytest.skip("this file system keeps the pages (tmpfs?): nothing to bring back")
+        sstwriter._prefetch_ends(str(path), 1 << 20, 1 << 20)
+        deadline = time.monotonic() + 10
+        while not (cached(0) and cached((4 << 20) - 4096)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cached(0) and cached((1 << 20) - 4096) and cached((4 << 20) - 4096)
+        assert not cached(2 << 20)  # the middle is left alone
+    finally:
+        os.close(fd)
+
+
 def test_a_helper_refuses_a_source_file_that_is_not_the_one_the_adder_has_open(tmp_path):
     from chain.core import sstwriter
 
