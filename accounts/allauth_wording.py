@@ -15,6 +15,7 @@ MESSAGES = (
     gettext_noop("Email Addresses"),
     gettext_noop("The following email addresses are associated with your account:"),
     gettext_noop("Primary"),
+    gettext_noop("Make Primary"),
     gettext_noop("Re-send Verification"),
     gettext_noop("Add Email Address"),
     gettext_noop("Add Email"),
