@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from records.clinical.services import record_create, record_finalize_imported, visit_open
-from records.models import Grant, MedicalRecord, ResearchDataset, Visit
+from records.models import AccessEvent, Grant, MedicalRecord, ResearchDataset, Visit
 from records.research.services import dataset_create
 from records.sharing.grants import grant_issue
 
@@ -170,6 +170,25 @@ def seed_institution_records(institution: str) -> int:
     return seed_demo_records(patient, entries)
 
 
+# When each step of a seeded visit happened, after the visit opened: the footprint tells it as it would have been.
+_STEP_MINUTES = {AccessEvent.Action.OPEN_VISIT: 0, AccessEvent.Action.CREATE: 10, AccessEvent.Action.FINALIZE: 25}
+
+
+def _backdate_events(when, *, visit=None, record=None) -> None:
+    """Date the footprint events of a seeded visit or record to the history they tell, not to the seeding.
+
+    Only events not yet logged on chain nor sent to the patient's home node:
+    their digest is computed from the row when they are logged.
+    """
+    unlogged = AccessEvent.objects.filter(chain_tx="", forward__in=["", "pending"])
+    if visit is not None:
+        unlogged = unlogged.filter(visit=visit, record=None)
+    if record is not None:
+        unlogged = unlogged.filter(record=record)
+    for action, minutes in _STEP_MINUTES.items():
+        unlogged.filter(action=action).update(at=when + timedelta(minutes=minutes))
+
+
 def seed_demo_records(patient_email: str = "patient@demo.yilian", entries: list | None = None) -> int:
     patient = User.objects.filter(email=patient_email).first()
     if patient is None or MedicalRecord.objects.filter(patient=patient).exists():
@@ -179,18 +198,20 @@ def seed_demo_records(patient_email: str = "patient@demo.yilian", entries: list 
     for doctor_email, visit_kind, days_ago, kind, content in DEMO_RECORDS if entries is None else entries:
         doctor = User.objects.get(email=doctor_email)
         key = (doctor_email, days_ago)
+        when = timezone.now() - timedelta(days=days_ago)
         if key not in visits:
             visit = visit_open(clinician=doctor, patient=patient, kind=visit_kind, imported=True)
-            when = timezone.now() - timedelta(days=days_ago)
             Visit.objects.filter(pk=visit.pk).update(
                 opened_at=when, status="closed", closed_at=when + timedelta(hours=1)
             )
+            _backdate_events(when, visit=visit)
             visits[key] = visit
         record = record_create(
             patient=patient, author=doctor, kind=kind, content=content, visit=visits[key], imported=True
         )
-        MedicalRecord.objects.filter(pk=record.pk).update(created_at=timezone.now() - timedelta(days=days_ago))
+        MedicalRecord.objects.filter(pk=record.pk).update(created_at=when)
         record_finalize_imported(record=record)
+        _backdate_events(when, record=record)
         made += 1
     return made
 
@@ -287,9 +308,11 @@ def _seed_cohort_records(patient, doctor, index: int) -> int:
         visit = visit_open(clinician=doctor, patient=patient, imported=True)
         when = timezone.now() - timedelta(days=days_ago)
         Visit.objects.filter(pk=visit.pk).update(opened_at=when)
+        _backdate_events(when, visit=visit)
         record = record_create(patient=patient, author=doctor, kind=kind, content=content, visit=visit, imported=True)
         MedicalRecord.objects.filter(pk=record.pk).update(created_at=when)
         record_finalize_imported(record=record)
+        _backdate_events(when, record=record)
         Visit.objects.filter(pk=visit.pk).update(status="closed", closed_at=when + timedelta(hours=1))
         made += 1
     return made

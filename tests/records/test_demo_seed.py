@@ -112,3 +112,27 @@ def test_the_research_node_has_its_dataset_and_no_cohort():
     assert not User.objects.filter(email__in=cohort_at(0) | cohort_at(1) | cohort_at(2)).exists()
     assert grant_cluster_research() == (0, 0)
     assert not Grant.objects.exists()
+
+
+def test_the_seeded_history_is_in_the_footprint_when_it_happened_and_verifies_on_chain():
+    from chain.ledger_services import chain_seal
+    from records.footprint.services import EVENT_RELATED, access_events_log, chain_proofs
+    from records.models import AccessEvent
+
+    call_command("seed_demo", quiet_logins=True, stdout=io.StringIO())
+    patient = User.objects.get(email="patient@demo.yilian")
+    records = list(MedicalRecord.objects.filter(patient=patient).select_related("visit"))
+    assert len({r.created_at.date() for r in records}) > 1  # a history over several days, not one seeding
+
+    for record in records:
+        steps = dict(AccessEvent.objects.filter(record=record).values_list("action", "at"))
+        assert steps["create"].date() == record.created_at.date(), record.kind
+        assert steps["finalize"] > steps["create"]
+        opened = AccessEvent.objects.get(visit=record.visit, record=None, action="open_visit")
+        assert opened.at == record.visit.opened_at <= steps["create"]
+
+    while access_events_log()[0]:
+        pass
+    chain_seal()
+    events = list(AccessEvent.objects.filter(patient=patient).select_related(*EVENT_RELATED))
+    assert events and {p.state for p in chain_proofs(events).values()} == {"verified"}
