@@ -461,10 +461,16 @@ def test_every_url_denies_everyone_else(client, study, alice, carol, dave, other
     assert ResearchExport.objects.count() == 0
     assert ResearchDataset.objects.count() == 1
     assert not AccessEvent.objects.filter(action="export", outcome="allowed").exists()
-    # The home page lists nothing to those not cleared.
-    for user in (other_researchers["unverified"], other_researchers["no_2fa"]):
-        login(client, user)
-        assert "Adults 2026" not in client.get(reverse("research_home")).content.decode()
+    # The home page lists nothing to those not cleared, and says why rather than "No datasets yet".
+    expected = {
+        "unverified": "once its administrator has verified your account",
+        "no_2fa": "once two-factor authentication is on for your account",
+    }
+    for name, reason in expected.items():
+        login(client, other_researchers[name])
+        home = client.get(reverse("research_home"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+        assert "Adults 2026" not in home and "No datasets yet" not in home and "New dataset" not in home
+        assert reason in home, name
 
 
 @pytest.mark.django_db
