@@ -151,6 +151,24 @@ def test_allauth_pages_say_dianzi_youxiang_in_chinese_as_the_portals_do(client):
     assert re.search(r'<button class="btn btn-primary" type="submit">\s*确认\s*</button>', page)
 
 
+def test_the_two_factor_pages_say_shuangchong_yanzheng_and_zhanghao_as_the_portals_do(client, alice):
+    """allauth says "双因素身份认证", "两步验证", "帐户" and "认证器代码" on the first page a clinician meets."""
+    from django.utils import translation
+
+    from accounts.allauth_wording import TWO_FACTOR_MESSAGES
+
+    allauth_words = r"双因素|两步验证|帐户|帐号|认证器"
+    with translation.override("zh-hans"):
+        for message in TWO_FACTOR_MESSAGES:
+            chinese = translation.gettext(message)
+            assert chinese != message and not re.search(allauth_words, chinese), (message, chinese)
+    password_login(client, alice)
+    client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+    page = client.get(reverse("mfa_activate_totp"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "要用双重验证保护您的账号" in page and "动态码" in page
+    assert not re.search(allauth_words, page)
+
+
 def test_wrong_totp_code_is_rejected_with_a_message(client, alice):
     password_login(client, alice)
     client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
