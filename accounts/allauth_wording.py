@@ -54,6 +54,7 @@ TWO_FACTOR_MESSAGES = (
     gettext_noop("You cannot generate recovery codes without having two-factor authentication enabled."),
     gettext_noop("You are about to generate a new set of recovery codes for your account."),
     gettext_noop("Authenticator code"),
+    gettext_noop("Code"),  # the field of the two-factor and emailed-code forms: allauth says 代码 (program code)
     gettext_noop("Enter an authenticator code:"),
     gettext_noop("TOTP Authenticator"),
     gettext_noop("Authentication using an authenticator app is active."),

@@ -167,6 +167,8 @@ def test_the_two_factor_pages_say_shuangchong_yanzheng_and_zhanghao_as_the_porta
     page = client.get(reverse("mfa_activate_totp"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "要用双重验证保护您的账号" in page and "动态码" in page
     assert not re.search(allauth_words, page)
+    with translation.override("zh-hans"):
+        assert translation.gettext("Code") == "验证码"
 
 
 def test_wrong_totp_code_is_rejected_with_a_message(client, alice):
