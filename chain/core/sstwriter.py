@@ -321,5 +321,13 @@ def _read_text(stream: BinaryIO, head: bytes) -> str:
     return _read(stream, length).decode("utf-8")
 
 
+def main() -> None:
+    """The helper's process: serve until the parent closes the pipe; quietly if the parent is already gone."""
+    try:
+        _serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:  # a parent that exits before the greeting or an answer: nothing to tell anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit's flush would report it
+
+
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    main()

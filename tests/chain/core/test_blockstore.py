@@ -891,6 +891,20 @@ def test_helpers_that_cannot_start_are_reported_and_not_kept(tmp_path, monkeypat
         assert _helper_pids(store) == []
 
 
+def test_a_helper_whose_parent_is_gone_before_its_greeting_exits_quietly():
+    """A process that exits while its helpers start (make cluster's console showed their BrokenPipeError)."""
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "chain.core.sstwriter"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    helper.stdout.close()  # the greeting has nowhere to go
+    _out, err = helper.communicate(timeout=60)
+    assert (helper.returncode, err) == (0, b"")
+
+
 def test_a_helper_asks_for_the_blocks_its_files_ingestion_reads(tmp_path, monkeypatch):
     """The first and the last data block: their values' lengths, from the bytes or the source file."""
     from rocksdict import SstFileWriter
