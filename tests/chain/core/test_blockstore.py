@@ -891,6 +891,15 @@ def test_helpers_that_cannot_start_are_reported_and_not_kept(tmp_path, monkeypat
         assert _helper_pids(store) == []
 
 
+def test_the_store_runs_with_the_options_it_sets(tmp_path):
+    """What RocksDB recorded it opened with: the compaction's read-ahead and the blocks family's level-0 triggers."""
+    BlockStore(tmp_path / "db").close()
+    latest = max((tmp_path / "db").glob("OPTIONS-*"), key=lambda path: int(path.name.split("-")[1]))
+    recorded = latest.read_text()
+    assert f"compaction_readahead_size={blockstore._COMPACTION_READAHEAD}\n" in recorded
+    assert f"level0_slowdown_writes_trigger={blockstore._L0_SLOWDOWN}\n" in recorded  # the blocks family's
+
+
 def test_a_helper_whose_parent_is_gone_before_its_greeting_exits_quietly():
     """A process that exits while its helpers start (make cluster's console showed their BrokenPipeError)."""
     helper = subprocess.Popen(
