@@ -10,7 +10,7 @@ here, translated again in ``locale/zh_Hans``, replace allauth's wording;
 ``makemessages`` finds them in this module. Nothing imports it at run time.
 """
 
-from django.utils.translation import gettext_noop
+from django.utils.translation import gettext_noop, ngettext_lazy
 
 MESSAGES = (
     gettext_noop("Email Address"),
@@ -58,4 +58,15 @@ TWO_FACTOR_MESSAGES = (
     gettext_noop("Enter an authenticator code:"),
     gettext_noop("TOTP Authenticator"),
     gettext_noop("Authentication using an authenticator app is active."),
+    # The recovery codes page: allauth says 代码 (program code) and 恢复码 beside its own 恢复代码.
+    gettext_noop("A new set of recovery codes has been generated."),
+    gettext_noop("Unused codes"),
+    gettext_noop("Download codes"),
+    gettext_noop("Generate new codes"),
+)
+
+RECOVERY_CODES_LEFT = ngettext_lazy(
+    "There is %(unused_count)s out of %(total_count)s recovery codes available.",
+    "There are %(unused_count)s out of %(total_count)s recovery codes available.",
+    "unused_count",
 )

@@ -169,6 +169,12 @@ def test_the_two_factor_pages_say_shuangchong_yanzheng_and_zhanghao_as_the_porta
     assert not re.search(allauth_words, page)
     with translation.override("zh-hans"):
         assert translation.gettext("Code") == "验证码"
+    # The recovery codes, shown once 2FA is on: "在 10个恢复码中，有 10 个可用" and "下载代码" before.
+    secret = client.get(reverse("mfa_activate_totp")).context["form"].secret
+    client.post(reverse("mfa_activate_totp"), {"code": totp_code(secret)})
+    page = client.get(reverse("mfa_view_recovery_codes"), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "共 10 个恢复代码，其中 10 个可用。" in page and "下载恢复代码" in page and "生成新的恢复代码" in page
+    assert not re.search(allauth_words + r"|恢复码|[^复]代码", page)
 
 
 def test_wrong_totp_code_is_rejected_with_a_message(client, alice):
