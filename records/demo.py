@@ -174,17 +174,13 @@ def seed_institution_records(institution: str) -> int:
 _STEP_MINUTES = {AccessEvent.Action.OPEN_VISIT: 0, AccessEvent.Action.CREATE: 10, AccessEvent.Action.FINALIZE: 25}
 
 
-def _backdate_events(when, *, visit=None, record=None) -> None:
-    """Date the footprint events of a seeded visit or record to the history they tell, not to the seeding.
+def _backdate_events(when, **match) -> None:
+    """Date the footprint events ``match`` names (a visit's, a record's) to the history they tell, not the seeding.
 
     Only events not yet logged on chain nor sent to the patient's home node:
     their digest is computed from the row when they are logged.
     """
-    unlogged = AccessEvent.objects.filter(chain_tx="", forward__in=["", "pending"])
-    if visit is not None:
-        unlogged = unlogged.filter(visit=visit, record=None)
-    if record is not None:
-        unlogged = unlogged.filter(record=record)
+    unlogged = AccessEvent.objects.filter(chain_tx="", forward__in=["", "pending"], **match)
     for action, minutes in _STEP_MINUTES.items():
         unlogged.filter(action=action).update(at=when + timedelta(minutes=minutes))
 
@@ -204,7 +200,7 @@ def seed_demo_records(patient_email: str = "patient@demo.yilian", entries: list 
             Visit.objects.filter(pk=visit.pk).update(
                 opened_at=when, status="closed", closed_at=when + timedelta(hours=1)
             )
-            _backdate_events(when, visit=visit)
+            _backdate_events(when, visit=visit, record=None)
             visits[key] = visit
         record = record_create(
             patient=patient, author=doctor, kind=kind, content=content, visit=visits[key], imported=True
@@ -308,7 +304,7 @@ def _seed_cohort_records(patient, doctor, index: int) -> int:
         visit = visit_open(clinician=doctor, patient=patient, imported=True)
         when = timezone.now() - timedelta(days=days_ago)
         Visit.objects.filter(pk=visit.pk).update(opened_at=when)
-        _backdate_events(when, visit=visit)
+        _backdate_events(when, visit=visit, record=None)
         record = record_create(patient=patient, author=doctor, kind=kind, content=content, visit=visit, imported=True)
         MedicalRecord.objects.filter(pk=record.pk).update(created_at=when)
         record_finalize_imported(record=record)
